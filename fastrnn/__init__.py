@@ -1,0 +1,31 @@
+"""fastrnn: fused forward and backward kernels for RNN, LSTM and GRU."""
+
+from .api import (
+    Context,
+    Gradients,
+    LSTMResult,
+    RNNResult,
+    gru_backward,
+    gru_forward,
+    lstm_backward,
+    lstm_forward,
+    rnn_backward,
+    rnn_forward,
+)
+from .cells import Cell, saved_bytes
+from .dispatch import (
+    BackendUnavailable,
+    available_backends,
+    get_backend,
+    register_backend,
+    use_backend,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendUnavailable", "Cell", "Context", "Gradients", "LSTMResult", "RNNResult",
+    "available_backends", "get_backend", "gru_backward", "gru_forward", "lstm_backward",
+    "lstm_forward", "register_backend", "rnn_backward", "rnn_forward", "saved_bytes",
+    "use_backend",
+]

@@ -1,0 +1,197 @@
+"""What a backend is, and the composition that the fused backends share.
+
+A backend runs one recurrent layer: one or two directions over the same input. ``api.py`` and
+``layers.py`` check inputs and call ``Backend.forward`` / ``Backend.backward``; they never look
+inside a backend.
+
+The reference backend implements ``forward`` / ``backward`` directly (it is the oracle and shares
+no math with anything else). The fused backends (Numba, CuPy) derive from ``FusedBackend``, which
+does the GEMMs once, above them: the input projection of every step and every direction is one
+GEMM before the time loop, and dx, dW_ih, db_ih, dW_hh, db_hh are GEMMs/reductions over all T*B
+rows after it. A fused backend only supplies the time loop, ``recurrence_forward`` and
+``recurrence_backward``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from ..cells import Cell
+
+
+@dataclass
+class Direction:
+    """One direction's parameters and initial state, already checked by the API.
+
+    W_ih (G*H, I), W_hh (G*H, H), b_ih/b_hh (G*H,) or None, h0/c0 (B, H) (c0 None unless LSTM).
+    All C-contiguous, one dtype, one array library.
+    """
+
+    W_ih: Any
+    W_hh: Any
+    b_ih: Any
+    b_hh: Any
+    h0: Any
+    c0: Any
+    reverse: bool
+
+
+@dataclass
+class DirectionGrads:
+    """Gradients of one direction. db_* is None where the bias was None; dc0 None unless LSTM."""
+
+    dW_ih: Any
+    dW_hh: Any
+    db_ih: Any
+    db_hh: Any
+    dh0: Any
+    dc0: Any
+
+
+class Backend:
+    """A backend: the array module it serves (``xp``) and a layer forward/backward.
+
+    forward(cell, x, dirs, lengths, training) -> (y, h_n, c_n, saved)
+        x (T, B, I) C-contiguous; dirs a list of 1 or 2 ``Direction``; lengths None or a NumPy
+        int64 array (B,) with 1 <= L_b <= T, on the host; T >= 1 and B >= 1.
+        y (T, B, D*H) with the directions concatenated on the last axis; h_n, c_n (D, B, H)
+        (c_n None unless LSTM); saved is opaque and None when ``training`` is False.
+    backward(cell, saved, dy, dh_n, dc_n) -> (dx, [DirectionGrads] * D)
+        dy (T, B, D*H), dh_n/dc_n (D, B, H) (dc_n None unless LSTM), all present (zeros where
+        the caller gave none).
+    """
+
+    name = "?"
+    library = "numpy"  # the array library it takes: "numpy" or "cupy"
+    xp = None  # the module it computes with
+
+    def forward(self, cell: Cell, x, dirs, lengths, training):
+        raise NotImplementedError
+
+    def backward(self, cell: Cell, saved, dy, dh_n, dc_n):
+        raise NotImplementedError
+
+
+@dataclass
+class _FusedSaved:
+    x: Any
+    W_cat: Any
+    biased: list
+    directions: list
+    W_hh: list
+
+
+class FusedBackend(Backend):
+    """GEMMs once for every fused backend; the subclass supplies the time loop.
+
+    recurrence_forward(cell, x_proj, W_hh, b_hh, h0, c0, lengths, reverse, y, training)
+            -> (h_n, c_n, saved)
+        x_proj (T, B, G*H): W_ih x_t + b_ih for every step. y (T, B, H): output to fill, invalid
+        steps with zeros. Both may be views into wider arrays: their last axis has unit stride,
+        the other strides are arbitrary. b_hh (G*H,) always present (zeros for no bias).
+        h0, c0 (B, H) C-contiguous (c0 None unless LSTM). lengths None or a host int64 array
+        with 0 <= L_b <= T (0 happens when inference runs in chunks). Returns fresh h_n, c_n
+        (B, H) and the backend's saved state (None when not training), laid out as cells.py says.
+    recurrence_backward(cell, saved, W_hh, dy, dh_n, dc_n, d_gx) -> (hh_terms, dh0, dc0)
+        dy (T, B, H) with unit last stride; dh_n, dc_n (B, H). d_gx (T, B, G*H): output to fill
+        with the gradient with respect to x_proj (zeros at invalid steps); it may be a view.
+        hh_terms: list of (d_block (T, B, k), h_in (T, B, H)) whose products d_block^T h_in,
+        stacked on the first axis, make dW_hh, and whose row sums make db_hh.
+    """
+
+    # Inference projects the input in chunks of time steps above this many elements, so memory
+    # does not grow with T beyond the output.
+    chunk_elements = 1 << 22
+
+    def recurrence_forward(self, cell, x_proj, W_hh, b_hh, h0, c0, lengths, reverse, y, training):
+        raise NotImplementedError
+
+    def recurrence_backward(self, cell, saved, W_hh, dy, dh_n, dc_n, d_gx):
+        raise NotImplementedError
+
+    def _hh_bias(self, d: Direction):
+        return d.b_hh if d.b_hh is not None else self.xp.zeros(d.W_hh.shape[0], d.W_hh.dtype)
+
+    def forward(self, cell, x, dirs, lengths, training):
+        xp = self.xp
+        T, B, I = x.shape
+        GH, H = dirs[0].W_hh.shape
+        D = len(dirs)
+        y = xp.empty((T, B, D * H), x.dtype)
+        h_n = xp.empty((D, B, H), x.dtype)
+        c_n = xp.empty((D, B, H), x.dtype) if cell.has_cell_state else None
+        W_cat = dirs[0].W_ih if D == 1 else xp.concatenate([d.W_ih for d in dirs])
+        chunked = not training and T * B * D * GH > self.chunk_elements
+        if not chunked:
+            x_proj = (x.reshape(T * B, I) @ W_cat.T).reshape(T, B, D * GH)
+            for k, d in enumerate(dirs):
+                if d.b_ih is not None:
+                    x_proj[..., k * GH:(k + 1) * GH] += d.b_ih
+        saved = []
+        for k, d in enumerate(dirs):
+            y_k = y[..., k * H:(k + 1) * H]
+            if chunked:
+                h, c = self._chunked_inference(cell, x, d, lengths, y_k)
+                s = None
+            else:
+                h, c, s = self.recurrence_forward(
+                    cell, x_proj[..., k * GH:(k + 1) * GH], d.W_hh, self._hh_bias(d),
+                    d.h0, d.c0, lengths, d.reverse, y_k, training)
+            h_n[k] = h
+            if c_n is not None:
+                c_n[k] = c
+            saved.append(s)
+        if not training:
+            return y, h_n, c_n, None
+        return y, h_n, c_n, _FusedSaved(
+            x=x, W_cat=W_cat, biased=[(d.b_ih is not None, d.b_hh is not None) for d in dirs],
+            directions=saved, W_hh=[d.W_hh for d in dirs])
+
+    def _chunked_inference(self, cell, x, d, lengths, y):
+        xp = self.xp
+        T, B, I = x.shape
+        GH = d.W_hh.shape[0]
+        steps = max(1, self.chunk_elements // (B * GH))
+        starts = list(range(0, T, steps))
+        h, c = d.h0, d.c0
+        b_hh = self._hh_bias(d)
+        for t0 in reversed(starts) if d.reverse else starts:
+            t1 = min(T, t0 + steps)
+            x_proj = (x[t0:t1].reshape(-1, I) @ d.W_ih.T).reshape(t1 - t0, B, GH)
+            if d.b_ih is not None:
+                x_proj += d.b_ih
+            L = None if lengths is None else (lengths - t0).clip(0, t1 - t0)
+            h, c, _ = self.recurrence_forward(
+                cell, x_proj, d.W_hh, b_hh, h, c, L, d.reverse, y[t0:t1], False)
+        return h, c
+
+    def backward(self, cell, saved, dy, dh_n, dc_n):
+        xp = self.xp
+        x, W_cat = saved.x, saved.W_cat
+        T, B, I = x.shape
+        D = len(saved.directions)
+        GH, H = saved.W_hh[0].shape
+        d_gx = xp.empty((T, B, D * GH), x.dtype)
+        grads = []
+        for k, s in enumerate(saved.directions):
+            hh_terms, dh0, dc0 = self.recurrence_backward(
+                cell, s, saved.W_hh[k], dy[..., k * H:(k + 1) * H], dh_n[k],
+                None if dc_n is None else dc_n[k], d_gx[..., k * GH:(k + 1) * GH])
+            saved.directions[k] = None  # release what this direction kept as soon as it is used
+            blocks = [d.reshape(T * B, d.shape[-1]) for d, _ in hh_terms]
+            dW_hh = xp.concatenate([
+                d2.T @ h.reshape(T * B, H) for d2, (_, h) in zip(blocks, hh_terms)])
+            db_hh = xp.concatenate([d2.sum(axis=0) for d2 in blocks])
+            grads.append(DirectionGrads(None, dW_hh, None, db_hh, dh0, dc0))
+        d2 = d_gx.reshape(T * B, D * GH)
+        dx = (d2 @ W_cat).reshape(T, B, I)
+        dW_cat = d2.T @ x.reshape(T * B, I)
+        db_cat = d2.sum(axis=0)
+        for k, g in enumerate(grads):
+            has_b_ih, has_b_hh = saved.biased[k]
+            g.dW_ih = dW_cat[k * GH:(k + 1) * GH]
+            g.db_ih = db_cat[k * GH:(k + 1) * GH] if has_b_ih else None
+            if not has_b_hh:
+                g.db_hh = None
+        return dx, grads

@@ -1,0 +1,2 @@
+"""The Numba CPU backend (being written)."""
+raise ImportError("the numba backend is not written yet")

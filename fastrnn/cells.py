@@ -1,0 +1,112 @@
+"""The recurrent cells, each written down once.
+
+Conventions (PyTorch's, so weights move between the two unchanged). For one direction with gate
+count G, hidden size H and input size I:
+
+    x (T, B, I) time-major, h0/c0 (B, H), y (T, B, H)
+    W_ih (G*H, I), W_hh (G*H, H), b_ih (G*H,), b_hh (G*H,)
+    gx = W_ih x_t + b_ih        the input projection, one GEMM for all steps
+    gh = W_hh h + b_hh          the recurrent projection, one per step
+
+RNN (G = 1)
+    h' = act(gx + gh),  act = tanh or relu
+
+LSTM (G = 4, gates i, f, g, o)
+    i, f, o = sigmoid(gx + gh) blocks;  g = tanh(gx_g + gh_g)
+    c' = f * c + i * g
+    h' = o * tanh(c')
+
+GRU (G = 3, gates r, z, n), ``linear_before_reset=True`` (PyTorch, ONNX linear_before_reset=1)
+    r = sigmoid(gx_r + gh_r)
+    z = sigmoid(gx_z + gh_z)
+    n = tanh(gx_n + r * gh_n)
+    h' = (1 - z) * n + z * h
+
+GRU, ``linear_before_reset=False`` (textbook; Keras reset_after=False, ONNX linear_before_reset=0)
+    n = tanh(gx_n + W_hn (r * h) + b_hn), everything else as above
+
+Sequence lengths follow PyTorch's packed sequences: step t of sequence b is valid when t < L_b.
+An invalid step leaves the state unchanged and writes y[t, b] = 0. With ``reverse=True`` the steps
+run from t = T-1 down to 0, so every sequence starts from h0 at its own last valid step.
+
+What the fused backends keep for backward (``training=True``), per direction:
+
+    hs     (T+1, B, H)  hidden states in time order: with reverse=False hs[t] enters step t and
+                        hs[t+1] leaves it; with reverse=True hs[t+1] enters step t and hs[t] leaves
+                        it. Invalid steps carry the state, so the layout needs no lengths.
+    cs     (T+1, B, H)  LSTM only: cell states, laid out as hs
+    gates  (T, B, k*H)  activated gates: LSTM i, f, g, o (k = 4); GRU r, z, n (k = 3)
+    hn     (T, B, H)    GRU linear_before_reset=True only: gh_n = W_hn h + b_hn
+
+So per step and batch row a training forward keeps ``saved_vectors_per_step`` H-vectors:
+RNN 1, LSTM 6, GRU 5 (textbook 4), plus one extra state row for hs/cs. An inference forward keeps
+nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+NONLINEARITIES = ("tanh", "relu")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """Which recurrence to run: ``kind`` plus the variant switches that apply to it."""
+
+    kind: str
+    nonlinearity: str = "tanh"
+    linear_before_reset: bool = True
+
+    def __post_init__(self):
+        if self.kind not in GATES:
+            raise ValueError(f"cell kind must be one of {sorted(GATES)}, got {self.kind!r}")
+        if self.nonlinearity not in NONLINEARITIES:
+            raise ValueError(
+                f"nonlinearity must be 'tanh' or 'relu', got {self.nonlinearity!r}"
+            )
+
+    @property
+    def gates(self) -> int:
+        return GATES[self.kind]
+
+    @property
+    def has_cell_state(self) -> bool:
+        return self.kind == "lstm"
+
+    @property
+    def name(self) -> str:
+        """A short stable name: rnn_tanh, rnn_relu, lstm, gru, gru_textbook."""
+        if self.kind == "rnn":
+            return f"rnn_{self.nonlinearity}"
+        if self.kind == "gru" and not self.linear_before_reset:
+            return "gru_textbook"
+        return self.kind
+
+    @property
+    def saved_vectors_per_step(self) -> int:
+        """H-vectors per step and batch row that a fused training forward keeps (see above)."""
+        return {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 6, "gru": 5, "gru_textbook": 4}[self.name]
+
+
+ALL_CELLS = (
+    Cell("rnn", nonlinearity="tanh"),
+    Cell("rnn", nonlinearity="relu"),
+    Cell("lstm"),
+    Cell("gru", linear_before_reset=True),
+    Cell("gru", linear_before_reset=False),
+)
+
+
+def cell_by_name(name: str) -> Cell:
+    for cell in ALL_CELLS:
+        if cell.name == name:
+            return cell
+    raise ValueError(f"unknown cell {name!r}; expected one of {[c.name for c in ALL_CELLS]}")
+
+
+def saved_bytes(cell: Cell, T: int, B: int, H: int, itemsize: int, directions: int = 1) -> int:
+    """Bytes a fused training forward keeps for backward (beyond references to its inputs)."""
+    states = (2 if cell.has_cell_state else 1) * B * H  # the extra entering-state row of hs/cs
+    return directions * itemsize * (T * B * H * cell.saved_vectors_per_step + states)
