@@ -11,6 +11,7 @@ from .api import (
     lstm_forward,
     rnn_backward,
     rnn_forward,
+    training_memory,
 )
 from .cells import Cell, saved_bytes
 from .dispatch import (
@@ -20,6 +21,7 @@ from .dispatch import (
     register_backend,
     use_backend,
 )
+from .layers import GRU, LSTM, RNN, clip_grad_norm
 
 __version__ = "0.1.0"
 
@@ -27,5 +29,6 @@ __all__ = [
     "BackendUnavailable", "Cell", "Context", "Gradients", "LSTMResult", "RNNResult",
     "available_backends", "get_backend", "gru_backward", "gru_forward", "lstm_backward",
     "lstm_forward", "register_backend", "rnn_backward", "rnn_forward", "saved_bytes",
-    "use_backend",
+    "training_memory", "use_backend",
+    "RNN", "LSTM", "GRU", "clip_grad_norm",
 ]

@@ -13,7 +13,7 @@ import numpy as np
 
 from . import dispatch
 from .backends.base import Direction
-from .cells import Cell
+from .cells import ALL_CELLS, Cell, cell_by_name, saved_bytes
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -86,11 +86,15 @@ def check_array(name, a, library=None):
     if a is None:
         raise TypeError(f"{name} is required: expected a float32 or float64 array, got None")
     lib = array_library(a)
-    if lib not in ("numpy", "cupy"):
+    # (a NumPy dtype, generator or finfo comes from "numpy" too, but is no array)
+    if lib not in ("numpy", "cupy") or not all(hasattr(a, n) for n in ("dtype", "shape", "ndim")):
         hint = " (convert it with .numpy() or numpy.asarray)" if lib == "torch" else ""
         raise TypeError(
             f"{name} must be a NumPy or CuPy array, got {type(a).__module__}."
             f"{type(a).__name__}{hint}")
+    if isinstance(a, np.ma.MaskedArray):
+        raise TypeError(f"{name} is a masked array, whose mask fastrnn would ignore: pass "
+                        f"{name}.filled(0) (and lengths for padded sequences)")
     if a.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must have dtype float32 or float64, got {a.dtype}")
     return lib
@@ -351,3 +355,56 @@ def lstm_backward(ctx, dy=None, dh_n=None, dc_n=None) -> Gradients:
 def gru_backward(ctx, dy=None, dh_n=None) -> Gradients:
     """Gradients of a gru_forward given dy (T, B, H) and dh_n (B, H); None means zeros."""
     return _backward(ctx, "gru", "gru_backward", dy, dh_n)
+
+
+# ----------------------------------------------------------------------------------------------
+# Memory
+
+
+def training_memory(cell, T, B, I, H, dtype=np.float32, *, num_layers=1, bidirectional=False,
+                    batch_first=False, dropout=0.0) -> int:
+    """Bytes a training forward on a fused backend ("numba", "cupy") keeps until its backward.
+
+    ``cell`` is a ``Cell`` or a name ("rnn" / "rnn_tanh", "rnn_relu", "lstm", "gru",
+    "gru_textbook"). The defaults describe ``*_forward`` (one direction, one layer); the keywords
+    describe an ``RNN`` / ``LSTM`` / ``GRU`` layer. Counted: what each layer's backward needs
+    beyond its parameters (cells.py lists it), the input of every layer above the first (the
+    output of the layer below), both directions' input weights concatenated when bidirectional,
+    dropout masks, and the time-major copy of x that batch_first makes. Not counted: the
+    caller's own C-contiguous inputs, which are kept by reference (a non-contiguous input is
+    kept as a contiguous copy of its size), nor the at most one int64 per batch row and
+    direction that a backend may keep for sequence lengths. The NumPy reference backend keeps
+    per-step caches instead and is not described by this.
+    """
+    if isinstance(cell, str):
+        names = [c.name for c in ALL_CELLS]
+        cell = cell_by_name(cell) if cell in names else Cell(cell)
+    elif not isinstance(cell, Cell):
+        raise TypeError(f"cell must be a fastrnn Cell or a cell name, got {type(cell).__name__}")
+    sizes = {"T": T, "B": B, "I": I, "H": H, "num_layers": num_layers}
+    for name, value in sizes.items():
+        if not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+        if value < (0 if name in "TB" else 1):
+            raise ValueError(f"{name} must be at least {0 if name in 'TB' else 1}, got {value}")
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError as exc:
+        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from exc
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"dtype must be float32 or float64, got {dtype}")
+    bidirectional = check_flag("bidirectional", bidirectional)
+    batch_first = check_flag("batch_first", batch_first)
+    if T == 0 or B == 0:
+        return 0
+    dropout = float(dropout) > 0  # the layer's dropout probability: only whether it is used
+    D, n = (2 if bidirectional else 1), dtype.itemsize
+    total = T * B * I * n if batch_first else 0
+    for k in range(num_layers):
+        I_k = I if k == 0 else D * H
+        total += saved_bytes(cell, T, B, H, n, D)
+        if D == 2:
+            total += D * cell.gates * H * I_k * n
+        if k > 0:
+            total += T * B * I_k * n * (2 if dropout else 1)  # input (and its dropout mask)
+    return int(total)

@@ -174,6 +174,10 @@ def _run_back(cell, saved, dy, d_state_n):
         d_new = (d_state[0] + np.where(valid, dy[t], 0),) + d_state[1:]
         d_in = tuple(np.where(valid, v, 0) for v in d_new)
         dx_t, d_prev, (d_gx, x_t), hh = step_back(cell, p, cache, d_in)
+        # An invalid step contributes nothing, even when its padding or its unused cache holds
+        # NaN or Inf (0 * NaN would be NaN).
+        dx_t, d_gx, x_t = (np.where(valid, v, 0) for v in (dx_t, d_gx, x_t))
+        hh = [(np.where(valid, d_gh, 0), np.where(valid, h_in, 0)) for d_gh, h_in in hh]
         dx[t] = dx_t
         dW_ih += d_gx.T @ x_t
         db_ih += d_gx.sum(axis=0)
@@ -203,7 +207,8 @@ class NumpyBackend(Backend):
             hs.append(state[0])
             cs.append(state[1] if cell.has_cell_state else None)
             saved.append(s)
-        return (np.concatenate(ys, axis=2), np.stack(hs),
+        # One direction's y is returned as it is: no second output-sized array.
+        return (ys[0] if len(ys) == 1 else np.concatenate(ys, axis=2), np.stack(hs),
                 np.stack(cs) if cell.has_cell_state else None,
                 saved if training else None)
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
+import numpy as np
+
 from ..cells import Cell
 
 
@@ -80,6 +82,7 @@ class _FusedSaved:
     biased: list
     directions: list
     W_hh: list
+    lengths: Any = None
 
 
 class FusedBackend(Backend):
@@ -146,7 +149,7 @@ class FusedBackend(Backend):
             return y, h_n, c_n, None
         return y, h_n, c_n, _FusedSaved(
             x=x, W_cat=W_cat, biased=[(d.b_ih is not None, d.b_hh is not None) for d in dirs],
-            directions=saved, W_hh=[d.W_hh for d in dirs])
+            directions=saved, W_hh=[d.W_hh for d in dirs], lengths=lengths)
 
     def _chunked_inference(self, cell, x, d, lengths, y):
         xp = self.xp
@@ -173,6 +176,12 @@ class FusedBackend(Backend):
         D = len(saved.directions)
         GH, H = saved.W_hh[0].shape
         d_gx = xp.empty((T, B, D * GH), x.dtype)
+        unpadded = (lambda a: a)
+        if saved.lengths is not None and saved.lengths.min() < T:
+            # Padded steps add nothing to dW even when the padding of x, or a carried state, is
+            # NaN or Inf: their d_gx rows are zero, but 0 * NaN is NaN in the GEMMs.
+            pad = xp.asarray(np.arange(T)[:, None, None] >= saved.lengths[None, :, None])
+            unpadded = (lambda a: xp.where(pad, a.dtype.type(0), a))
         grads = []
         for k, s in enumerate(saved.directions):
             hh_terms, dh0, dc0 = self.recurrence_backward(
@@ -181,12 +190,12 @@ class FusedBackend(Backend):
             saved.directions[k] = None  # release what this direction kept as soon as it is used
             blocks = [d.reshape(T * B, d.shape[-1]) for d, _ in hh_terms]
             dW_hh = xp.concatenate([
-                d2.T @ h.reshape(T * B, H) for d2, (_, h) in zip(blocks, hh_terms)])
+                d2.T @ unpadded(h).reshape(T * B, H) for d2, (_, h) in zip(blocks, hh_terms)])
             db_hh = xp.concatenate([d2.sum(axis=0) for d2 in blocks])
             grads.append(DirectionGrads(None, dW_hh, None, db_hh, dh0, dc0))
         d2 = d_gx.reshape(T * B, D * GH)
         dx = (d2 @ W_cat).reshape(T, B, I)
-        dW_cat = d2.T @ x.reshape(T * B, I)
+        dW_cat = d2.T @ unpadded(x).reshape(T * B, I)
         db_cat = d2.sum(axis=0)
         for k, g in enumerate(grads):
             has_b_ih, has_b_hh = saved.biased[k]

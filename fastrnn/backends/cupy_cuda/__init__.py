@@ -1,2 +1,14 @@
-"""The CuPy CUDA backend (being written)."""
-raise ImportError("the cupy backend is not written yet")
+"""The CuPy CUDA backend: CuPy arrays in and out, cuBLAS GEMMs and the fused kernels of
+``kernels/`` (see kernels/README.md). Importing this package does not import CuPy; constructing
+``CupyBackend()`` does, and raises ImportError or BackendUnavailable where it cannot run.
+
+    device.py       the only place that calls CuPy
+    loader.py       the CUDA sources, their dtype instantiations, modules memoised per device
+    recurrence.py   the per-step loop shared by every cell
+    rnn.py, lstm.py, gru.py   what one step launches for each cell
+    backend.py      CupyBackend
+"""
+
+from .backend import CupyBackend
+
+__all__ = ["CupyBackend"]

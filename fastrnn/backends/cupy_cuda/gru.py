@@ -1,0 +1,78 @@
+"""Launches of kernels/gru.cu.
+
+linear_before_reset=True: per step one GEMM and one kernel, forward and backward; backward writes
+d_gh (the n block is dn * r, unlike d_gx's dn) for the recurrent GEMM and dW_hh.
+linear_before_reset=False (textbook): W_hn multiplies r * h, which needs r first, so a step is
+GEMM (W_hr, W_hz) -> kernel -> GEMM W_hn -> kernel, and backward mirrors it.
+"""
+
+from __future__ import annotations
+
+from .recurrence import Recurrence
+
+
+class GruRecurrence(Recurrence):
+    file = "gru.cu"
+    gate_blocks = 3  # r, z, n
+    keeps_hn = True
+
+    def forward_step(self, s):
+        self.xp.matmul(s.h_prev, self.W_hh.T, out=self.gh)
+        self.launch("gru_forward", s.x_proj, self.ld_x, self.gh, self.b_hh, s.h_prev,
+                    self.lengths, s.t, s.y, self.ld_y, s.h_next, s.gates, s.hn)
+
+    def backward_buffers(self, T):
+        self.d_gh = self.xp.empty((T, self.B, 3 * self.H), self.dtype)
+
+    def backward_step(self, s):
+        d_gh = self.d_gh[s.t]
+        self.launch("gru_backward", s.gates, s.hn, s.h_prev, s.dy, self.ld_dy, self.lengths, s.t,
+                    self.dh_rec, self.dh_carry, s.d_gx, self.ld_g, d_gh)
+        self.xp.matmul(d_gh, self.W_hh, out=self.dh_rec)
+
+    def hh_terms(self, d_gx, h_in):
+        return [(self.d_gh, h_in)]
+
+
+class GruTextbookRecurrence(Recurrence):
+    file = "gru.cu"
+    gate_blocks = 3  # r, z, n
+
+    def __init__(self, backend, cell, W_hh, b_hh, B):
+        super().__init__(backend, cell, W_hh, b_hh, B)
+        H = self.H
+        self.W_rz, self.W_n = W_hh[:2 * H], W_hh[2 * H:]
+
+    def forward_buffers(self, training):
+        xp, B, H = self.xp, self.B, self.H
+        self.gh_rz = xp.empty((B, 2 * H), self.dtype)
+        self.gh_n = xp.empty((B, H), self.dtype)
+        self.rh = xp.empty((B, H), self.dtype)
+        # inference keeps no gates, but z must reach the second kernel of the step
+        self.scratch_gates = None if training else xp.empty((B, 3 * H), self.dtype)
+
+    def forward_step(self, s):
+        gates = s.gates if s.gates is not None else self.scratch_gates
+        self.xp.matmul(s.h_prev, self.W_rz.T, out=self.gh_rz)
+        self.launch("gru_textbook_forward_gates", s.x_proj, self.ld_x, self.gh_rz, self.b_hh,
+                    s.h_prev, gates, self.rh)
+        self.xp.matmul(self.rh, self.W_n.T, out=self.gh_n)
+        self.launch("gru_textbook_forward_state", s.x_proj, self.ld_x, self.gh_n, self.b_hh,
+                    s.h_prev, self.lengths, s.t, s.y, self.ld_y, s.h_next, gates)
+
+    def backward_buffers(self, T):
+        self.d_rh = self.xp.empty((self.B, self.H), self.dtype)
+        self.rh = self.xp.empty((T, self.B, self.H), self.dtype)
+
+    def backward_step(self, s):
+        H = self.H
+        self.launch("gru_textbook_backward_state", s.gates, s.h_prev, s.dy, self.ld_dy,
+                    self.lengths, s.t, self.dh_rec, self.dh_carry, s.d_gx, self.ld_g)
+        self.xp.matmul(s.d_gx[:, 2 * H:], self.W_n, out=self.d_rh)
+        self.launch("gru_textbook_backward_reset", s.gates, s.h_prev, self.d_rh, self.lengths,
+                    s.t, self.dh_carry, s.d_gx, self.ld_g, self.rh[s.t])
+        self.xp.matmul(s.d_gx[:, :2 * H], self.W_rz, out=self.dh_rec)
+
+    def hh_terms(self, d_gx, h_in):
+        H = self.H
+        return [(d_gx[..., :2 * H], h_in), (d_gx[..., 2 * H:], self.rh)]

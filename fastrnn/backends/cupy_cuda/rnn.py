@@ -1,0 +1,23 @@
+"""Launches of kernels/rnn.cu: per step one GEMM and one kernel, forward and backward."""
+
+from __future__ import annotations
+
+from .recurrence import Recurrence
+
+
+class RnnRecurrence(Recurrence):
+    file = "rnn.cu"
+
+    def __init__(self, backend, cell, W_hh, b_hh, B):
+        super().__init__(backend, cell, W_hh, b_hh, B)
+        self.template_extra = ", true" if cell.nonlinearity == "relu" else ", false"
+
+    def forward_step(self, s):
+        self.xp.matmul(s.h_prev, self.W_hh.T, out=self.gh)
+        self.launch("rnn_forward", s.x_proj, self.ld_x, self.gh, self.b_hh, s.h_prev,
+                    self.lengths, s.t, s.y, self.ld_y, s.h_next)
+
+    def backward_step(self, s):
+        self.launch("rnn_backward", s.h_next, s.dy, self.ld_dy, self.lengths, s.t, self.dh_rec,
+                    self.dh_carry, s.d_gx, self.ld_g)
+        self.xp.matmul(s.d_gx, self.W_hh, out=self.dh_rec)

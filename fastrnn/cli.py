@@ -1,0 +1,290 @@
+"""The `fastrnn` command: `fastrnn bench`, `fastrnn validate`, `fastrnn info`.
+
+Exit codes: 0 success, 1 a validation check failed, 2 a usage error (bad option, unknown cell
+or shape, a backend that cannot run here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+
+from . import __version__, bench, dispatch, presets, runners
+from . import validate as validation
+
+
+def _names(text):
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
+def _parser():
+    parser = argparse.ArgumentParser(
+        prog="fastrnn", description="fastrnn: fused RNN, LSTM and GRU kernels. Benchmark them, "
+        "validate them against the NumPy reference, or show what this machine has.")
+    parser.add_argument("--version", action="version", version=f"fastrnn {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="{bench,validate,info}")
+
+    b = sub.add_parser(
+        "bench", help="time fastrnn against the NumPy reference, PyTorch and ONNX Runtime",
+        description="Time fastrnn's backends against the NumPy reference, PyTorch (torch.nn) "
+        "and ONNX Runtime side by side in one process, float32. With no options it runs the "
+        "default set (rnn_tanh, lstm, gru at tiny, small, medium; inference and training). "
+        "Writes bench.json, bench.md and bench.png to --out.")
+    b.add_argument("--cells", default=None,
+                   help="comma-separated: rnn_tanh, rnn_relu, lstm, gru, gru_textbook, or all "
+                   f"(default {','.join(bench.DEFAULT_CELLS)}; a DeepBench set uses its own "
+                   "cells, filtered by --cells when given)")
+    b.add_argument("--shapes", default=",".join(bench.DEFAULT_SHAPES),
+                   help="comma-separated presets (tiny, small, medium, large, xlarge, all), "
+                   "DeepBench sets (deepbench-train, deepbench-server, deepbench-device) or "
+                   "TxBxIxH (default %(default)s)")
+    b.add_argument("--modes", default=None,
+                   help="inference, training or both (default: both; a DeepBench set uses its "
+                   "own mode)")
+    b.add_argument("--backends", default=None,
+                   help="fastrnn backends to time (default: every available one; the NumPy "
+                   "reference always runs as a peer)")
+    b.add_argument("--peers", default=",".join(bench.PEERS),
+                   help="peers among torch, onnxruntime, or none (default: %(default)s, "
+                   "those installed)")
+    b.add_argument("--threads", type=int, default=bench.default_threads(),
+                   help="threads for every implementation (default: the cores, %(default)s)")
+    b.add_argument("--rounds", type=int, default=7, help="timed rounds (default %(default)s)")
+    b.add_argument("--warmup", type=int, default=1,
+                   help="untimed calls after the first call (default %(default)s)")
+    b.add_argument("--min-sample-ms", type=float, default=2.0,
+                   help="a sample repeats the call until it lasts this long (default "
+                   "%(default)s)")
+    b.add_argument("--reference-max-gflop", type=float, default=2.0,
+                   help="skip the slow NumPy reference above this many GFLOP per call "
+                   "(default %(default)s)")
+    b.add_argument("--reference-budget", type=float, default=2.0,
+                   help="seconds of rounds for the NumPy reference per case, at least 3 rounds "
+                   "(default %(default)s)")
+    b.add_argument("--t-scale", type=float, default=1.0,
+                   help="multiply every shape's T by this, e.g. 0.1 to run DeepBench's long "
+                   "sequences on a CPU (default %(default)s)")
+    b.add_argument("--sgemm-size", type=int, default=2048,
+                   help="size of the square matmul that measures the sgemm peak "
+                   "(default %(default)s)")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--out", default="fastrnn-bench",
+                   help="directory for bench.json, bench.md, bench.png (default %(default)s)")
+    b.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    v = sub.add_parser(
+        "validate", help="check every backend against the NumPy reference",
+        description="Compare every available backend's forward outputs and gradients with the "
+        "NumPy reference for every cell, variant and dtype over a grid of shapes. Exits 1 if "
+        "any check fails.")
+    v.add_argument("--backends", default=None,
+                   help="comma-separated backends (default: every available one)")
+    v.add_argument("--cells", default="all", help="comma-separated cells (default all)")
+    v.add_argument("--dtypes", default="float32,float64", help="default %(default)s")
+    v.add_argument("--json", nargs="?", const="-", default=None, metavar="FILE",
+                   help="write the results as JSON to FILE, or to stdout without FILE")
+    v.add_argument("--verbose", action="store_true", help="one row per grid case")
+    v.add_argument("--seed", type=int, default=0)
+
+    i = sub.add_parser("info", help="versions, backends, threads, BLAS, GPU")
+    i.add_argument("--json", action="store_true", help="print JSON")
+    return parser
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        if args.command == "bench":
+            return _bench(args, argv)
+        if args.command == "validate":
+            return _validate(args)
+        return _info(args)
+    except (ValueError, dispatch.BackendUnavailable) as exc:
+        print(f"fastrnn {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def _bench(args, argv) -> int:
+    for name in ("threads", "rounds", "sgemm_size"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+    if args.warmup < 0:
+        raise ValueError("--warmup must be >= 0")
+    cells = None if args.cells is None else validation.cells_by_names(args.cells)
+    shapes = presets.select_shapes(args.shapes, args.t_scale)
+    modes = None
+    if args.modes is not None:
+        modes = tuple(_names(args.modes))
+        bad = [m for m in modes if m not in presets.MODES]
+        if bad or not modes:
+            raise ValueError(f"--modes must be among {presets.MODES}, got {args.modes!r}")
+    peers = [] if args.peers == "none" else _names(args.peers)
+    backends = None if args.backends is None else _names(args.backends)
+    impls, notes = bench.implementations(backends, peers)
+    cases = bench.plan_cases(cells, shapes, modes)
+    if not cases:
+        raise ValueError("no cases: the chosen shapes fix cells that are not among --cells")
+    report = bench.run(
+        cases, impls, threads=args.threads, rounds=args.rounds, warmup=args.warmup,
+        min_sample_s=args.min_sample_ms / 1e3,
+        reference_max_flops=args.reference_max_gflop * 1e9,
+        reference_budget_s=args.reference_budget, sgemm_size=args.sgemm_size,
+        progress=not args.no_progress, seed=args.seed, notes=notes,
+        command=shlex.join(["fastrnn", *argv]))
+    paths = bench.write_report(report, args.out)
+    print(bench.markdown(report))
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def _validate(args) -> int:
+    backends = None if args.backends is None else _names(args.backends)
+    cells = validation.cells_by_names(args.cells)
+    dtypes = tuple(_names(args.dtypes))
+    bad = [d for d in dtypes if d not in validation.DTYPES]
+    if bad or not dtypes:
+        raise ValueError(f"--dtypes must be among {validation.DTYPES}, got {args.dtypes!r}")
+    backends = dispatch.available_backends() if backends is None else backends
+    records = validation.validate(backends, cells, dtypes, seed=args.seed)
+    grid = validation.GRID
+    if args.json is not None:
+        text = validation.to_json(records, backends, cells, dtypes, grid)
+        if args.json == "-":
+            sys.stdout.write(text)
+        else:
+            with open(args.json, "w") as f:
+                f.write(text)
+    if args.json != "-":
+        sys.stdout.write(validation.format_text(records, backends, cells, dtypes, grid,
+                                                args.verbose))
+    return 0 if all(r["passed"] for r in records) else 1
+
+
+# ----------------------------------------------------------------------------------------------
+# info
+
+
+def _distribution_version(*names):
+    for name in names:
+        v = bench._version(name)
+        if v is not None:
+            return v
+    return None
+
+
+def gpu_info() -> dict:
+    """GPUs through CuPy when it is installed, else through nvidia-smi; never imports CuPy
+    when it is not installed."""
+    nvcc = shutil.which("nvcc")
+    if runners.installed("cupy"):
+        try:
+            import cupy
+
+            count = cupy.cuda.runtime.getDeviceCount()
+            names = [cupy.cuda.runtime.getDeviceProperties(k)["name"].decode()
+                     for k in range(count)]
+            return {"gpus": names, "source": "cupy", "nvcc": nvcc}
+        except Exception as exc:  # noqa: BLE001 - any CUDA failure means: no usable GPU
+            return {"gpus": [], "source": "cupy", "nvcc": nvcc,
+                    "note": f"CuPy is installed but finds no usable GPU: {exc}"}
+    smi = shutil.which("nvidia-smi")
+    if smi:
+        try:
+            out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=20)
+            gpus = [line.strip() for line in out.stdout.splitlines() if line.strip()]
+            note = None if out.returncode == 0 else out.stderr.strip() or "nvidia-smi failed"
+            return {"gpus": gpus if out.returncode == 0 else [], "source": "nvidia-smi",
+                    "nvcc": nvcc, "note": note}
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return {"gpus": [], "source": "nvidia-smi", "nvcc": nvcc, "note": str(exc)}
+    return {"gpus": [], "source": None, "nvcc": nvcc,
+            "note": "no GPU found: CuPy is not installed and there is no nvidia-smi"}
+
+
+def info_data() -> dict:
+    import numpy  # noqa: F401
+    import scipy.linalg  # noqa: F401 - loads SciPy's BLAS, which Numba's np.dot calls
+    from threadpoolctl import threadpool_info
+
+    import fastrnn
+
+    available = dispatch.available_backends()
+    unavailable = dispatch.unavailable_reasons()
+    try:
+        default = dispatch.select(None, "numpy").name
+    except (dispatch.BackendUnavailable, ValueError, TypeError) as exc:
+        default = f"none: {exc}"
+    threads = {"cores": bench.default_threads(), "cpu_count": os.cpu_count()}
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                "NUMBA_NUM_THREADS"):
+        if os.environ.get(var):
+            threads[var] = os.environ[var]
+    if "numba" in sys.modules or runners.installed("numba"):
+        import numba
+
+        threads["numba"] = numba.get_num_threads()
+        threads["numba_threading_layer"] = numba.config.THREADING_LAYER
+    if hasattr(fastrnn, "get_num_threads"):
+        threads["fastrnn"] = fastrnn.get_num_threads()
+    keys = ("user_api", "internal_api", "version", "num_threads", "threading_layer",
+            "architecture", "filepath")
+    blas = [{k: lib.get(k) for k in keys} for lib in threadpool_info()]
+    versions = {"python": platform.python_version(), "fastrnn": __version__}
+    for dist in ("numpy", "scipy", "numba", "llvmlite", "threadpoolctl", "torch", "onnx",
+                 "onnxruntime", "tqdm", "matplotlib", "pytest-benchmark"):
+        versions[dist] = bench._version(dist)
+    versions["cupy"] = _distribution_version("cupy-cuda12x", "cupy-cuda13x", "cupy-cuda11x",
+                                             "cupy")
+    machine = bench.machine_info(bench.default_threads())
+    return {
+        "versions": versions,
+        "platform": machine["platform"], "cpu": machine["cpu"],
+        "backends": {"available": available, "unavailable": unavailable,
+                     "default_for_numpy_arrays": default,
+                     "process_default": dispatch.default_backend_name()},
+        "threads": threads, "blas": blas, "gpu": gpu_info(),
+    }
+
+
+def _info(args) -> int:
+    data = info_data()
+    if args.json:
+        print(json.dumps(data, indent=1))
+        return 0
+    v = data["versions"]
+    lines = [f"fastrnn {v['fastrnn']} on Python {v['python']}, {data['platform']}",
+             f"CPU: {data['cpu']}", "", "versions:"]
+    lines += [f"  {name:<17} {ver or 'not installed'}" for name, ver in v.items()
+              if name not in ("fastrnn", "python")]
+    b = data["backends"]
+    lines += ["", f"backends available: {', '.join(b['available'])}"]
+    lines += [f"  unavailable {name}: {why}" for name, why in b["unavailable"].items()]
+    lines.append(f"  default for NumPy arrays: {b['default_for_numpy_arrays']}"
+                 + (f" (set by use_backend or {dispatch.ENV_VAR}: {b['process_default']})"
+                    if b["process_default"] else ""))
+    lines += ["", "threads: " + ", ".join(f"{k} {val}" for k, val in data["threads"].items())]
+    lines += ["", "BLAS and OpenMP libraries loaded (threadpoolctl):"]
+    lines += [f"  {lib['internal_api']} {lib['version']} ({lib['user_api']}, "
+              f"{lib['num_threads']} threads"
+              + (f", {lib['architecture']}" if lib.get("architecture") else "")
+              + f"): {lib['filepath']}" for lib in data["blas"]]
+    g = data["gpu"]
+    lines += ["", "GPU: " + (", ".join(g["gpus"]) if g["gpus"] else "none")
+              + (f" ({g['note']})" if g.get("note") else "")]
+    lines.append(f"nvcc: {g['nvcc'] or 'not found'}")
+    print("\n".join(lines))
+    return 0

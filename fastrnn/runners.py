@@ -1,0 +1,270 @@
+"""One recurrent layer as each implementation that `fastrnn bench` and `fastrnn validate` compare.
+
+- fastrnn itself through the functional API, on any backend;
+- PyTorch's ``torch.nn.RNN`` / ``LSTM`` / ``GRU`` holding the same weights;
+- ONNX Runtime running a one-node ONNX model (RNN, LSTM or GRU operator) built in memory.
+
+All of them compute the same function of the same arrays. PyTorch stores the gates in fastrnn's
+order; ONNX does not (LSTM i, o, f, c; GRU z, r, h), so ``onnx_model`` reorders the gate blocks
+of the same weights. torch and onnxruntime are imported only when asked for.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+
+import numpy as np
+
+from . import api
+from .cells import Cell
+
+FORWARD = {"rnn": api.rnn_forward, "lstm": api.lstm_forward, "gru": api.gru_forward}
+BACKWARD = {"rnn": api.rnn_backward, "lstm": api.lstm_backward, "gru": api.gru_backward}
+GRAD_NAMES = ("dx", "dW_ih", "dW_hh", "db_ih", "db_hh", "dh0", "dc0")
+PARAM_OF_GRAD = {"dx": "x", "dW_ih": "W_ih", "dW_hh": "W_hh", "db_ih": "b_ih", "db_hh": "b_hh",
+                 "dh0": "h0", "dc0": "c0"}
+
+# Where ONNX keeps each of fastrnn's gate blocks: ONNX block k is fastrnn block ONNX_GATES[k].
+ONNX_GATES = {"rnn": (0,), "lstm": (0, 3, 1, 2), "gru": (1, 0, 2)}
+ONNX_OPSET = 17
+ONNX_IR_VERSION = 8  # the IR version that goes with opset 17, read by any recent onnxruntime
+
+
+class Unsupported(Exception):
+    """This implementation cannot run this case; the message says why."""
+
+
+def installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def variant_kwargs(cell: Cell) -> dict:
+    if cell.kind == "rnn":
+        return {"nonlinearity": cell.nonlinearity}
+    if cell.kind == "gru":
+        return {"linear_before_reset": cell.linear_before_reset}
+    return {}
+
+
+def make_params(cell: Cell, T, B, I, H, dtype=np.float32, seed=0, bias=True, states=True):
+    """Random inputs for one direction: x (T, B, I) standard normal, weights and biases uniform
+    in +-1/sqrt(H) (PyTorch's initialisation), h0/c0 (B, H) or None. A dict keyed like the
+    functional API's arguments."""
+    rng = np.random.default_rng(seed)
+    G = cell.gates
+    k = 1 / np.sqrt(H)
+    p = {
+        "x": rng.standard_normal((T, B, I)),
+        "W_ih": rng.uniform(-k, k, (G * H, I)),
+        "W_hh": rng.uniform(-k, k, (G * H, H)),
+        "b_ih": rng.uniform(-k, k, G * H) if bias else None,
+        "b_hh": rng.uniform(-k, k, G * H) if bias else None,
+        "h0": rng.standard_normal((B, H)) * 0.5 if states else None,
+    }
+    if cell.has_cell_state:
+        p["c0"] = rng.standard_normal((B, H)) * 0.5 if states else None
+    return {n: None if a is None else a.astype(dtype) for n, a in p.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# fastrnn
+
+
+def fastrnn_forward(cell: Cell, p: dict, *, training, backend, lengths=None, reverse=False):
+    """The functional API's forward for ``cell``: returns its result tuple, ctx last."""
+    return FORWARD[cell.kind](
+        p["x"], p["W_ih"], p["W_hh"], p["b_ih"], p["b_hh"], p["h0"],
+        *((p.get("c0"),) if cell.has_cell_state else ()),
+        **variant_kwargs(cell), lengths=lengths, reverse=reverse, training=training,
+        backend=backend)
+
+
+def fastrnn_backward(cell: Cell, ctx, cotangents: dict):
+    """The functional API's backward; ``cotangents`` holds dy, dh_n and (LSTM) dc_n."""
+    return BACKWARD[cell.kind](ctx, **cotangents)
+
+
+def fastrnn_runner(backend_name: str, cell: Cell, p: dict, mode: str):
+    """A call running one forward (inference) or forward + backward with dy = ones (training)
+    on fastrnn backend ``backend_name``; returns (call, sync, setup seconds). call() returns y."""
+    from . import dispatch
+
+    backend = dispatch.get_backend(backend_name)
+    xp = backend.xp
+    sync = None
+    if backend.library != "numpy":
+        p = {n: None if a is None else xp.asarray(a) for n, a in p.items()}
+        sync = xp.cuda.runtime.deviceSynchronize
+    if mode == "inference":
+        def call():
+            return fastrnn_forward(cell, p, training=False, backend=backend_name)[0]
+    else:
+        ones = xp.ones((p["x"].shape[0], p["x"].shape[1], p["W_hh"].shape[1]), p["x"].dtype)
+
+        def call():
+            out = fastrnn_forward(cell, p, training=True, backend=backend_name)
+            fastrnn_backward(cell, out[-1], {"dy": ones})
+            return out[0]
+    return call, sync, 0.0
+
+
+# ----------------------------------------------------------------------------------------------
+# PyTorch
+
+
+def torch_module(cell: Cell, p: dict):
+    """torch.nn.RNN / LSTM / GRU (one layer, time-major) holding the weights in ``p``."""
+    if not installed("torch"):
+        raise Unsupported("torch is not installed (pip install 'fastrnn[bench]')")
+    if cell.kind == "gru" and not cell.linear_before_reset:
+        raise Unsupported("torch.nn.GRU has only the linear_before_reset=True form")
+    import torch
+
+    I, H = p["W_ih"].shape[1], p["W_hh"].shape[1]
+    dtype = torch.float64 if p["x"].dtype == np.float64 else torch.float32
+    kw = dict(input_size=I, hidden_size=H, bias=p["b_ih"] is not None, dtype=dtype)
+    if cell.kind == "rnn":
+        module = torch.nn.RNN(nonlinearity=cell.nonlinearity, **kw)
+    else:
+        module = getattr(torch.nn, cell.kind.upper())(**kw)
+    with torch.no_grad():
+        for ours, theirs in (("W_ih", "weight_ih_l0"), ("W_hh", "weight_hh_l0"),
+                             ("b_ih", "bias_ih_l0"), ("b_hh", "bias_hh_l0")):
+            if p[ours] is not None:
+                getattr(module, theirs).copy_(torch.from_numpy(p[ours]))
+    return module
+
+
+def torch_runner(cell: Cell, p: dict, mode: str, threads=None):
+    """PyTorch's call: no_grad forward, or forward + output.sum().backward() with gradients for
+    the input, the weights and the initial states. Returns (call, sync, setup seconds).
+    ``threads`` is ignored: torch's thread count is process-wide (``bench.thread_settings``)."""
+    if installed("torch"):
+        import torch  # outside the setup time: importing torch is not building the module
+    start = time.perf_counter()
+    module = torch_module(cell, p)
+
+    training = mode == "training"
+    x = torch.from_numpy(p["x"]).requires_grad_(training)
+    states = [torch.from_numpy(p[n][None]).requires_grad_(training)
+              for n in (("h0", "c0") if cell.has_cell_state else ("h0",))]
+    hx = tuple(states) if cell.has_cell_state else states[0]
+    leaves = [x, *states, *module.parameters()]
+    if not training:
+        def call():
+            with torch.no_grad():
+                return module(x, hx)[0]
+    else:
+        def call():
+            for t in leaves:  # fresh gradients each call, as fastrnn returns fresh arrays
+                t.grad = None
+            y = module(x, hx)[0]
+            y.sum().backward()
+            return y
+    return call, None, time.perf_counter() - start
+
+
+# ----------------------------------------------------------------------------------------------
+# ONNX Runtime
+
+
+def onnx_model(cell: Cell, p: dict, reverse: bool = False):
+    """A one-node ONNX model computing ``cell`` with the weights in ``p`` as initializers.
+
+    Graph inputs X (T, B, I), initial_h (1, B, H) and, for the LSTM, initial_c (1, B, H);
+    outputs Y (T, 1, B, H), Y_h (1, B, H) and, for the LSTM, Y_c (1, B, H).
+    """
+    if not (installed("onnx") and installed("onnxruntime")):
+        raise Unsupported("onnx and onnxruntime are not installed (pip install 'fastrnn[bench]')")
+    import onnx
+    from onnx import helper, numpy_helper
+
+    x = p["x"]
+    H = p["W_hh"].shape[1]
+    order = ONNX_GATES[cell.kind]
+
+    def reorder(a):
+        return np.concatenate([a[k * H:(k + 1) * H] for k in order])[None]
+
+    elem = helper.np_dtype_to_tensor_dtype(x.dtype)
+    initializers = [numpy_helper.from_array(reorder(p["W_ih"]), "W"),
+                    numpy_helper.from_array(reorder(p["W_hh"]), "R")]
+    if p["b_ih"] is not None:
+        b = np.concatenate([reorder(p["b_ih"]), reorder(p["b_hh"])], axis=1)
+        initializers.append(numpy_helper.from_array(b, "B"))
+    state_names = ["initial_h"] + (["initial_c"] if cell.has_cell_state else [])
+    out_names = ["Y", "Y_h"] + (["Y_c"] if cell.has_cell_state else [])
+    attrs = {"hidden_size": H, "direction": "reverse" if reverse else "forward"}
+    if cell.kind == "rnn":
+        attrs["activations"] = ["Tanh" if cell.nonlinearity == "tanh" else "Relu"]
+    if cell.kind == "gru":
+        attrs["linear_before_reset"] = int(cell.linear_before_reset)
+    node = helper.make_node(
+        cell.kind.upper(), ["X", "W", "R", "B" if p["b_ih"] is not None else "", ""]
+        + state_names, out_names, **attrs)
+    T, B, I = x.shape
+    graph = helper.make_graph(
+        [node], f"fastrnn_{cell.name}",
+        [helper.make_tensor_value_info("X", elem, [T, B, I])]
+        + [helper.make_tensor_value_info(n, elem, [1, B, H]) for n in state_names],
+        [helper.make_tensor_value_info("Y", elem, [T, 1, B, H])]
+        + [helper.make_tensor_value_info(n, elem, [1, B, H]) for n in out_names[1:]],
+        initializer=initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", ONNX_OPSET)])
+    model.ir_version = ONNX_IR_VERSION
+    onnx.checker.check_model(model)
+    return model
+
+
+def ort_session(model, threads: int):
+    """An onnxruntime CPU session with ``threads`` intra-op threads that do not spin between
+    calls (spinning threads would steal the cores from the implementations timed next)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(model.SerializeToString(), options,
+                                providers=["CPUExecutionProvider"])
+
+
+def ort_feeds(cell: Cell, p: dict) -> dict:
+    B, H = p["x"].shape[1], p["W_hh"].shape[1]
+    zeros = np.zeros((B, H), p["x"].dtype)
+    feeds = {"X": p["x"], "initial_h": (zeros if p["h0"] is None else p["h0"])[None]}
+    if cell.has_cell_state:
+        feeds["initial_c"] = (zeros if p.get("c0") is None else p["c0"])[None]
+    return feeds
+
+
+def ort_forward(cell: Cell, session, p: dict) -> dict:
+    """Run the session on ``p``; returns y (T, B, H), h_n (B, H) and (LSTM) c_n (B, H)."""
+    outs = session.run(None, ort_feeds(cell, p))
+    result = {"y": outs[0][:, 0], "h_n": outs[1][0]}
+    if cell.has_cell_state:
+        result["c_n"] = outs[2][0]
+    return result
+
+
+def ort_runner(cell: Cell, p: dict, mode: str, threads: int):
+    """ONNX Runtime's inference call; returns (call, sync, setup seconds: model + session)."""
+    if mode != "inference":
+        raise Unsupported("ONNX Runtime runs inference only")
+    start = time.perf_counter()
+    session = ort_session(onnx_model(cell, p), threads)
+    feeds = ort_feeds(cell, p)
+
+    def call():
+        return session.run(["Y"], feeds)[0][:, 0]
+    return call, None, time.perf_counter() - start
+
+
+def to_numpy(a) -> np.ndarray:
+    """A host NumPy array from a NumPy, CuPy or torch array."""
+    if hasattr(a, "detach"):
+        return a.detach().numpy()
+    if hasattr(a, "get"):
+        return a.get()
+    return np.asarray(a)

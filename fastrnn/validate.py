@@ -1,0 +1,288 @@
+"""`fastrnn validate`: every backend, cell, variant and dtype against the NumPy reference.
+
+For each case of a grid of small shapes (T = B = I = H = 1, odd sizes, ``lengths`` with ties and
+full-length sequences, ``reverse``, given or zero initial states, with and without biases), a
+backend runs a training forward, the backward with random dy, dh_n and dc_n, and an inference
+forward. Every output (y, h_n, c_n, training and inference) and every gradient is compared with
+the reference run in float64 on the same inputs: it passes when |actual - expected| <=
+atol + rtol * |expected| everywhere (numpy.allclose), with float32 rtol 1e-4, atol 1e-5 and
+float64 rtol = atol = 1e-10, and when its dtype and shape are right.
+
+The reference itself in float64 has nothing to be compared with; its gradients are checked with
+central finite differences instead, along a random direction per gradient (relative error
+<= 1e-6).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+import numpy as np
+
+from . import dispatch, runners
+from .cells import ALL_CELLS, Cell
+from .reference import NumpyBackend
+
+TOLERANCES = {"float32": {"rtol": 1e-4, "atol": 1e-5}, "float64": {"rtol": 1e-10, "atol": 1e-10}}
+FD_RTOL = 1e-6
+FD_STEP = 1e-6
+DTYPES = tuple(TOLERANCES)
+
+
+@dataclass(frozen=True)
+class GridCase:
+    name: str
+    T: int
+    B: int
+    I: int
+    H: int
+    lengths: bool = False
+    reverse: bool = False
+    states: bool = True
+    bias: bool = True
+
+    def make_lengths(self):
+        """Lengths with a full-length sequence, a tie and a length-1 sequence."""
+        if not self.lengths:
+            return None
+        pattern = [self.T, max(1, self.T // 2), max(1, self.T // 2), 1, max(1, self.T - 1)]
+        return np.array([pattern[b % len(pattern)] for b in range(self.B)], dtype=np.int64)
+
+
+GRID = (
+    GridCase("T1 B1 I1 H1", 1, 1, 1, 1),
+    GridCase("odd I7 H33", 5, 3, 7, 33),
+    GridCase("lengths", 6, 5, 4, 6, lengths=True),
+    GridCase("reverse", 5, 3, 4, 5, reverse=True),
+    GridCase("reverse lengths", 6, 5, 3, 4, lengths=True, reverse=True),
+    GridCase("zero states no bias", 4, 2, 3, 5, states=False, bias=False),
+)
+
+
+def _problem(cell: Cell, case: GridCase, dtype, seed):
+    """(params, cotangents) in ``dtype``, drawn in float64 and rounded once."""
+    p = runners.make_params(cell, case.T, case.B, case.I, case.H, np.float64, seed,
+                            bias=case.bias, states=case.states)
+    rng = np.random.default_rng(seed + 1)
+    cot = {"dy": rng.standard_normal((case.T, case.B, case.H)),
+           "dh_n": rng.standard_normal((case.B, case.H))}
+    if cell.has_cell_state:
+        cot["dc_n"] = rng.standard_normal((case.B, case.H))
+    cast = {k: None if v is None else v.astype(dtype) for k, v in p.items()}
+    return cast, {k: v.astype(dtype) for k, v in cot.items()}
+
+
+def _run(cell, case, backend, p, cot):
+    """All outputs and gradients of one case on ``backend``, as host arrays by name."""
+    be = dispatch.get_backend(backend)
+    if be.library != "numpy":
+        p = {k: None if v is None else be.xp.asarray(v) for k, v in p.items()}
+        cot = {k: be.xp.asarray(v) for k, v in cot.items()}
+    lengths = case.make_lengths()
+    out = runners.fastrnn_forward(cell, p, training=True, backend=backend, lengths=lengths,
+                                  reverse=case.reverse)
+    result = {"y": out[0], "h_n": out[1]}
+    if cell.has_cell_state:
+        result["c_n"] = out[2]
+    grads = runners.fastrnn_backward(cell, out[-1], cot)
+    for name in runners.GRAD_NAMES:
+        if getattr(grads, name) is not None:
+            result[name] = getattr(grads, name)
+    inf = runners.fastrnn_forward(cell, p, training=False, backend=backend, lengths=lengths,
+                                  reverse=case.reverse)
+    result["y (inference)"] = inf[0]
+    result["h_n (inference)"] = inf[1]
+    if cell.has_cell_state:
+        result["c_n (inference)"] = inf[2]
+    return {k: runners.to_numpy(v) for k, v in result.items()}
+
+
+def compare(actual, expected, dtype: str) -> dict:
+    """Errors of ``actual`` against ``expected`` and whether they pass (see the module doc).
+
+    max_rel is taken over the entries with |expected| > atol, where a relative error means
+    something; ``worst`` is the largest |a - e| / (atol + rtol |e|), at most 1 to pass.
+    """
+    tol = TOLERANCES[dtype]
+    if actual is None:
+        return {"max_abs": None, "max_rel": None, "worst": None, "passed": False,
+                "problem": "missing"}
+    if actual.dtype != np.dtype(dtype):
+        return {"max_abs": None, "max_rel": None, "worst": None, "passed": False,
+                "problem": f"dtype {actual.dtype}, expected {dtype}"}
+    if actual.shape != expected.shape:
+        return {"max_abs": None, "max_rel": None, "worst": None, "passed": False,
+                "problem": f"shape {actual.shape}, expected {expected.shape}"}
+    err = np.abs(actual.astype(np.float64) - expected)
+    mag = np.abs(expected)
+    bound = tol["atol"] + tol["rtol"] * mag
+    passed = bool(np.all(err <= bound))  # False for any NaN
+    big = mag > tol["atol"]
+    return {
+        "max_abs": float(err.max()) if err.size else 0.0,
+        "max_rel": float((err[big] / mag[big]).max()) if big.any() else 0.0,
+        "worst": float((err / bound).max()) if err.size else 0.0,
+        "passed": passed, "problem": None,
+    }
+
+
+def _finite_differences(cell, case, p, cot, grads, seed) -> dict:
+    """Directional central differences of L = <y, dy> + <h_n, dh_n> (+ <c_n, dc_n>) with the
+    float64 reference, one random direction per gradient: {gradient name: comparison}."""
+    lengths = case.make_lengths()
+
+    def loss(q):
+        out = runners.fastrnn_forward(cell, q, training=False, backend="numpy",
+                                      lengths=lengths, reverse=case.reverse)
+        total = np.sum(out[0] * cot["dy"]) + np.sum(out[1] * cot["dh_n"])
+        if cell.has_cell_state:
+            total += np.sum(out[2] * cot["dc_n"])
+        return total
+
+    rng = np.random.default_rng(seed + 2)
+    results = {}
+    for name in runners.GRAD_NAMES:
+        if name not in grads:
+            continue
+        param = runners.PARAM_OF_GRAD[name]
+        if p.get(param) is None:  # zero initial state: perturb an explicit zero state
+            p = dict(p, **{param: np.zeros_like(grads[name])})
+        v = rng.standard_normal(p[param].shape)
+        plus = loss(dict(p, **{param: p[param] + FD_STEP * v}))
+        minus = loss(dict(p, **{param: p[param] - FD_STEP * v}))
+        fd = (plus - minus) / (2 * FD_STEP)
+        analytic = float(np.sum(grads[name] * v))
+        scale = max(abs(fd), abs(analytic))
+        rel = abs(fd - analytic) / scale if scale > 1e-12 else 0.0
+        results[name] = {"max_abs": abs(fd - analytic), "max_rel": rel, "worst": rel / FD_RTOL,
+                         "passed": bool(rel <= FD_RTOL), "problem": None}
+    return results
+
+
+def validate(backends=None, cells=ALL_CELLS, dtypes=DTYPES, grid=GRID, seed=0):
+    """Run the checks; returns a list of records, one per backend, cell, dtype, case and
+    quantity: {backend, cell, dtype, case, quantity, check, max_abs, max_rel, worst, passed,
+    problem}."""
+    backends = dispatch.available_backends() if backends is None else list(backends)
+    for name in backends:
+        dispatch.get_backend(name)  # an unavailable backend raises here, saying why
+    records = []
+    expected = {}
+    for cell in cells:
+        for dtype in dtypes:
+            for k, case in enumerate(grid):
+                p, cot = _problem(cell, case, dtype, seed + k)
+                p64 = {n: None if a is None else a.astype(np.float64) for n, a in p.items()}
+                cot64 = {n: a.astype(np.float64) for n, a in cot.items()}
+                expected = _run(cell, case, "numpy", p64, cot64)
+                for backend in backends:
+                    base = dict(backend=backend, cell=cell.name, dtype=dtype, case=case.name)
+                    is_reference = type(dispatch.get_backend(backend)) is NumpyBackend
+                    if is_reference and dtype == "float64":
+                        checks = _finite_differences(cell, case, p64, cot64, expected, seed + k)
+                        records += [dict(base, quantity=q, check="finite differences", **c)
+                                    for q, c in checks.items()]
+                        continue
+                    try:
+                        actual = _run(cell, case, backend, p, cot)
+                    except Exception as exc:  # noqa: BLE001 - a crash is a failed check
+                        records.append(dict(base, quantity="(run)", check="reference",
+                                            max_abs=None, max_rel=None, worst=None,
+                                            passed=False,
+                                            problem=f"{type(exc).__name__}: {exc}"))
+                        continue
+                    for q in expected:
+                        records.append(dict(base, quantity=q, check="reference",
+                                            **compare(actual.get(q), expected[q], dtype)))
+                    for q in actual.keys() - expected.keys():
+                        records.append(dict(base, quantity=q, check="reference", max_abs=None,
+                                            max_rel=None, worst=None, passed=False,
+                                            problem="returned, but the reference gives None"))
+    return records
+
+
+def summarize(records) -> list:
+    """One row per backend, cell, dtype and quantity: the largest errors over the grid, the
+    case where the error is closest to (or beyond) its tolerance, and PASS/FAIL."""
+    rows = {}
+    for r in records:
+        key = (r["backend"], r["cell"], r["dtype"], r["quantity"])
+        row = rows.setdefault(key, dict(backend=r["backend"], cell=r["cell"], dtype=r["dtype"],
+                                        quantity=r["quantity"], check=r["check"], max_abs=0.0,
+                                        max_rel=0.0, worst=-1.0, worst_case=None, passed=True))
+        row["passed"] = row["passed"] and r["passed"]
+        for k in ("max_abs", "max_rel"):
+            if r[k] is not None:
+                row[k] = max(row[k], r[k])
+        worst = np.inf if r["worst"] is None or np.isnan(r["worst"]) else r["worst"]
+        if worst > row["worst"]:
+            row["worst"], row["worst_case"] = worst, r["case"]
+    for row in rows.values():
+        row["worst"] = row["worst"] if np.isfinite(row["worst"]) else None
+    return list(rows.values())
+
+
+def _e(v):
+    return "-" if v is None else f"{v:.2e}"
+
+
+def format_text(records, backends, cells, dtypes, grid, verbose=False) -> str:
+    rows = records if verbose else summarize(records)
+    where = "case" if verbose else "worst case"
+    header = ("backend", "cell", "dtype", "quantity", "check", "max abs err", "max rel err",
+              where, "result")
+    table = [header] + [(
+        r["backend"], r["cell"], r["dtype"], r["quantity"], r["check"], _e(r["max_abs"]),
+        _e(r["max_rel"]), str(r["case"] if verbose else r["worst_case"]),
+        "PASS" if r["passed"] else "FAIL") for r in rows]
+    widths = [max(len(row[k]) for row in table) for k in range(len(header))]
+    lines = [
+        f"fastrnn validate: backends {', '.join(backends)}; cells "
+        f"{', '.join(c.name for c in cells)}; dtypes {', '.join(dtypes)}",
+        f"grid ({len(grid)} cases per cell and dtype): "
+        + "; ".join(f"{g.name} (T={g.T} B={g.B} I={g.I} H={g.H})" for g in grid),
+        "tolerances: |actual - expected| <= atol + rtol |expected| against the float64 "
+        "reference, float32 rtol 1e-4 atol 1e-5, float64 rtol 1e-10 atol 1e-10; the reference "
+        f"in float64: finite differences, relative error <= {FD_RTOL:g}. max rel err is over "
+        "entries with |expected| > atol.",
+        "",
+    ]
+    lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
+              for row in table]
+    failed = [r for r in records if not r["passed"]]
+    lines += ["", f"{len(records)} checks, {len(failed)} failed"]
+    for r in failed:
+        detail = r["problem"] or (f"max abs err {_e(r['max_abs'])}, max rel err "
+                                  f"{_e(r['max_rel'])}, {r['worst']:.3g}x its tolerance")
+        lines.append(f"FAIL {r['backend']} {r['cell']} {r['dtype']} [{r['case']}] "
+                     f"{r['quantity']}: {detail}")
+    return "\n".join(lines) + "\n"
+
+
+def to_json(records, backends, cells, dtypes, grid) -> str:
+    return json.dumps({
+        "backends": list(backends), "cells": [c.name for c in cells], "dtypes": list(dtypes),
+        "grid": [asdict(g) for g in grid],
+        "tolerances": TOLERANCES, "finite_difference_rtol": FD_RTOL,
+        "passed": all(r["passed"] for r in records),
+        "failed": sum(not r["passed"] for r in records),
+        "summary": summarize(records), "records": records,
+    }, indent=1, default=_json_default) + "\n"
+
+
+def _json_default(v):
+    if isinstance(v, (np.floating, np.integer)):
+        return v.item()
+    if isinstance(v, np.bool_):
+        return bool(v)
+    raise TypeError(f"not JSON serialisable: {type(v).__name__}")
+
+
+def cells_by_names(names: Optional[str]):
+    from .cells import cell_by_name
+
+    if names is None or names == "all":
+        return ALL_CELLS
+    return tuple(cell_by_name(n.strip()) for n in names.split(",") if n.strip())

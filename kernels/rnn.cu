@@ -1,0 +1,67 @@
+// Elman RNN, one time step t per launch, one thread per (b, j); equations in fastrnn/cells.py:
+//   h' = act(gx + gh + b_hh),  act = tanh (Relu = false) or relu (Relu = true)
+// The forward keeps only the states hs: act' is written from act's output h'.
+//
+// Shapes: B batch rows, H hidden units. A "[B, ld]" matrix has B rows ld elements apart, of which
+// the kernel uses the first H (or G*H); such arguments may be views into wider arrays (the two
+// halves of a bidirectional layer). All other matrices are dense.
+
+#include "common.cuh"
+
+// Forward of step t: the recurrent GEMM gh = h_prev W_hh^T has already run.
+// Valid (t < lengths[b]): h_next = y = act(x_proj + gh + b_hh). Invalid: h_next = h_prev, y = 0.
+template <typename T, bool Relu>
+__global__ void rnn_forward(
+    const T* __restrict__ x_proj,  // [B, ld_x]  W_ih x_t + b_ih, columns [0, H)
+    int ld_x,
+    const T* __restrict__ gh,      // [B, H]     h_prev W_hh^T
+    const T* __restrict__ b_hh,    // [H]
+    const T* __restrict__ h_prev,  // [B, H]     state entering step t
+    const long long* __restrict__ lengths,  // [B] or nullptr (every step valid)
+    int t,
+    T* __restrict__ y,             // [B, ld_y]  output of step t, columns [0, H)
+    int ld_y,
+    T* __restrict__ h_next,        // [B, H]     state leaving step t
+    int B, int H) {
+  using namespace fastrnn;
+  int b, j;
+  if (!unit_of_thread(B, H, b, j)) return;
+  const long long u = row(b, H) + j;
+  const T pre = x_proj[row(b, ld_x) + j] + (gh[u] + b_hh[j]);
+  const T h = Relu ? relu(pre) : tanh_(pre);
+  const bool valid = valid_step(lengths, b, t);
+  h_next[u] = valid ? h : h_prev[u];
+  y[row(b, ld_y) + j] = valid ? h : T(0);
+}
+
+// Backward of step t, before the GEMM dh_rec = d_gx W_hh that the next (earlier) step reads.
+// The gradient reaching the state leaving step t is dh_carry + dh_rec (+ dy where valid).
+// Valid: d_gx = that * act'(h_out), dh_carry = 0 (all of dL/dh_prev goes through W_hh).
+// Invalid: d_gx = 0, dh_carry = that (the state passed through unchanged).
+template <typename T, bool Relu>
+__global__ void rnn_backward(
+    const T* __restrict__ h_out,   // [B, H]     state leaving step t (hs)
+    const T* __restrict__ dy,      // [B, ld_dy] dL/dy of step t, columns [0, H)
+    int ld_dy,
+    const long long* __restrict__ lengths,  // [B] or nullptr
+    int t,
+    const T* __restrict__ dh_rec,  // [B, H]     d_gx of step t+1 (in time) times W_hh; 0 at first
+    T* __restrict__ dh_carry,      // [B, H]     in: the rest of dL/dh_out; out: dL/dh_prev - dh_rec
+    T* __restrict__ d_gx,          // [B, ld_g]  out: dL/d(pre-activation), columns [0, H)
+    int ld_g,
+    int B, int H) {
+  using namespace fastrnn;
+  int b, j;
+  if (!unit_of_thread(B, H, b, j)) return;
+  const long long u = row(b, H) + j;
+  const T dh = dh_carry[u] + dh_rec[u];
+  T* g = d_gx + row(b, ld_g);
+  if (!valid_step(lengths, b, t)) {
+    g[j] = T(0);
+    dh_carry[u] = dh;
+    return;
+  }
+  const T d = dh + dy[row(b, ld_dy) + j];
+  g[j] = d * (Relu ? d_relu(h_out[u]) : d_tanh(h_out[u]));
+  dh_carry[u] = T(0);
+}
