@@ -27,8 +27,7 @@ from hypothesis import strategies as st
 import fastrnn
 from fastrnn.cells import ALL_CELLS
 from helpers import BACKWARD, FORWARD, GRAD_NAMES, TOL, assert_close, make_cotangents
-from helpers import make_problem
-from helpers import variant_kwargs
+from helpers import make_problem, variant_kwargs
 
 DTYPES = (np.float32, np.float64)
 LAYOUTS = ("C", "F", "swapped", "strided", "negative", "unaligned", "broadcast")

@@ -1,14 +1,15 @@
 """Reliability: bounds, non-finite values, threads, determinism, memory and very long sequences.
 
 Every test runs on each backend that can run here (see conftest.py) unless it says otherwise:
-- the Numba kernels, run with NUMBA_BOUNDSCHECK=1 in a fresh process over the edge-case grid,
-  never index out of bounds and still give the reference's results;
+- the Numba kernels, compiled with NUMBA_BOUNDSCHECK=1 in a separate process and cache, never
+  index out of bounds over the edge-case grid and still give the reference's results;
 - NaN and Inf propagate exactly as in the reference; inputs of magnitude 1e4 raise no
   floating-point error and give finite results;
 - four threads calling forward and backward at once get the serial results, bit for bit;
 - repeated calls, and two separate processes, give bitwise identical results;
 - 2,000 forward+backward calls keep the resident memory flat; backward frees what forward kept;
-  ``fastrnn.training_memory`` predicts what a fused backend's training forward keeps, to the byte;
+  ``fastrnn.training_memory`` predicts what a fused backend's training forward keeps (to the
+  byte, up to one int64 per batch row and direction of bookkeeping);
 - an LSTM runs forward and backward over T = 10,000, and an inference forward over T = 100,000
   needs no memory that grows with T beyond its output.
 """
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import gc
 import hashlib
-import json
 import math
 import os
 import subprocess
@@ -57,7 +57,8 @@ def assert_bitwise_equal(a: dict, b: dict, label):
     assert set(a) == set(b), label
     for k in a:
         assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape, (label, k)
-        assert np.array_equal(a[k].view(np.uint8), b[k].view(np.uint8)), f"{label}: {k} differs"
+        bits = [np.ascontiguousarray(v).view(np.uint8) for v in (a[k], b[k])]
+        assert np.array_equal(*bits), f"{label}: {k} differs"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -492,7 +493,9 @@ def test_training_memory_arguments():
 
 
 def test_lstm_ten_thousand_steps_forward_and_backward(fastest_cpu):
-    T, B, I, H, dtype = 10_000, 4, 32, 128, np.float32
+    """In float64, against the reference at 1e-10: in float32 two correct implementations
+    differ by more than 1e-5 in weight gradients summed over 40,000 rows."""
+    T, B, I, H, dtype = 10_000, 4, 32, 128, np.float64
     p = make_problem(LSTM, T, B, I, H, dtype, seed=7, scale=1 / math.sqrt(H))
     cot = make_cotangents(LSTM, T, B, H, dtype)
     got = all_arrays(*run(LSTM, p, cot, fastest_cpu.backend))
