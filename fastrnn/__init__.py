@@ -30,5 +30,15 @@ __all__ = [
     "available_backends", "get_backend", "gru_backward", "gru_forward", "lstm_backward",
     "lstm_forward", "register_backend", "rnn_backward", "rnn_forward", "saved_bytes",
     "training_memory", "use_backend",
-    "RNN", "LSTM", "GRU", "clip_grad_norm",
+    "RNN", "LSTM", "GRU", "clip_grad_norm", "set_num_threads", "get_num_threads",
 ]
+
+
+def __getattr__(name):
+    # set_num_threads / get_num_threads belong to the Numba backend, imported on first use so
+    # that ``import fastrnn`` imports no kernels.
+    if name in ("set_num_threads", "get_num_threads"):
+        from .backends import numba_cpu
+
+        return getattr(numba_cpu, name)
+    raise AttributeError(f"module 'fastrnn' has no attribute {name!r}")

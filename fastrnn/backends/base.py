@@ -113,6 +113,11 @@ class FusedBackend(Backend):
     def recurrence_backward(self, cell, saved, W_hh, dy, dh_n, dc_n, d_gx):
         raise NotImplementedError
 
+    def matmul(self, a, b):
+        """a @ b of 2-D arrays: every GEMM above the recurrence goes through here, so that a
+        backend can run them on its own threads."""
+        return a @ b
+
     def _hh_bias(self, d: Direction):
         return d.b_hh if d.b_hh is not None else self.xp.zeros(d.W_hh.shape[0], d.W_hh.dtype)
 
@@ -127,7 +132,7 @@ class FusedBackend(Backend):
         W_cat = dirs[0].W_ih if D == 1 else xp.concatenate([d.W_ih for d in dirs])
         chunked = not training and T * B * D * GH > self.chunk_elements
         if not chunked:
-            x_proj = (x.reshape(T * B, I) @ W_cat.T).reshape(T, B, D * GH)
+            x_proj = self.matmul(x.reshape(T * B, I), W_cat.T).reshape(T, B, D * GH)
             for k, d in enumerate(dirs):
                 if d.b_ih is not None:
                     x_proj[..., k * GH:(k + 1) * GH] += d.b_ih
@@ -161,7 +166,7 @@ class FusedBackend(Backend):
         b_hh = self._hh_bias(d)
         for t0 in reversed(starts) if d.reverse else starts:
             t1 = min(T, t0 + steps)
-            x_proj = (x[t0:t1].reshape(-1, I) @ d.W_ih.T).reshape(t1 - t0, B, GH)
+            x_proj = self.matmul(x[t0:t1].reshape(-1, I), d.W_ih.T).reshape(t1 - t0, B, GH)
             if d.b_ih is not None:
                 x_proj += d.b_ih
             L = None if lengths is None else (lengths - t0).clip(0, t1 - t0)
@@ -190,12 +195,13 @@ class FusedBackend(Backend):
             saved.directions[k] = None  # release what this direction kept as soon as it is used
             blocks = [d.reshape(T * B, d.shape[-1]) for d, _ in hh_terms]
             dW_hh = xp.concatenate([
-                d2.T @ unpadded(h).reshape(T * B, H) for d2, (_, h) in zip(blocks, hh_terms)])
+                self.matmul(d2.T, unpadded(h).reshape(T * B, H))
+                for d2, (_, h) in zip(blocks, hh_terms)])
             db_hh = xp.concatenate([d2.sum(axis=0) for d2 in blocks])
             grads.append(DirectionGrads(None, dW_hh, None, db_hh, dh0, dc0))
         d2 = d_gx.reshape(T * B, D * GH)
-        dx = (d2 @ W_cat).reshape(T, B, I)
-        dW_cat = d2.T @ unpadded(x).reshape(T * B, I)
+        dx = self.matmul(d2, W_cat).reshape(T, B, I)
+        dW_cat = self.matmul(d2.T, unpadded(x).reshape(T * B, I))
         db_cat = d2.sum(axis=0)
         for k, g in enumerate(grads):
             has_b_ih, has_b_hh = saved.biased[k]

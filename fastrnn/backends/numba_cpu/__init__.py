@@ -9,10 +9,13 @@ gradients after it as GEMMs over all T*B rows; this backend runs ``recurrence_fo
 ``recurrence_backward``. Importing this package does not import Numba; constructing
 ``NumbaBackend()`` does.
 
-Threads split the batch: the rows of a batch are independent sequences, so each thread runs its
-share of the rows through every step on its own, with no synchronisation between steps (one
-parallel region per call). Within a thread each step is one product of the rows' states with
-W_hh (BLAS, or a hand-written loop for a single row) followed by the cell's pointwise work.
+Threads split the batch or the hidden units (common.Plan). The rows of a batch are independent
+sequences, so with row groups each thread runs its rows through every step on its own, with no
+synchronisation between steps. Large steps split the hidden units instead: each thread
+multiplies every row by its chunk of W_hh (packed once per call, so it stays in that core's
+cache), which keeps the product wide enough for BLAS to run near its peak, at the price of a
+barrier per step. Within a block each step is one product (BLAS, or a hand-written loop for a
+single row) followed by the cell's pointwise work.
 """
 
 from __future__ import annotations
@@ -26,8 +29,9 @@ from ..base import FusedBackend
 
 
 def set_num_threads(n: int) -> None:
-    """Threads the Numba backend uses (Numba's own setting; at most NUMBA_NUM_THREADS).
-    BLAS calls made inside its kernels are limited to the same number."""
+    """Threads the Numba backend uses: Numba's own setting for the calling thread, at most
+    NUMBA_NUM_THREADS. The backend's GEMMs are split over these threads, each calling BLAS on one
+    thread, so BLAS never adds threads of its own."""
     import numba
 
     if not isinstance(n, (int, np.integer)) or isinstance(n, (bool, np.bool_)):
@@ -60,18 +64,22 @@ class Saved:
 class NumbaBackend(FusedBackend):
     """Fused recurrences compiled with Numba for NumPy arrays.
 
-    Knobs (instance attributes, measured defaults): the batch splits over the threads when
-    every thread gets at least ``parallel_min_rows`` rows and the call has at least
-    ``parallel_min_work`` multiply-adds (T*B*G*H*H); a thread uses BLAS for its recurrent product
-    when it has at least ``blas_min_rows`` rows.
+    Knobs (instance attributes; the defaults come from measurements on a 2-core AVX-512
+    machine): a call uses several threads when it has at least ``parallel_min_work``
+    multiply-adds in its recurrent products (T*B*G*H*H); the threads split the hidden units
+    when one step's product has at least ``unit_split_min`` multiply-adds (B*G*H*H), else the
+    batch rows, at least ``parallel_min_rows`` per thread; a block of rows uses BLAS for its
+    product when it has at least ``blas_min_rows`` rows.
     """
 
     name = "numba"
     library = "numpy"
     xp = np
-    parallel_min_rows = 1
     parallel_min_work = 1 << 20
+    parallel_min_rows = 1
+    unit_split_min = 1 << 23
     blas_min_rows = 2
+    matmul_min_work = 1 << 21
 
     def __init__(self):
         from . import common, gru, lstm, rnn
@@ -80,14 +88,31 @@ class NumbaBackend(FusedBackend):
         self._kernels = {"rnn": rnn, "lstm": lstm, "gru": gru}
         self._blas = common.BlasThreads()
 
+    # BLAS runs one thread at a time inside this backend: the GEMMs above the recurrence go
+    # through ``matmul`` on Numba's threads, so no BLAS thread pool ever competes with them.
+
+    def forward(self, cell, x, dirs, lengths, training):
+        with self._blas.limit(1):
+            return super().forward(cell, x, dirs, lengths, training)
+
+    def backward(self, cell, saved, dy, dh_n, dc_n):
+        with self._blas.limit(1):
+            return super().backward(cell, saved, dy, dh_n, dc_n)
+
+    def matmul(self, a, b):
+        return self._common.matmul(a, b, self._common.threads(), self.matmul_min_work)
+
     def _plan(self, cell, T, B, H):
-        """(chunks of rows, use BLAS, BLAS threads while the kernel runs)."""
+        """The common.Plan of a call."""
         threads = self._common.threads()
-        chunks = 1
-        if T * B * cell.gates * H * H >= self.parallel_min_work:
-            chunks = max(1, min(threads, B // max(1, self.parallel_min_rows)))
-        use_blas = B // chunks >= self.blas_min_rows
-        return chunks, use_blas, 1 if chunks > 1 else threads
+        rows = units = 1
+        step = B * cell.gates * H * H
+        if threads > 1 and T * step >= self.parallel_min_work:
+            if step >= self.unit_split_min:
+                units = threads
+            else:
+                rows = max(1, min(threads, B // max(1, self.parallel_min_rows)))
+        return self._common.make_plan(H, rows, units, B // rows >= self.blas_min_rows)
 
     @staticmethod
     def _lengths(lengths, T, B):
@@ -99,35 +124,26 @@ class NumbaBackend(FusedBackend):
                            training):
         T, B, _ = x_proj.shape
         H = W_hh.shape[1]
-        chunks, use_blas, blas_threads = self._plan(cell, T, B, H)
+        plan = self._plan(cell, T, B, H)
         y_out = y if self._common.flat(y) is not None else np.empty(y.shape, y.dtype)
-        with self._blas.limit(blas_threads) if use_blas else _NoLimit():
+        with self._blas.limit(1):
             h_n, c_n, saved = self._kernels[cell.kind].forward(
                 cell, x_proj, y_out, np.ascontiguousarray(W_hh), np.ascontiguousarray(b_hh), h0,
-                c0, self._lengths(lengths, T, B), bool(reverse), bool(training), chunks,
-                use_blas)
+                c0, self._lengths(lengths, T, B), bool(reverse), bool(training), plan)
         if y_out is not y:
             y[...] = y_out
         return h_n, c_n, saved
 
     def recurrence_backward(self, cell, saved, W_hh, dy, dh_n, dc_n, d_gx):
         T, B, H = dy.shape
-        chunks, use_blas, blas_threads = self._plan(cell, T, B, H)
+        plan = self._plan(cell, T, B, H)
         g_out = d_gx if self._common.flat(d_gx) is not None else np.empty(d_gx.shape, d_gx.dtype)
-        with self._blas.limit(blas_threads) if use_blas else _NoLimit():
+        with self._blas.limit(1):
             hh_terms, dh0, dc0 = self._kernels[cell.kind].backward(
-                cell, saved, np.ascontiguousarray(W_hh), dy, dh_n, dc_n, g_out, chunks, use_blas)
+                cell, saved, np.ascontiguousarray(W_hh), dy, dh_n, dc_n, g_out, plan)
         if g_out is not d_gx:
             d_gx[...] = g_out
         return hh_terms, dh0, dc0
-
-
-class _NoLimit:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 __all__ = ["NumbaBackend", "get_num_threads", "set_num_threads"]

@@ -2,48 +2,64 @@
 
 Compiled pieces:
 
-* ``sigmoid`` and ``tanh`` for one scalar, finite and exception-free for every finite input,
-  NaN in gives NaN out. float32 uses an exp built from a Cody-Waite reduction, a polynomial and
-  an exponent written with integer bits, so the loops that call it vectorise (Numba has no
-  vector math library here); float64 calls libm.
-* ``gemm``: the recurrent product of one step, either BLAS (``np.dot`` calls SciPy's) or a
-  hand-written loop that wins where a BLAS call's fixed cost dominates (one or a few rows).
-* short loops over one row (add, copy, activate, reduce) that each touch few arrays: Numba
-  cannot tell LLVM that arrays do not overlap, and LLVM vectorises a loop only when the overlap
-  checks it must add stay few, so a step's pointwise work is split into such loops. All arrays
-  are flat and addressed by offset (see ``U`` below).
-* ``slots``: which rows of the state buffer a step reads and writes.
+* ``sigmoid`` and ``tanh`` of one scalar: finite and exception-free for every finite input, NaN
+  in gives NaN out. float32 uses an exp built from a Cody-Waite reduction, a polynomial and an
+  exponent written with integer bits, so that the loops calling it vectorise (this Numba has no
+  vector math library); float64 calls libm.
+* ``gemm``: the recurrent product of a step, ``rows @ panels``, written with explicit 64-byte
+  vectors (``Vec``; zmm registers with AVX-512, two ymm otherwise). The weights are packed once
+  per call into panels of 4 vectors' width (``panels_*``), which a 4-row micro-kernel streams
+  while 16 accumulators stay in registers. For the few rows a thread owns per step this beats a
+  BLAS call, which packs the weights again every time.
+* short loops over one row (add, copy, activate): Numba cannot tell LLVM that arrays do not
+  overlap, and LLVM vectorises a loop only when the overlap checks it must add stay few, so a
+  step's pointwise work is split into such loops.
+* ``slots``, ``block_of``, ``receive``: which state rows a step reads and writes, which rows and
+  hidden units a thread owns, and how the shares of d_gates @ W_hh reach dh.
+* ``matmul``: the GEMMs above the recurrence (backends/base.py) split over Numba's threads.
 
 The time loop itself lives in each cell's kernel: Numba caches neither closures nor functions
-that take other compiled functions as arguments, so it cannot be shared as a function. Every
-kernel has the same shape: for each step s, for each chunk c of hidden units (``prange`` when
-there are several, one per thread), ``step(c, s, ...)``.
+that take other compiled functions as arguments, so it cannot be passed around. Every kernel
+has the same shape (see lstm.py).
 
-Python pieces: packing W_hh per chunk once per call, flat views of strided arrays, the thread
-plan, and the BLAS thread limit around parallel kernels.
+Arrays inside the kernels are flat (1-D) and addressed by offset. Indices are cast to unsigned
+(``U``): a signed index could be negative for all Numba knows, and the wraparound it then adds
+stops LLVM from vectorising. Views (slices) would avoid the cast but cost two atomic
+reference-count updates each, which per row and step add up to more than the arithmetic.
+
+Note for development: Numba's cache of a cell's kernels is keyed on that cell's file, so after
+editing this module, clear the __pycache__ of this package.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numba
 import numpy as np
-from numba import njit, types
-from numba.extending import overload
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic, models, overload, register_model
 
 # No nnan / ninf: NaN and Inf keep their meaning.
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 JIT = dict(cache=True, fastmath=FASTMATH, error_model="numpy", nogil=True)
 # The exp reduction relies on the order of its operations, so it runs without reassoc.
 _EXACT_ORDER = dict(fastmath={"nsz", "arcp", "contract", "afn"}, error_model="numpy")
-
+U = np.uint64
 
 # ----------------------------------------------------------------------------------------------
 # Scalars
 
 _F = np.float32
-_EXP_MAX = _F(87.0)  # exp(+-87) and sigmoid of any input stay normal float32 numbers
+# exp's result is a normal float32 number for arguments in [_EXP_LO, _EXP_HI]; below it is 0
+# (the exact value is under the smallest normal number), above it is inf (the exact value
+# overflows within 0.5 of _EXP_HI), as a float32 exp would give. So sigmoid(-inf) and
+# sigmoid'(+-inf) are exactly 0, as in the reference.
+_EXP_LO = _F(-87.33)
+_EXP_HI = _F(88.3)
 _LOG2E = _F(1.4426950408889634)
 _LN2_HI = _F(0.693145751953125)  # ln 2 = _LN2_HI + _LN2_LO; _LN2_HI has 12 trailing zero bits
 _LN2_LO = _F(1.428606765330187e-06)
@@ -54,17 +70,18 @@ _TANH_POLY = (_F(62 / 2835), _F(-17 / 315), _F(2 / 15), _F(-1 / 3))  # x^9 .. x^
 
 @njit(**_EXACT_ORDER)
 def _exp32(x):
-    """exp(x) for float32 within 2 ulp on [-87, 87]; the argument is clamped there."""
-    x = _EXP_MAX if x > _EXP_MAX else x  # written so that NaN passes through
-    x = -_EXP_MAX if x < -_EXP_MAX else x
-    n = np.floor(x * _LOG2E + _F(0.5))
-    r = (x - n * _LN2_HI) - n * _LN2_LO
+    """exp(x) for float32, within 2 ulp where the result is a normal number."""
+    c = _EXP_HI if x > _EXP_HI else x  # written so that NaN passes through
+    c = _EXP_LO if c < _EXP_LO else c
+    n = np.floor(c * _LOG2E + _F(0.5))
+    r = (c - n * _LN2_HI) - n * _LN2_LO
     p = _EXP_POLY[0]
     for coef in _EXP_POLY[1:]:
         p = p * r + coef
     n = _F(0) if n != n else n  # keep the integer conversion defined for NaN
-    scale = np.int32((np.int32(n) + np.int32(127)) << np.int32(23)).view(np.float32)
-    return p * scale
+    e = p * np.int32((np.int32(n) + np.int32(127)) << np.int32(23)).view(np.float32)
+    e = _F(np.inf) if x > _EXP_HI else e
+    return _F(0) if x < _EXP_LO else e
 
 
 @njit(**_EXACT_ORDER)
@@ -109,12 +126,89 @@ def _tanh_impl(x):
 
 
 # ----------------------------------------------------------------------------------------------
-# Rows. The kernels hold every array flat (1-D) and address rows by offset. Indices are cast to
-# unsigned (``U``): a signed index could be negative for all Numba knows, and the wraparound it
-# then adds stops LLVM from vectorising. Views (slices) would avoid the cast but cost two atomic
-# reference-count updates each, which per row and step add up to more than the arithmetic.
+# Vectors of 64 bytes: 16 float32 or 8 float64
 
-U = np.uint64
+
+class Vec(types.Type):
+    """An LLVM vector of ``width`` elements of ``dtype`` held in registers."""
+
+    def __init__(self, dtype, width):
+        self.dtype = dtype
+        self.width = width
+        super().__init__(name=f"Vec({dtype}x{width})")
+
+
+@register_model(Vec)
+class _VecModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        element = dmm.lookup(fe_type.dtype).get_value_type()
+        super().__init__(dmm, fe_type, ir.VectorType(element, fe_type.width))
+
+
+def _vec_of(dtype):
+    return Vec(dtype, 64 // (dtype.bitwidth // 8))
+
+
+@intrinsic
+def vload(typingctx, arr, offset):
+    """The vector at arr[offset:offset + width] (no alignment assumed)."""
+    vt = _vec_of(arr.dtype)
+
+    def codegen(context, builder, sig, args):
+        data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        ptr = builder.bitcast(builder.gep(data, [args[1]]),
+                              context.get_value_type(vt).as_pointer())
+        return builder.load(ptr, align=arr.dtype.bitwidth // 8)
+    return vt(arr, offset), codegen
+
+
+@intrinsic
+def vstore(typingctx, arr, offset, v):
+    def codegen(context, builder, sig, args):
+        data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        ptr = builder.bitcast(builder.gep(data, [args[1]]), args[2].type.as_pointer())
+        builder.store(args[2], ptr, align=arr.dtype.bitwidth // 8)
+        return context.get_dummy_value()
+    return types.none(arr, offset, v), codegen
+
+
+@intrinsic
+def vsplat(typingctx, x):
+    """A vector with every element x."""
+    vt = _vec_of(x)
+
+    def codegen(context, builder, sig, args):
+        llvt = context.get_value_type(vt)
+        undef = ir.Constant(llvt, ir.Undefined)
+        one = builder.insert_element(undef, args[0], ir.Constant(ir.IntType(32), 0))
+        mask = ir.Constant(ir.VectorType(ir.IntType(32), vt.width), [0] * vt.width)
+        return builder.shuffle_vector(one, undef, mask)
+    return vt(x), codegen
+
+
+@intrinsic
+def vfma(typingctx, a, b, c):
+    """a*b + c, fused."""
+    def codegen(context, builder, sig, args):
+        vt = args[0].type
+        name = f"llvm.fma.v{vt.count}{'f32' if vt.element == ir.FloatType() else 'f64'}"
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vt, [vt] * 3), name)
+        return builder.call(fn, args)
+    return a(a, b, c), codegen
+
+
+@intrinsic
+def vwidth(typingctx, arr):
+    """Elements per vector for arr's dtype (a compile-time constant)."""
+    width = _vec_of(arr.dtype).width
+
+    def codegen(context, builder, sig, args):
+        return context.get_constant(types.intp, width)
+    return types.intp(arr), codegen
+
+
+# ----------------------------------------------------------------------------------------------
+# Rows
 
 
 @njit(**JIT)
@@ -161,94 +255,112 @@ def tanh_of(dst, d0, src, s0, n):
         dst[U(d0 + u)] = tanh(src[U(s0 + u)])
 
 
-@njit(**JIT)
-def sum_parts(dst, d0, part, p0, stride, parts, n):
-    """dst[d0:d0+n] += sum over p < parts of part[p0 + p*stride:][:n], in order p = 0, 1, ..."""
-    for p in range(parts):
-        q0 = p0 + p * stride
-        for u in range(n):
-            dst[U(d0 + u)] += part[U(q0 + u)]
-
-
 # ----------------------------------------------------------------------------------------------
-# The recurrent product
+# The recurrent product: panels of 4 vectors' width
 
 
 @njit(**JIT)
-def gemm_nt(a, a0, m, m0, out, o0, B, K, N, use_blas):
-    """out[o0:] (B, N) = a[a0:] (B, K) @ m[m0:] (N, K)^T, each a row-major block of a flat array.
-
-    BLAS, or for one or two rows a loop of dot products, eight rows of m at a time so that each
-    load of a feeds eight multiply-adds.
-    """
-    if use_blas:
-        np.dot(a[a0:a0 + B * K].reshape((B, K)), m[m0:m0 + N * K].reshape((N, K)).T,
-               out[o0:o0 + B * N].reshape((B, N)))
-        return
-    zero = out.dtype.type(0)
-    for b in range(B):
-        ab = a0 + b * K
-        ob = o0 + b * N
-        j = 0
-        while j + 8 <= N:
-            r = m0 + j * K
-            s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = zero
-            for k in range(K):
-                x = a[U(ab + k)]
-                s0 += m[U(r + k)] * x
-                s1 += m[U(r + K + k)] * x
-                s2 += m[U(r + 2 * K + k)] * x
-                s3 += m[U(r + 3 * K + k)] * x
-                s4 += m[U(r + 4 * K + k)] * x
-                s5 += m[U(r + 5 * K + k)] * x
-                s6 += m[U(r + 6 * K + k)] * x
-                s7 += m[U(r + 7 * K + k)] * x
-            out[U(ob + j)] = s0
-            out[U(ob + j + 1)] = s1
-            out[U(ob + j + 2)] = s2
-            out[U(ob + j + 3)] = s3
-            out[U(ob + j + 4)] = s4
-            out[U(ob + j + 5)] = s5
-            out[U(ob + j + 6)] = s6
-            out[U(ob + j + 7)] = s7
-            j += 8
-        while j < N:
-            r = m0 + j * K
-            s0 = zero
-            for k in range(K):
-                s0 += m[U(r + k)] * a[U(ab + k)]
-            out[U(ob + j)] = s0
-            j += 1
+def panel_width(w):
+    return 4 * vwidth(w)
 
 
 @njit(**JIT)
-def transpose(w, rows, cols):
-    """A new flat (cols, rows) array holding the transpose of the flat (rows, cols) w."""
-    out = np.empty(rows * cols, w.dtype)
-    blk = 32
-    for i0 in range(0, rows, blk):
-        i1 = min(rows, i0 + blk)
-        for j0 in range(0, cols, blk):
-            j1 = min(cols, j0 + blk)
-            for i in range(i0, i1):
-                for j in range(j0, j1):
-                    out[U(j * rows + i)] = w[U(i * cols + j)]
+def panels_of_rows(w, w0, N, K):
+    """Panels of the transpose of the flat (N, K) block at w[w0:]: (P, K, NR) with
+    P = ceil(N/NR), zero past N. ``gemm`` with them gives a @ block^T."""
+    NR = panel_width(w)
+    P = -(-N // NR)
+    out = np.zeros(P * K * NR, w.dtype)
+    for p in range(P):
+        for j in range(min(NR, N - p * NR)):
+            src = w0 + (p * NR + j) * K
+            for k in range(K):
+                out[U((p * K + k) * NR + j)] = w[U(src + k)]
     return out
 
 
 @njit(**JIT)
-def rows_of(c, chunks, B):
-    """Rows [b0, b1) of chunk c when B rows split into ``chunks`` near-equal chunks."""
-    return c * B // chunks, (c + 1) * B // chunks
+def panels_of_columns(w, w0, K, N):
+    """Panels of the flat (K, N) block at w[w0:]: (P, K, NR), zero past N. ``gemm`` with them
+    gives a @ block."""
+    NR = panel_width(w)
+    P = -(-N // NR)
+    out = np.zeros(P * K * NR, w.dtype)
+    for p in range(P):
+        n = min(NR, N - p * NR)
+        for k in range(K):
+            copy_row(out, (p * K + k) * NR, w, w0 + k * N + p * NR, n)
+    return out
 
 
 @njit(**JIT)
-def count_valid(lengths, t, b0, b1):
-    k = 0
-    for b in range(b0, b1):
-        if t < lengths[b]:
-            k += 1
-    return k
+def _rows4(a, a0, K, wp, w0, out, o0, ldo):
+    """Four rows of a (row stride K) times one panel: 16 accumulators in registers."""
+    V = vwidth(wp)
+    z = vsplat(a.dtype.type(0))
+    c00 = c01 = c02 = c03 = c10 = c11 = c12 = c13 = z
+    c20 = c21 = c22 = c23 = c30 = c31 = c32 = c33 = z
+    for k in range(K):
+        p = w0 + k * 4 * V
+        w_0 = vload(wp, p)
+        w_1 = vload(wp, p + V)
+        w_2 = vload(wp, p + 2 * V)
+        w_3 = vload(wp, p + 3 * V)
+        x = vsplat(a[U(a0 + k)])
+        c00, c01 = vfma(x, w_0, c00), vfma(x, w_1, c01)
+        c02, c03 = vfma(x, w_2, c02), vfma(x, w_3, c03)
+        x = vsplat(a[U(a0 + K + k)])
+        c10, c11 = vfma(x, w_0, c10), vfma(x, w_1, c11)
+        c12, c13 = vfma(x, w_2, c12), vfma(x, w_3, c13)
+        x = vsplat(a[U(a0 + 2 * K + k)])
+        c20, c21 = vfma(x, w_0, c20), vfma(x, w_1, c21)
+        c22, c23 = vfma(x, w_2, c22), vfma(x, w_3, c23)
+        x = vsplat(a[U(a0 + 3 * K + k)])
+        c30, c31 = vfma(x, w_0, c30), vfma(x, w_1, c31)
+        c32, c33 = vfma(x, w_2, c32), vfma(x, w_3, c33)
+    for r, (q0, q1, q2, q3) in enumerate(((c00, c01, c02, c03), (c10, c11, c12, c13),
+                                          (c20, c21, c22, c23), (c30, c31, c32, c33))):
+        o = o0 + r * ldo
+        vstore(out, o, q0)
+        vstore(out, o + V, q1)
+        vstore(out, o + 2 * V, q2)
+        vstore(out, o + 3 * V, q3)
+
+
+@njit(**JIT)
+def _row1(a, a0, K, wp, w0, out, o0):
+    V = vwidth(wp)
+    c0 = c1 = c2 = c3 = vsplat(a.dtype.type(0))
+    for k in range(K):
+        p = w0 + k * 4 * V
+        x = vsplat(a[U(a0 + k)])
+        c0, c1 = vfma(x, vload(wp, p), c0), vfma(x, vload(wp, p + V), c1)
+        c2, c3 = vfma(x, vload(wp, p + 2 * V), c2), vfma(x, vload(wp, p + 3 * V), c3)
+    vstore(out, o0, c0)
+    vstore(out, o0 + V, c1)
+    vstore(out, o0 + 2 * V, c2)
+    vstore(out, o0 + 3 * V, c3)
+
+
+@njit(**JIT)
+def gemm(a, a0, K, rows, wp, w0, P, out, o0):
+    """out[o0:] (rows, P*NR) = a[a0:] (rows, K) @ the P panels at wp[w0:] (K, P*NR), all
+    row-major."""
+    NR = panel_width(wp)
+    ldo = P * NR
+    for p in range(P):
+        wq = w0 + p * K * NR
+        r = 0
+        while r + 4 <= rows:
+            _rows4(a, a0 + r * K, K, wp, wq, out, o0 + r * ldo + p * NR, ldo)
+            r += 4
+        while r < rows:
+            _row1(a, a0 + r * K, K, wp, wq, out, o0 + r * ldo + p * NR)
+            r += 1
+
+
+# ----------------------------------------------------------------------------------------------
+# Steps, blocks, shares
 
 
 @njit(**JIT)
@@ -266,8 +378,157 @@ def slots(s, T, reverse, training):
     return t, t, t + 1
 
 
+@njit(**JIT)
+def block_of(c, R, U_, B):
+    """Block c of a plan with R row groups and U_ unit chunks: (b0, b1, u), rows [b0, b1) of
+    the batch and unit chunk u."""
+    r = c // U_
+    return r * B // R, (r + 1) * B // R, c % U_
+
+
+@njit(**JIT)
+def count_valid(lengths, t, b0, b1):
+    k = 0
+    for b in range(b0, b1):
+        if t < lengths[b]:
+            k += 1
+    return k
+
+
+@njit(**JIT)
+def receive(dh, part, p, b0, b1, u0, n, B, H, units, Hp):
+    """dh[b0:b1, u0:u0+n] += every unit chunk's share of the gradient sent to h by the step
+    processed before, in chunk order. The shares of slot p are (units, B, Hp) row-major at
+    p*units*B*Hp."""
+    for v in range(units):
+        q0 = ((p * units + v) * B) * Hp
+        for b in range(b0, b1):
+            add_to(dh, b * H + u0, part, q0 + b * Hp + u0, n)
+
+
+# ----------------------------------------------------------------------------------------------
+# The GEMMs above the recurrence
+
+
+@njit(parallel=True, **JIT)
+def matmul_rows(a, b, out, chunks):
+    """out = a @ b, each thread a block of rows; a and out C-contiguous, b C or F."""
+    M = a.shape[0]
+    for c in prange(chunks):
+        m0, m1 = c * M // chunks, (c + 1) * M // chunks
+        np.dot(a[m0:m1], b, out[m0:m1])
+
+
+@njit(parallel=True, **JIT)
+def matmul_inner(aT, b, out, chunks):
+    """out = aT.T @ b, each thread a block of the inner dimension, the blocks' products summed
+    in order; aT and b C-contiguous with as many rows as the inner dimension."""
+    K = aT.shape[0]
+    parts = np.empty((chunks,) + out.shape, out.dtype)
+    for c in prange(chunks):
+        k0, k1 = c * K // chunks, (c + 1) * K // chunks
+        np.dot(aT[k0:k1].T, b[k0:k1], parts[c])
+    M, N = out.shape
+    for i in range(M):
+        for j in range(N):
+            out[i, j] = parts[0, i, j]
+        for c in range(1, chunks):
+            for j in range(N):
+                out[i, j] += parts[c, i, j]
+
+
+def matmul(a, b, threads, min_work):
+    """a @ b (2-D) on Numba's threads, each calling BLAS (which the caller keeps at one thread).
+    Below ``min_work`` multiply-adds, or with one thread, a plain call."""
+    M, K = a.shape
+    N = b.shape[1]
+    if threads < 2 or M * K * N < min_work:
+        return a @ b
+    out = np.empty((M, N), np.result_type(a, b))
+    if not b.flags.c_contiguous and not b.flags.f_contiguous:
+        b = np.ascontiguousarray(b)
+    if a.flags.c_contiguous and M >= 4 * threads:
+        matmul_rows(a, b, out, threads)
+    elif a.flags.f_contiguous and K >= 4 * threads:
+        matmul_inner(a.T, np.ascontiguousarray(b), out, threads)
+    else:
+        return a @ b
+    return out
+
+
 # ----------------------------------------------------------------------------------------------
 # Python side
+
+
+class Plan(NamedTuple):
+    """How a call splits over threads: ``rows`` groups of batch rows times ``units`` chunks of
+    ``size`` hidden units (the last chunk may be shorter).
+
+    Row groups are independent sequences: with one unit chunk each thread runs its rows through
+    every step on its own. Unit chunks share the state, so they meet at a barrier every step
+    (a parallel region per step), which pays when a step's product is large enough that the
+    wider product per thread is worth more than the barrier.
+    """
+
+    rows: int
+    units: int
+    size: int
+
+    @property
+    def blocks(self):
+        return self.rows * self.units
+
+
+def make_plan(H, rows, units):
+    units = max(1, min(units, -(-H // 16)))
+    size = -(-H // units)
+    if units > 1:
+        size = -(-size // 16) * 16  # whole vectors per chunk
+    return Plan(rows, -(-H // size), size)
+
+
+def _chunk_rows(W_hh, G, gates, plan):
+    """(units, k*size, H): chunk u's rows of W_hh, gate by gate for the k gates given, zero rows
+    past H; a view of W_hh when there is one chunk and the gates are consecutive."""
+    H = W_hh.shape[1]
+    k = len(gates)
+    if plan.units == 1 and list(gates) == list(range(gates[0], gates[0] + k)):
+        return W_hh[gates[0] * H:(gates[0] + k) * H].reshape(1, k * H, H)
+    n, size = plan.units, plan.size
+    blocks = np.zeros((k, n * size, H), W_hh.dtype)
+    blocks[:, :H] = W_hh.reshape(G, H, H)[list(gates)]
+    return np.ascontiguousarray(blocks.reshape(k, n, size, H).transpose(1, 0, 2, 3))
+
+
+def pack_forward(W_hh, G, gates, plan):
+    """Panels for the forward product of each chunk, flat (units, P, H, NR): ``gemm(h, ...)``
+    gives the chunk's gates, gate k at columns k*size.. of each row. Returns (panels, P)."""
+    rows = _chunk_rows(W_hh, G, gates, plan)
+    n, N, H = rows.shape
+    flat_rows = rows.reshape(-1)
+    packed = [panels_of_rows(flat_rows, u * N * H, N, H) for u in range(n)]
+    return (packed[0] if n == 1 else np.concatenate(packed)), packed[0].size // (H * _nr(W_hh))
+
+
+def pack_backward(W_hh, G, gates, plan):
+    """Panels for each chunk's share of d @ W_hh, flat (units, P, k*size, NR): ``gemm(d, ...)``
+    with d the chunk's k*size gate gradients gives the share, columns 0..H. Returns
+    (panels, P)."""
+    rows = _chunk_rows(W_hh, G, gates, plan)
+    n, N, H = rows.shape
+    flat_rows = np.ascontiguousarray(rows).reshape(-1)
+    packed = [panels_of_columns(flat_rows, u * N * H, N, H) for u in range(n)]
+    return (packed[0] if n == 1 else np.concatenate(packed)), packed[0].size // (N * _nr(W_hh))
+
+
+def _nr(a):
+    return 4 * 64 // a.itemsize
+
+
+def padded(n, a):
+    """n rounded up to whole panels of a's dtype."""
+    nr = _nr(a)
+    return -(-n // nr) * nr
 
 
 def final_slot(T, reverse, training):
@@ -307,8 +568,7 @@ def flat_input(a):
 
 
 class BlasThreads:
-    """Sets the BLAS libraries' thread count for the duration of a kernel (a context manager),
-    so that Numba's threads and BLAS threads together never exceed the threads asked for.
+    """Sets the BLAS libraries' thread count for the duration of a call (a context manager).
     threadpoolctl finds the libraries once; each use is a few direct calls into them."""
 
     def __init__(self):

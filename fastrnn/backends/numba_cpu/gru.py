@@ -1,18 +1,23 @@
 """GRU time loops (equations in cells.py; gates r, z, n), both forms.
 
-linear_before_reset=True, per step: gh = h @ W_hh^T for the chunk's rows;
+A step of a block (rows b0..b1, unit chunk u; see common.Plan). linear_before_reset=True:
+gh = the rows' states times the chunk's rows of W_hh;
 r, z = sigmoid(gx + gh + b_hh); hn = gh_n + b_hn; n = tanh(gx_n + r*hn); h' = n + z*(h - n).
 Training keeps r, z, n and hn. Backward, per valid row, with dh reaching h':
 
     dn = dh*(1-z)*(1-n^2),  dz = dh*(h-n)*z*(1-z),  dr = dn*hn*r*(1-r)
     d_gx = [dr, dz, dn],  d_gh = [dr, dz, dn*r],  dh_prev = dh*z + d_gh @ W_hh
 
-linear_before_reset=False (textbook) needs r of every unit before the n product, so each step
-makes two products: r, z from h @ W_rz^T, then n = tanh(gx_n + (r*h) @ W_hn^T + b_hn) and h'.
-Backward: dn, dz, then d_rh = dn @ W_hn, dr = d_rh*h*r*(1-r), dh_prev = dh*z + d_rh*r +
-[dr, dz] @ W_hh[:2H]. Training keeps r, z, n.
+where the product reaches dh_prev as every chunk's share, received at the next step.
 
-Invalid rows carry h, write y = 0 and pass dh on. Arrays are flat, addressed as in lstm.py.
+linear_before_reset=False (textbook) needs r of every unit before the n product, so a step has
+two phases (with several unit chunks, two parallel regions): r, z from h @ W_rz^T and r*h; then
+n = tanh(gx_n + (r*h) @ W_hn^T + b_hn) and h'. Backward: dn, dz and the shares of
+d_rh = dn @ W_hn; then dr = d_rh*h*r*(1-r), dh_prev = dh*z + d_rh*r + [dr, dz] @ W_hh[:2H].
+Training keeps r, z, n.
+
+Invalid rows carry h, write y = 0 and pass dh on. Flat layouts as in lstm.py, with 3 gates
+(2 and 1 in the textbook phases).
 """
 
 from __future__ import annotations
@@ -20,49 +25,57 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .common import (JIT, U, add_into, add_to, copy_row, count_valid, final_slot, first_slot,
-                     flat, flat_input, gemm_nt, rows_of, sigmoid_row, slots, tanh, tanh_row,
-                     transpose, zero_row)
+from .common import (JIT, U, add_to, block_of, copy_row, count_valid, final_slot, first_slot,
+                     flat, flat_input, gemm_nt, pack_columns, pack_rows, receive, sigmoid_row,
+                     slots, tanh, tanh_row, unpack, zero_row)
 
 G = 3
 
 
 @njit(**JIT)
-def _update(hs, i_in, i_out, g, n0, z0, H):
+def _update(hs, i_in, i_out, g, n0, z0, n):
     """h' = n + z*(h - n); n at g[n0:], z at g[z0:]."""
-    for u in range(H):
+    for u in range(n):
         v = g[U(n0 + u)]
         hs[U(i_out + u)] = v + g[U(z0 + u)] * (hs[U(i_in + u)] - v)
 
 
 @njit(**JIT)
-def _carry(hs, i_in, i_out, y, yo, H):
-    copy_row(hs, i_out, hs, i_in, H)
-    zero_row(y, yo, H)
+def _carry(hs, i_in, i_out, y, yo, n):
+    copy_row(hs, i_out, hs, i_in, n)
+    zero_row(y, yo, n)
 
 
 @njit(**JIT)
-def _dn_dz(dh, h0, gs, g0, H, hs, i_in, dn, n0, dz, z0):
+def _save_gates(gates, go, H, g, r0, z0, n0, n):
+    copy_row(gates, go, g, r0, n)
+    copy_row(gates, go + H, g, z0, n)
+    copy_row(gates, go + 2 * H, g, n0, n)
+
+
+@njit(**JIT)
+def _dn_dz(dh, h0, gs, g0, H, hs, i_in, dn, n0, dz, z0, n):
     """dn = dh*(1-z)*(1-n^2), dz = dh*(h-n)*z*(1-z), then dh <- dh*z (the direct path);
     r, z, n at gs[g0:], gs[g0 + H:], gs[g0 + 2H:]."""
     one = dh.dtype.type(1)
-    for u in range(H):
+    for u in range(n):
         z = gs[U(g0 + H + u)]
         v = gs[U(g0 + 2 * H + u)]
         dn[U(n0 + u)] = dh[U(h0 + u)] * (one - z) * (one - v * v)
-    for u in range(H):
+    for u in range(n):
         z = gs[U(g0 + H + u)]
         dz[U(z0 + u)] = dh[U(h0 + u)] * (hs[U(i_in + u)] - gs[U(g0 + 2 * H + u)]) * z * (one - z)
-    for u in range(H):
+    for u in range(n):
         dh[U(h0 + u)] *= gs[U(g0 + H + u)]
 
 
 @njit(**JIT)
-def _add_valid(dh, hbuf, lengths, t, b0, b1, H):
-    """dh += hbuf on the rows whose step t is valid."""
-    for b in range(b0, b1):
-        if t < lengths[b]:
-            add_to(dh, b * H, hbuf, b * H, H)
+def _share(d, blk, WT, w0, part, share, nb, K, H, lengths, t, b0, b1, use_blas):
+    """The block's share of d @ W_hh (zeros when no row of the block is valid at step t)."""
+    if count_valid(lengths, t, b0, b1) > 0:
+        gemm_nt(d, blk, WT, w0, part, share, nb, K, H, use_blas)
+    else:
+        zero_row(part, share, H * nb)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -70,90 +83,130 @@ def _add_valid(dh, hbuf, lengths, t, b0, b1, H):
 
 
 @njit(**JIT)
-def _forward_rows(b0, b1, T, B, H, reverse, training, use_blas, xp, xs_t, xs_b, y, ys_t, ys_b, W,
-                  b_hh, lengths, hs, gates, hn, gbuf):
-    GH = G * H
-    for s in range(T):
-        t, r_in, r_out = slots(s, T, reverse, training)
-        if count_valid(lengths, t, b0, b1) > 0:
-            gemm_nt(hs, (r_in * B + b0) * H, W, 0, gbuf, b0 * GH, b1 - b0, H, GH, use_blas)
-        for b in range(b0, b1):
-            i_in = (r_in * B + b) * H
-            i_out = (r_out * B + b) * H
-            yo = t * ys_t + b * ys_b
-            if t >= lengths[b]:
-                _carry(hs, i_in, i_out, y, yo, H)
-                continue
-            g = b * GH
-            xo = t * xs_t + b * xs_b
-            add_into(gbuf, g, xp, xo, b_hh, 0, 2 * H)
-            add_to(gbuf, g + 2 * H, b_hh, 2 * H, H)  # hn = W_hn h + b_hn
-            if training:
-                copy_row(hn, (t * B + b) * H, gbuf, g + 2 * H, H)
-            sigmoid_row(gbuf, g, 2 * H)
-            for u in range(H):
-                gbuf[U(g + 2 * H + u)] = tanh(xp[U(xo + 2 * H + u)]
-                                              + gbuf[U(g + u)] * gbuf[U(g + 2 * H + u)])
-            _update(hs, i_in, i_out, gbuf, g + 2 * H, g + H, H)
-            copy_row(y, yo, hs, i_out, H)
-            if training:
-                copy_row(gates, (t * B + b) * GH, gbuf, g, GH)
+def _forward_block(b0, b1, u, s, T, B, H, units, nu, reverse, training, use_blas, xp, xs_t, xs_b,
+                   y, ys_t, ys_b, W, b_hh, lengths, hs, gates, hn, gbuf, pbuf):
+    N = G * nu
+    nb = b1 - b0
+    u0 = u * nu
+    n = min(nu, H - u0)
+    t, r_in, r_out = slots(s, T, reverse, training)
+    blk = b0 * units * N + u * nb * N
+    xo = t * xs_t + b0 * xs_b + u0
+    if count_valid(lengths, t, b0, b1) > 0:
+        gemm_nt(hs, (r_in * B + b0) * H, W, u * N * H, pbuf, blk, nb, H, N, use_blas)
+        unpack(gbuf, blk, N, pbuf, blk, nb, xp, xo, xs_b, b_hh, u0, n, lengths, t, b0, 2)
+        unpack(gbuf, blk + nu, N, pbuf, blk + nu * nb, nb, xp, xo + H, xs_b, b_hh, H + u0, n,
+               lengths, t, b0, 2)
+        unpack(gbuf, blk + 2 * nu, N, pbuf, blk + 2 * nu * nb, nb, xp, 0, 0, b_hh, 2 * H + u0, n,
+               lengths, t, b0, 1)  # hn = W_hn h + b_hn
+    for b in range(b0, b1):
+        i_in = (r_in * B + b) * H + u0
+        i_out = (r_out * B + b) * H + u0
+        yo = t * ys_t + b * ys_b + u0
+        if t >= lengths[b]:
+            _carry(hs, i_in, i_out, y, yo, n)
+            continue
+        g = blk + (b - b0) * N
+        if training:
+            copy_row(hn, (t * B + b) * H + u0, gbuf, g + 2 * nu, n)
+        sigmoid_row(gbuf, g, 2 * nu)
+        x_n = t * xs_t + b * xs_b + 2 * H + u0
+        for k in range(n):
+            gbuf[U(g + 2 * nu + k)] = tanh(xp[U(x_n + k)]
+                                           + gbuf[U(g + k)] * gbuf[U(g + 2 * nu + k)])
+        _update(hs, i_in, i_out, gbuf, g + 2 * nu, g + nu, n)
+        copy_row(y, yo, hs, i_out, n)
+        if training:
+            _save_gates(gates, (t * B + b) * G * H + u0, H, gbuf, g, g + nu, g + 2 * nu, n)
 
 
 @njit(parallel=True, **JIT)
-def forward_kernel(T, B, H, chunks, reverse, training, use_blas, xp, xs_t, xs_b, y, ys_t, ys_b, W,
-                   b_hh, lengths, hs, gates, hn, gbuf):
-    if chunks == 1:
-        _forward_rows(0, B, T, B, H, reverse, training, use_blas, xp, xs_t, xs_b, y, ys_t, ys_b, W,
-                      b_hh, lengths, hs, gates, hn, gbuf)
-        return
-    for c in prange(chunks):
-        b0, b1 = rows_of(c, chunks, B)
-        _forward_rows(b0, b1, T, B, H, reverse, training, use_blas, xp, xs_t, xs_b, y, ys_t, ys_b,
-                      W, b_hh, lengths, hs, gates, hn, gbuf)
+def forward_kernel(T, B, H, rows, units, nu, reverse, training, use_blas, xp, xs_t, xs_b, y, ys_t,
+                   ys_b, W, b_hh, lengths, hs, gates, hn, gbuf, pbuf):
+    if rows * units == 1:
+        for s in range(T):
+            _forward_block(0, B, 0, s, T, B, H, units, nu, reverse, training, use_blas, xp, xs_t,
+                           xs_b, y, ys_t, ys_b, W, b_hh, lengths, hs, gates, hn, gbuf, pbuf)
+    elif units == 1:  # independent row groups: no barrier between steps
+        for c in prange(rows):
+            b0, b1, _ = block_of(c, rows, 1, B)
+            for s in range(T):
+                _forward_block(b0, b1, 0, s, T, B, H, units, nu, reverse, training, use_blas, xp,
+                               xs_t, xs_b, y, ys_t, ys_b, W, b_hh, lengths, hs, gates, hn, gbuf,
+                               pbuf)
+    else:
+        for s in range(T):
+            for c in prange(rows * units):
+                b0, b1, u = block_of(c, rows, units, B)
+                _forward_block(b0, b1, u, s, T, B, H, units, nu, reverse, training, use_blas, xp,
+                               xs_t, xs_b, y, ys_t, ys_b, W, b_hh, lengths, hs, gates, hn, gbuf,
+                               pbuf)
 
 
 @njit(**JIT)
-def _backward_rows(b0, b1, T, B, H, reverse, use_blas, dy, ds_t, ds_b, dgx, gs_t, gs_b, WT,
-                   lengths, hs, gates, hn, d_gh, dh, dn, hbuf):
-    GH = G * H
+def _backward_block(b0, b1, u, s, T, B, H, units, nu, reverse, use_blas, dy, ds_t, ds_b, dgx,
+                    gs_t, gs_b, WT, lengths, hs, gates, hn, d_gh, dh, part, dbuf, tmp):
+    N = G * nu
+    nb = b1 - b0
+    u0 = u * nu
+    n = min(nu, H - u0)
+    t, r_in, _ = slots(T - 1 - s, T, reverse, True)
+    if s > 0:
+        receive(dh, part, 1 - s % 2, b0, b1, u0, n, B, H, units, lengths)
+    blk = b0 * units * N + u * nb * N
     one = dh.dtype.type(1)
-    for s in range(T):
-        t, r_in, _ = slots(T - 1 - s, T, reverse, True)
-        valid = count_valid(lengths, t, b0, b1)
-        for b in range(b0, b1):
-            go = t * gs_t + b * gs_b
-            gh = (t * B + b) * GH  # gates, d_gh
-            if t >= lengths[b]:
-                zero_row(dgx, go, GH)
-                zero_row(d_gh, gh, GH)
-                continue
-            add_to(dh, b * H, dy, t * ds_t + b * ds_b, H)
-            _dn_dz(dh, b * H, gates, gh, H, hs, (r_in * B + b) * H, dn, b * H, d_gh, gh + H)
-            ho = (t * B + b) * H
-            for u in range(H):
-                r = gates[U(gh + u)]
-                d_gh[U(gh + u)] = dn[U(b * H + u)] * hn[U(ho + u)] * r * (one - r)
-            for u in range(H):
-                d_gh[U(gh + 2 * H + u)] = dn[U(b * H + u)] * gates[U(gh + u)]
-            copy_row(dgx, go, d_gh, gh, 2 * H)
-            copy_row(dgx, go + 2 * H, dn, b * H, H)
-        if valid > 0:
-            gemm_nt(d_gh, (t * B + b0) * GH, WT, 0, hbuf, b0 * H, b1 - b0, GH, H, use_blas)
-            _add_valid(dh, hbuf, lengths, t, b0, b1, H)
+    for b in range(b0, b1):
+        go = t * gs_t + b * gs_b + u0
+        gh = (t * B + b) * G * H + u0  # gates, d_gh
+        d = blk + (b - b0) * N
+        if t >= lengths[b]:
+            zero_row(dbuf, d, N)
+            for k in range(G):
+                zero_row(dgx, go + k * H, n)
+                zero_row(d_gh, gh + k * H, n)
+            continue
+        hb = b * H + u0
+        add_to(dh, hb, dy, t * ds_t + b * ds_b + u0, n)
+        _dn_dz(dh, hb, gates, gh, H, hs, (r_in * B + b) * H + u0, tmp, hb, dbuf, d + nu, n)
+        ho = (t * B + b) * H + u0
+        for k in range(n):
+            r = gates[U(gh + k)]
+            dbuf[U(d + k)] = tmp[U(hb + k)] * hn[U(ho + k)] * r * (one - r)
+        for k in range(n):
+            dbuf[U(d + 2 * nu + k)] = tmp[U(hb + k)] * gates[U(gh + k)]
+        copy_row(dgx, go, dbuf, d, n)
+        copy_row(dgx, go + H, dbuf, d + nu, n)
+        copy_row(dgx, go + 2 * H, tmp, hb, n)
+        _save_gates(d_gh, gh, H, dbuf, d, d + nu, d + 2 * nu, n)
+    _share(dbuf, blk, WT, u * H * N, part, ((s % 2) * units + u) * B * H + b0 * H, nb, N, H,
+           lengths, t, b0, b1, use_blas)
 
 
 @njit(parallel=True, **JIT)
-def backward_kernel(T, B, H, chunks, reverse, use_blas, dy, ds_t, ds_b, dgx, gs_t, gs_b, WT,
-                    lengths, hs, gates, hn, d_gh, dh, dn, hbuf):
-    if chunks == 1:
-        _backward_rows(0, B, T, B, H, reverse, use_blas, dy, ds_t, ds_b, dgx, gs_t, gs_b, WT,
-                       lengths, hs, gates, hn, d_gh, dh, dn, hbuf)
-        return
-    for c in prange(chunks):
-        b0, b1 = rows_of(c, chunks, B)
-        _backward_rows(b0, b1, T, B, H, reverse, use_blas, dy, ds_t, ds_b, dgx, gs_t, gs_b, WT,
-                       lengths, hs, gates, hn, d_gh, dh, dn, hbuf)
+def backward_kernel(T, B, H, rows, units, nu, reverse, use_blas, dy, ds_t, ds_b, dgx, gs_t, gs_b,
+                    WT, lengths, hs, gates, hn, d_gh, dh, part, dbuf, tmp):
+    if rows * units == 1:
+        for s in range(T):
+            _backward_block(0, B, 0, s, T, B, H, units, nu, reverse, use_blas, dy, ds_t, ds_b,
+                            dgx, gs_t, gs_b, WT, lengths, hs, gates, hn, d_gh, dh, part, dbuf,
+                            tmp)
+    elif units == 1:
+        for c in prange(rows):
+            b0, b1, _ = block_of(c, rows, 1, B)
+            for s in range(T):
+                _backward_block(b0, b1, 0, s, T, B, H, units, nu, reverse, use_blas, dy, ds_t,
+                                ds_b, dgx, gs_t, gs_b, WT, lengths, hs, gates, hn, d_gh, dh, part,
+                                dbuf, tmp)
+    else:
+        for s in range(T):
+            for c in prange(rows * units):
+                b0, b1, u = block_of(c, rows, units, B)
+                _backward_block(b0, b1, u, s, T, B, H, units, nu, reverse, use_blas, dy, ds_t,
+                                ds_b, dgx, gs_t, gs_b, WT, lengths, hs, gates, hn, d_gh, dh, part,
+                                dbuf, tmp)
+    for c in range(rows):
+        b0, b1, _ = block_of(c, rows, 1, B)
+        receive(dh, part, (T - 1) % 2, b0, b1, 0, H, B, H, units, lengths)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -161,120 +214,190 @@ def backward_kernel(T, B, H, chunks, reverse, use_blas, dy, ds_t, ds_b, dgx, gs_
 
 
 @njit(**JIT)
-def _textbook_forward_rows(b0, b1, T, B, H, reverse, training, use_blas, xp, xs_t, xs_b, y, ys_t,
-                           ys_b, W, b_hh, lengths, hs, gates, grz, gn, rh):
+def _textbook_rz(b0, b1, u, s, T, B, H, units, nu, reverse, training, use_blas, xp, xs_t, xs_b,
+                 Wrz, b_hh, lengths, hs, grz, rh, pbuf):
+    """r, z of the block and r*h, which the n product of every chunk reads."""
     nb = b1 - b0
-    for s in range(T):
-        t, r_in, r_out = slots(s, T, reverse, training)
-        valid = count_valid(lengths, t, b0, b1)
-        if valid > 0:
-            gemm_nt(hs, (r_in * B + b0) * H, W, 0, grz, b0 * 2 * H, nb, H, 2 * H, use_blas)
-        for b in range(b0, b1):
-            if t >= lengths[b]:
-                zero_row(rh, b * H, H)
-                continue
-            g = b * 2 * H
-            add_into(grz, g, xp, t * xs_t + b * xs_b, b_hh, 0, 2 * H)
-            sigmoid_row(grz, g, 2 * H)
-            i_in = (r_in * B + b) * H
-            for u in range(H):
-                rh[U(b * H + u)] = grz[U(g + u)] * hs[U(i_in + u)]
-        if valid > 0:
-            gemm_nt(rh, b0 * H, W, 2 * H * H, gn, b0 * H, nb, H, H, use_blas)
-        for b in range(b0, b1):
-            i_in = (r_in * B + b) * H
-            i_out = (r_out * B + b) * H
-            yo = t * ys_t + b * ys_b
-            if t >= lengths[b]:
-                _carry(hs, i_in, i_out, y, yo, H)
-                continue
-            add_into(gn, b * H, xp, t * xs_t + b * xs_b + 2 * H, b_hh, 2 * H, H)
-            tanh_row(gn, b * H, H)
-            g = b * 2 * H
-            for u in range(H):
-                v = gn[U(b * H + u)]
-                hs[U(i_out + u)] = v + grz[U(g + H + u)] * (hs[U(i_in + u)] - v)
-            copy_row(y, yo, hs, i_out, H)
-            if training:
-                go = (t * B + b) * G * H
-                copy_row(gates, go, grz, g, 2 * H)
-                copy_row(gates, go + 2 * H, gn, b * H, H)
-
-
-@njit(parallel=True, **JIT)
-def textbook_forward_kernel(T, B, H, chunks, reverse, training, use_blas, xp, xs_t, xs_b, y, ys_t,
-                            ys_b, W, b_hh, lengths, hs, gates, grz, gn, rh):
-    if chunks == 1:
-        _textbook_forward_rows(0, B, T, B, H, reverse, training, use_blas, xp, xs_t, xs_b, y, ys_t,
-                               ys_b, W, b_hh, lengths, hs, gates, grz, gn, rh)
-        return
-    for c in prange(chunks):
-        b0, b1 = rows_of(c, chunks, B)
-        _textbook_forward_rows(b0, b1, T, B, H, reverse, training, use_blas, xp, xs_t, xs_b, y,
-                               ys_t, ys_b, W, b_hh, lengths, hs, gates, grz, gn, rh)
+    u0 = u * nu
+    n = min(nu, H - u0)
+    t, r_in, _ = slots(s, T, reverse, training)
+    blk = b0 * units * 2 * nu + u * nb * 2 * nu
+    xo = t * xs_t + b0 * xs_b + u0
+    if count_valid(lengths, t, b0, b1) > 0:
+        gemm_nt(hs, (r_in * B + b0) * H, Wrz, u * 2 * nu * H, pbuf, blk, nb, H, 2 * nu, use_blas)
+        unpack(grz, blk, 2 * nu, pbuf, blk, nb, xp, xo, xs_b, b_hh, u0, n, lengths, t, b0, 2)
+        unpack(grz, blk + nu, 2 * nu, pbuf, blk + nu * nb, nb, xp, xo + H, xs_b, b_hh, H + u0, n,
+               lengths, t, b0, 2)
+    for b in range(b0, b1):
+        hb = b * H + u0
+        if t >= lengths[b]:
+            zero_row(rh, hb, n)
+            continue
+        g = blk + (b - b0) * 2 * nu
+        sigmoid_row(grz, g, 2 * nu)
+        i_in = (r_in * B + b) * H + u0
+        for k in range(n):
+            rh[U(hb + k)] = grz[U(g + k)] * hs[U(i_in + k)]
 
 
 @njit(**JIT)
-def _textbook_backward_rows(b0, b1, T, B, H, reverse, use_blas, dy, ds_t, ds_b, dgx, gs_t, gs_b,
-                            WT_rz, WT_n, lengths, hs, gates, rh, dh, drz, dn, q, hbuf):
-    GH = G * H
+def _textbook_n(b0, b1, u, s, T, B, H, units, nu, reverse, training, use_blas, xp, xs_t, xs_b, y,
+                ys_t, ys_b, Wn, b_hh, lengths, hs, gates, grz, gn, rh, pbuf):
     nb = b1 - b0
-    one = dh.dtype.type(1)
-    for s in range(T):
-        t, r_in, _ = slots(T - 1 - s, T, reverse, True)
-        valid = count_valid(lengths, t, b0, b1)
-        for b in range(b0, b1):
-            go = t * gs_t + b * gs_b
-            if t >= lengths[b]:
-                zero_row(dn, b * H, H)
-                zero_row(drz, b * 2 * H, 2 * H)
-                zero_row(dgx, go, GH)
-                zero_row(rh, (t * B + b) * H, H)
-                continue
-            add_to(dh, b * H, dy, t * ds_t + b * ds_b, H)
-            _dn_dz(dh, b * H, gates, (t * B + b) * GH, H, hs, (r_in * B + b) * H, dn, b * H, drz,
-                   b * 2 * H + H)
-            copy_row(dgx, go + H, drz, b * 2 * H + H, H)
-            copy_row(dgx, go + 2 * H, dn, b * H, H)
-        if valid == 0:
+    u0 = u * nu
+    n = min(nu, H - u0)
+    t, r_in, r_out = slots(s, T, reverse, training)
+    blk = b0 * units * nu + u * nb * nu
+    if count_valid(lengths, t, b0, b1) > 0:
+        gemm_nt(rh, b0 * H, Wn, u * nu * H, pbuf, 2 * blk, nb, H, nu, use_blas)
+        unpack(gn, blk, nu, pbuf, 2 * blk, nb, xp, t * xs_t + b0 * xs_b + 2 * H + u0, xs_b, b_hh,
+               2 * H + u0, n, lengths, t, b0, 2)
+    for b in range(b0, b1):
+        i_in = (r_in * B + b) * H + u0
+        i_out = (r_out * B + b) * H + u0
+        yo = t * ys_t + b * ys_b + u0
+        if t >= lengths[b]:
+            _carry(hs, i_in, i_out, y, yo, n)
             continue
-        gemm_nt(dn, b0 * H, WT_n, 0, q, b0 * H, nb, H, H, use_blas)  # d_rh = dn @ W_hn
-        for b in range(b0, b1):
-            if t >= lengths[b]:
-                continue
-            gr = (t * B + b) * GH
-            i_in = (r_in * B + b) * H
-            d = b * H
-            for u in range(H):
-                r = gates[U(gr + u)]
-                drz[U(b * 2 * H + u)] = q[U(d + u)] * hs[U(i_in + u)] * r * (one - r)
-            for u in range(H):
-                dh[U(d + u)] += q[U(d + u)] * gates[U(gr + u)]
-            for u in range(H):
-                rh[U((t * B + b) * H + u)] = gates[U(gr + u)] * hs[U(i_in + u)]
-            copy_row(dgx, t * gs_t + b * gs_b, drz, b * 2 * H, H)
-        gemm_nt(drz, b0 * 2 * H, WT_rz, 0, hbuf, b0 * H, nb, 2 * H, H, use_blas)
-        _add_valid(dh, hbuf, lengths, t, b0, b1, H)
+        g = blk + (b - b0) * nu
+        tanh_row(gn, g, n)
+        rz = 2 * blk + (b - b0) * 2 * nu
+        for k in range(n):
+            v = gn[U(g + k)]
+            hs[U(i_out + k)] = v + grz[U(rz + nu + k)] * (hs[U(i_in + k)] - v)
+        copy_row(y, yo, hs, i_out, n)
+        if training:
+            go = (t * B + b) * G * H + u0
+            copy_row(gates, go, grz, rz, n)
+            copy_row(gates, go + H, grz, rz + nu, n)
+            copy_row(gates, go + 2 * H, gn, g, n)
 
 
 @njit(parallel=True, **JIT)
-def textbook_backward_kernel(T, B, H, chunks, reverse, use_blas, dy, ds_t, ds_b, dgx, gs_t, gs_b,
-                             WT_rz, WT_n, lengths, hs, gates, rh, dh, drz, dn, q, hbuf):
-    if chunks == 1:
-        _textbook_backward_rows(0, B, T, B, H, reverse, use_blas, dy, ds_t, ds_b, dgx, gs_t, gs_b,
-                                WT_rz, WT_n, lengths, hs, gates, rh, dh, drz, dn, q, hbuf)
-        return
-    for c in prange(chunks):
-        b0, b1 = rows_of(c, chunks, B)
-        _textbook_backward_rows(b0, b1, T, B, H, reverse, use_blas, dy, ds_t, ds_b, dgx, gs_t,
-                                gs_b, WT_rz, WT_n, lengths, hs, gates, rh, dh, drz, dn, q, hbuf)
+def textbook_forward_kernel(T, B, H, rows, units, nu, reverse, training, use_blas, xp, xs_t, xs_b,
+                            y, ys_t, ys_b, Wrz, Wn, b_hh, lengths, hs, gates, grz, gn, rh, pbuf):
+    if units == 1:
+        for c in prange(rows):
+            b0, b1, _ = block_of(c, rows, 1, B)
+            for s in range(T):
+                _textbook_rz(b0, b1, 0, s, T, B, H, units, nu, reverse, training, use_blas, xp,
+                             xs_t, xs_b, Wrz, b_hh, lengths, hs, grz, rh, pbuf)
+                _textbook_n(b0, b1, 0, s, T, B, H, units, nu, reverse, training, use_blas, xp,
+                            xs_t, xs_b, y, ys_t, ys_b, Wn, b_hh, lengths, hs, gates, grz, gn, rh,
+                            pbuf)
+    else:
+        for s in range(T):
+            for c in prange(rows * units):
+                b0, b1, u = block_of(c, rows, units, B)
+                _textbook_rz(b0, b1, u, s, T, B, H, units, nu, reverse, training, use_blas, xp,
+                             xs_t, xs_b, Wrz, b_hh, lengths, hs, grz, rh, pbuf)
+            for c in prange(rows * units):
+                b0, b1, u = block_of(c, rows, units, B)
+                _textbook_n(b0, b1, u, s, T, B, H, units, nu, reverse, training, use_blas, xp,
+                            xs_t, xs_b, y, ys_t, ys_b, Wn, b_hh, lengths, hs, gates, grz, gn, rh,
+                            pbuf)
+
+
+@njit(**JIT)
+def _textbook_back_n(b0, b1, u, s, T, B, H, units, nu, reverse, use_blas, dy, ds_t, ds_b, dgx,
+                     gs_t, gs_b, WTn, lengths, hs, gates, dh, part, drz, dnb, q):
+    """dn, dz of the block, dh <- dh*z, and the block's share of d_rh = dn @ W_hn."""
+    nb = b1 - b0
+    u0 = u * nu
+    n = min(nu, H - u0)
+    t, r_in, _ = slots(T - 1 - s, T, reverse, True)
+    if s > 0:
+        receive(dh, part, 1 - s % 2, b0, b1, u0, n, B, H, units, lengths)
+    blk = b0 * units * nu + u * nb * nu
+    for b in range(b0, b1):
+        go = t * gs_t + b * gs_b + u0
+        dn = blk + (b - b0) * nu
+        dr = 2 * blk + (b - b0) * 2 * nu
+        if t >= lengths[b]:
+            zero_row(dnb, dn, nu)
+            zero_row(drz, dr, 2 * nu)
+            for k in range(G):
+                zero_row(dgx, go + k * H, n)
+            continue
+        hb = b * H + u0
+        add_to(dh, hb, dy, t * ds_t + b * ds_b + u0, n)
+        _dn_dz(dh, hb, gates, (t * B + b) * G * H + u0, H, hs, (r_in * B + b) * H + u0, dnb, dn,
+               drz, dr + nu, n)
+        copy_row(dgx, go + H, drz, dr + nu, n)
+        copy_row(dgx, go + 2 * H, dnb, dn, n)
+    _share(dnb, blk, WTn, u * H * nu, q, u * B * H + b0 * H, nb, nu, H, lengths, t, b0, b1,
+           use_blas)
+
+
+@njit(**JIT)
+def _textbook_back_rz(b0, b1, u, s, T, B, H, units, nu, reverse, use_blas, dgx, gs_t, gs_b, WTrz,
+                      lengths, hs, gates, rh, dh, part, drz, q, tmp):
+    """dr of the block from the summed shares of d_rh, dh += d_rh*r, and the block's share of
+    [dr, dz] @ W_hh[:2H]."""
+    nb = b1 - b0
+    u0 = u * nu
+    n = min(nu, H - u0)
+    t, r_in, _ = slots(T - 1 - s, T, reverse, True)
+    blk = b0 * units * 2 * nu + u * nb * 2 * nu
+    for b in range(b0, b1):
+        zero_row(tmp, b * H + u0, n)
+    receive(tmp, q, 0, b0, b1, u0, n, B, H, units, lengths)  # d_rh
+    one = dh.dtype.type(1)
+    for b in range(b0, b1):
+        ro = (t * B + b) * H + u0  # rh
+        if t >= lengths[b]:
+            zero_row(rh, ro, n)
+            continue
+        hb = b * H + u0
+        gr = (t * B + b) * G * H + u0
+        i_in = (r_in * B + b) * H + u0
+        dr = blk + (b - b0) * 2 * nu
+        for k in range(n):
+            r = gates[U(gr + k)]
+            drz[U(dr + k)] = tmp[U(hb + k)] * hs[U(i_in + k)] * r * (one - r)
+        for k in range(n):
+            dh[U(hb + k)] += tmp[U(hb + k)] * gates[U(gr + k)]
+        for k in range(n):
+            rh[U(ro + k)] = gates[U(gr + k)] * hs[U(i_in + k)]
+        copy_row(dgx, t * gs_t + b * gs_b + u0, drz, dr, n)
+    _share(drz, blk, WTrz, u * H * 2 * nu, part, ((s % 2) * units + u) * B * H + b0 * H, nb,
+           2 * nu, H, lengths, t, b0, b1, use_blas)
+
+
+@njit(parallel=True, **JIT)
+def textbook_backward_kernel(T, B, H, rows, units, nu, reverse, use_blas, dy, ds_t, ds_b, dgx,
+                             gs_t, gs_b, WTrz, WTn, lengths, hs, gates, rh, dh, part, drz, dnb, q,
+                             tmp):
+    if units == 1:
+        for c in prange(rows):
+            b0, b1, _ = block_of(c, rows, 1, B)
+            for s in range(T):
+                _textbook_back_n(b0, b1, 0, s, T, B, H, units, nu, reverse, use_blas, dy, ds_t,
+                                 ds_b, dgx, gs_t, gs_b, WTn, lengths, hs, gates, dh, part, drz,
+                                 dnb, q)
+                _textbook_back_rz(b0, b1, 0, s, T, B, H, units, nu, reverse, use_blas, dgx, gs_t,
+                                  gs_b, WTrz, lengths, hs, gates, rh, dh, part, drz, q, tmp)
+    else:
+        for s in range(T):
+            for c in prange(rows * units):
+                b0, b1, u = block_of(c, rows, units, B)
+                _textbook_back_n(b0, b1, u, s, T, B, H, units, nu, reverse, use_blas, dy, ds_t,
+                                 ds_b, dgx, gs_t, gs_b, WTn, lengths, hs, gates, dh, part, drz,
+                                 dnb, q)
+            for c in prange(rows * units):
+                b0, b1, u = block_of(c, rows, units, B)
+                _textbook_back_rz(b0, b1, u, s, T, B, H, units, nu, reverse, use_blas, dgx, gs_t,
+                                  gs_b, WTrz, lengths, hs, gates, rh, dh, part, drz, q, tmp)
+    for c in range(rows):
+        b0, b1, _ = block_of(c, rows, 1, B)
+        receive(dh, part, (T - 1) % 2, b0, b1, 0, H, B, H, units, lengths)
 
 
 # ----------------------------------------------------------------------------------------------
 # Python side
 
 
-def forward(cell, x_proj, y, W_hh, b_hh, h0, c0, lengths, reverse, training, chunks, use_blas):
+def forward(cell, x_proj, y, W_hh, b_hh, h0, c0, lengths, reverse, training, plan):
     """One direction; y (T, B, H) is filled. Returns (h_n, None, Saved or None)."""
     from . import Saved
 
@@ -286,20 +409,26 @@ def forward(cell, x_proj, y, W_hh, b_hh, h0, c0, lengths, reverse, training, chu
     gates = np.empty((T, B, G * H) if training else (1, 1, 1), dtype)
     xp, xs_t, xs_b = flat_input(x_proj)
     yf, ys_t, ys_b = flat(y)
-    args = (T, B, H, chunks, reverse, training, use_blas, xp, xs_t, xs_b, yf, ys_t, ys_b,
-            W_hh.reshape(-1), b_hh, lengths, hs.reshape(-1), gates.reshape(-1))
+    work = B * plan.units * plan.size
+    args = (T, B, H, plan.rows, plan.units, plan.size, reverse, training, plan.blas, xp, xs_t,
+            xs_b, yf, ys_t, ys_b)
     if cell.linear_before_reset:
         hn = np.empty((T, B, H) if training else (1, 1, 1), dtype)
-        forward_kernel(*args, hn.reshape(-1), np.empty(B * G * H, dtype))
+        forward_kernel(*args, pack_rows(W_hh, G, range(G), plan), b_hh, lengths, hs.reshape(-1),
+                       gates.reshape(-1), hn.reshape(-1), np.empty(G * work, dtype),
+                       np.empty(G * work, dtype))
     else:
         hn = None
-        textbook_forward_kernel(*args, np.empty(B * 2 * H, dtype), np.empty(B * H, dtype),
-                                np.empty(B * H, dtype))
+        textbook_forward_kernel(*args, pack_rows(W_hh, G, (0, 1), plan),
+                                pack_rows(W_hh, G, (2,), plan), b_hh, lengths, hs.reshape(-1),
+                                gates.reshape(-1), np.empty(2 * work, dtype),
+                                np.empty(work, dtype), np.empty(B * H, dtype),
+                                np.empty(2 * work, dtype))
     saved = Saved(hs, None, gates, hn, lengths, reverse) if training else None
     return hs[final_slot(T, reverse, training)].copy(), None, saved
 
 
-def backward(cell, saved, W_hh, dy, dh_n, dc_n, d_gx, chunks, use_blas):
+def backward(cell, saved, W_hh, dy, dh_n, dc_n, d_gx, plan):
     """Fills d_gx (T, B, 3H); returns (hh_terms, dh0, None)."""
     T, B, H = dy.shape
     dtype = dy.dtype
@@ -307,18 +436,22 @@ def backward(cell, saved, W_hh, dy, dh_n, dc_n, d_gx, chunks, use_blas):
     dyf, ds_t, ds_b = flat_input(dy)
     dg, gs_t, gs_b = flat(d_gx)
     h_in = saved.hs[1:] if saved.reverse else saved.hs[:-1]
-    args = (T, B, H, chunks, saved.reverse, use_blas, dyf, ds_t, ds_b, dg, gs_t, gs_b)
-    W = W_hh.reshape(-1)
+    work = B * plan.units * plan.size
+    part = np.empty(2 * plan.units * B * H, dtype)
+    args = (T, B, H, plan.rows, plan.units, plan.size, saved.reverse, plan.blas, dyf, ds_t, ds_b,
+            dg, gs_t, gs_b)
     if cell.linear_before_reset:
         d_gh = np.empty((T, B, G * H), dtype)
-        backward_kernel(*args, transpose(W, G * H, H), saved.lengths, saved.hs.reshape(-1),
-                        saved.gates.reshape(-1), saved.hn.reshape(-1), d_gh.reshape(-1),
-                        dh.reshape(-1), np.empty(B * H, dtype), np.empty(B * H, dtype))
+        backward_kernel(*args, pack_columns(W_hh, G, range(G), plan), saved.lengths,
+                        saved.hs.reshape(-1), saved.gates.reshape(-1), saved.hn.reshape(-1),
+                        d_gh.reshape(-1), dh.reshape(-1), part, np.zeros(G * work, dtype),
+                        np.empty(B * H, dtype))
         return [(d_gh, h_in)], dh, None
     rh = np.empty((T, B, H), dtype)
-    textbook_backward_kernel(*args, transpose(W[:2 * H * H], 2 * H, H),
-                             transpose(W[2 * H * H:], H, H), saved.lengths, saved.hs.reshape(-1),
-                             saved.gates.reshape(-1), rh.reshape(-1), dh.reshape(-1),
-                             np.empty(B * 2 * H, dtype), np.empty(B * H, dtype),
-                             np.empty(B * H, dtype), np.empty(B * H, dtype))
+    textbook_backward_kernel(*args, pack_columns(W_hh, G, (0, 1), plan),
+                             pack_columns(W_hh, G, (2,), plan), saved.lengths,
+                             saved.hs.reshape(-1), saved.gates.reshape(-1), rh.reshape(-1),
+                             dh.reshape(-1), part, np.zeros(2 * work, dtype),
+                             np.zeros(work, dtype), np.empty(plan.units * B * H, dtype),
+                             np.empty(B * H, dtype))
     return [(d_gx[..., :2 * H], h_in), (d_gx[..., 2 * H:], rh)], dh, None

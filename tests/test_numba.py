@@ -1,0 +1,264 @@
+"""The Numba backend against the NumPy reference: forward outputs and every gradient, every cell,
+both dtypes, every code path (one thread or several, BLAS or the hand-written product); and the
+contract details: strided views, chunked inference, inference = training, repeatability, thread
+counts, untouched inputs, activations at extreme inputs."""
+
+import numpy as np
+import pytest
+
+import fastrnn
+from fastrnn.backends.base import Direction
+from fastrnn.cells import ALL_CELLS, Cell
+from helpers import (FORWARD, assert_close, make_cotangents, make_problem, run,
+                     variant_kwargs)
+
+if "numba" not in fastrnn.available_backends():
+    pytest.skip("the numba backend cannot run here", allow_module_level=True)
+
+import numba  # noqa: E402  (only once the backend is known to run)
+
+BACKEND = fastrnn.get_backend("numba")
+CELL_IDS = [c.name for c in ALL_CELLS]
+DTYPES = [np.float32, np.float64]
+NEVER = 1 << 62
+
+# Every way the backend can run a call; the shapes below are small, so each path is forced.
+# Threaded paths also split every GEMM above the recurrence (matmul) over the threads.
+PATHS = {
+    "serial-loop": dict(parallel_min_work=NEVER, blas_min_rows=NEVER, matmul_min_work=NEVER),
+    "serial-blas": dict(parallel_min_work=NEVER, blas_min_rows=1, matmul_min_work=NEVER),
+    "rows-loop": dict(parallel_min_work=0, unit_split_min=NEVER, blas_min_rows=NEVER,
+                      matmul_min_work=0),
+    "rows-blas": dict(parallel_min_work=0, unit_split_min=NEVER, blas_min_rows=1,
+                      matmul_min_work=0),
+    "units-loop": dict(parallel_min_work=0, unit_split_min=0, blas_min_rows=NEVER,
+                       matmul_min_work=0),
+    "units-blas": dict(parallel_min_work=0, unit_split_min=0, blas_min_rows=1,
+                       matmul_min_work=0),
+}
+
+# (T, B, I, H) and make_problem flags; together they cover T = B = H = 1, odd sizes, lengths with
+# ties and full-length rows, reverse, given and zero initial states, and no bias.
+CASES = {
+    "ones": ((1, 1, 1, 1), dict(), False),
+    "odd-lengths-reverse": ((6, 5, 7, 33), dict(lengths=True), True),
+    "odd-lengths": ((5, 4, 7, 33), dict(lengths=True, states=False), False),
+    "nobias-reverse": ((4, 3, 2, 9), dict(bias=False), True),
+}
+
+
+@pytest.fixture
+def knobs(monkeypatch):
+    def set_path(name):
+        for key, value in PATHS[name].items():
+            monkeypatch.setattr(BACKEND, key, value)
+    return set_path
+
+
+def test_paths_are_distinct(knobs):
+    """Each forced path reaches its own plan (row groups, unit chunks, BLAS), so the grid below
+    tests them all."""
+    plans = set()
+    for path in PATHS:
+        knobs(path)
+        with _threads(2):
+            plan = BACKEND._plan(Cell("lstm"), 4, 4, 32)
+        plans.add((plan.rows, plan.units, plan.blas))
+    if numba.config.NUMBA_NUM_THREADS >= 2:
+        assert plans == {(r, u, blas) for r, u in ((1, 1), (2, 1), (1, 2))
+                         for blas in (False, True)}
+    else:
+        assert plans == {(1, 1, False), (1, 1, True)}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("cell", ALL_CELLS, ids=CELL_IDS)
+def test_matches_reference(cell, dtype, case, knobs):
+    (T, B, I, H), flags, reverse = CASES[case]
+    problem = make_problem(cell, T, B, I, H, dtype, seed=T + B + H, **flags)
+    cot = make_cotangents(cell, T, B, H, dtype, seed=2)
+    want = run(cell, problem, cot, "numpy", reverse)
+    for path in PATHS:
+        knobs(path)
+        with _threads(2):
+            got = run(cell, problem, cot, "numba", reverse)
+        for g, w, what in zip(got, want, ("outputs", "gradients")):
+            assert_close(g, w, dtype, f"{cell.name} {case} {path} {what}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("cell", ALL_CELLS, ids=CELL_IDS)
+def test_bidirectional_views(cell, dtype, knobs):
+    """Two directions through FusedBackend.forward/backward: x_proj, y, dy and d_gx reach the
+    kernels as views into arrays twice as wide."""
+    T, B, I, H = 5, 4, 3, 6
+    fwd = make_problem(cell, T, B, I, H, dtype, seed=11, lengths=True)
+    bwd = make_problem(cell, T, B, I, H, dtype, seed=12)
+    dirs = [Direction(p["W_ih"], p["W_hh"], p["b_ih"], p["b_hh"], p["h0"], p.get("c0"), rev)
+            for p, rev in ((fwd, False), (bwd, True))]
+    x, lengths = fwd["x"], fwd["lengths"]
+    rng = np.random.default_rng(3)
+    dy = rng.standard_normal((T, B, 2 * H)).astype(dtype)
+    dh_n = rng.standard_normal((2, B, H)).astype(dtype)
+    dc_n = rng.standard_normal((2, B, H)).astype(dtype) if cell.has_cell_state else None
+    results = []
+    for name, path in (("numpy", None), ("numba", "serial-blas"), ("numba", "units-loop")):
+        if path:
+            knobs(path)
+        backend = fastrnn.get_backend(name)
+        with _threads(2):
+            y, h_n, c_n, saved = backend.forward(cell, x, dirs, lengths, True)
+            dx, grads = backend.backward(cell, saved, dy, dh_n, dc_n)
+        out = {"y": y, "h_n": h_n, "dx": dx}
+        if cell.has_cell_state:
+            out["c_n"] = c_n
+        for k, g in enumerate(grads):
+            out.update({f"{n}{k}": getattr(g, n) for n in ("dW_ih", "dW_hh", "db_ih", "db_hh",
+                                                              "dh0", "dc0")
+                        if getattr(g, n) is not None})
+        results.append(out)
+    assert_close(results[1], results[0], dtype, f"{cell.name} bidirectional serial-blas")
+    assert_close(results[2], results[0], dtype, f"{cell.name} bidirectional units-loop")
+
+
+@pytest.mark.parametrize("cell", ALL_CELLS, ids=CELL_IDS)
+def test_inference_equals_training_and_chunks(cell, monkeypatch):
+    """training=False gives the training forward's outputs exactly, and keeps nothing; inference
+    in chunks of one step (lengths reach the kernels as 0 and 1) gives the same outputs."""
+    dtype = np.float64
+    problem = make_problem(cell, 7, 4, 3, 5, dtype, seed=5, lengths=True)
+    for reverse in (False, True):
+        kw = dict(**problem, **variant_kwargs(cell), reverse=reverse, backend="numba")
+        train = FORWARD[cell.kind](**kw, training=True)
+        infer = FORWARD[cell.kind](**kw, training=False)
+        assert infer[-1] is None
+        for a, b in zip(train[:-1], infer[:-1]):
+            np.testing.assert_array_equal(a, b)
+        monkeypatch.setattr(BACKEND, "chunk_elements", 1)
+        chunked = FORWARD[cell.kind](**kw, training=False)
+        monkeypatch.undo()
+        assert_close(dict(enumerate(chunked[:-1])), dict(enumerate(infer[:-1])), dtype,
+                     f"{cell.name} chunked inference")
+
+
+@pytest.mark.parametrize("path", ["serial-blas", "rows-blas", "units-loop"])
+@pytest.mark.parametrize("cell", ALL_CELLS, ids=CELL_IDS)
+def test_repeatable_and_thread_counts_agree(cell, path, knobs):
+    """Identical bits on repeated calls at a fixed thread count; 1 and 2 threads agree."""
+    knobs(path)
+    dtype = np.float32
+    problem = make_problem(cell, 6, 6, 5, 17, dtype, seed=9, lengths=True)
+    cot = make_cotangents(cell, 6, 6, 17, dtype)
+    with _threads(2):
+        first = run(cell, problem, cot, "numba", True)
+        again = run(cell, problem, cot, "numba", True)
+    for a, b in zip(first, again):
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=f"{cell.name} {path} {k}")
+    with _threads(1):
+        single = run(cell, problem, cot, "numba", True)
+    for a, b in zip(single, first):
+        assert_close(a, b, dtype, f"{cell.name} {path} 1 vs 2 threads")
+
+
+@pytest.mark.parametrize("cell", ALL_CELLS, ids=CELL_IDS)
+def test_inputs_not_modified(cell, knobs):
+    knobs("rows-blas")
+    problem = make_problem(cell, 4, 3, 2, 5, np.float32, seed=4, lengths=True)
+    cot = make_cotangents(cell, 4, 3, 5, np.float32)
+    before = {k: v.copy() for k, v in {**problem, **cot}.items() if isinstance(v, np.ndarray)}
+    with _threads(2):
+        run(cell, problem, cot, "numba", True)
+    for k, v in before.items():
+        current = problem[k] if k in problem else cot[k]
+        np.testing.assert_array_equal(current, v, err_msg=f"{cell.name}: {k} was modified")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_activations_at_extreme_inputs(dtype):
+    """sigmoid and tanh of the kernels: within a few ulp of exact for ordinary inputs, correct
+    limits for huge and infinite ones, NaN for NaN, and no floating-point warning."""
+    from fastrnn.backends.numba_cpu.common import sigmoid_row, tanh_row
+
+    rng = np.random.default_rng(0)
+    special = [0.0, -0.0, 1e-30, -1e-30, 1e-8, 0.24, 0.25, 0.26, 20.0, -20.0, 87.0, -87.0, 88.5,
+               -88.5, 1e4, -1e4, 1e30, -1e30, np.inf, -np.inf]
+    x = np.concatenate([special, rng.standard_normal(2000) * 4,
+                        rng.uniform(-1, 1, 500)]).astype(dtype)
+    exact = x.astype(np.float64)
+    with np.errstate(over="ignore"):
+        want = {"sigmoid": 1 / (1 + np.exp(-exact)), "tanh": np.tanh(exact)}
+    tiny = np.finfo(dtype).tiny
+    for name, fn in (("sigmoid", sigmoid_row), ("tanh", tanh_row)):
+        got = x.copy()
+        fn(got, 0, got.size)
+        assert np.all(np.isfinite(got)), name
+        # float32 clamps exp's argument to [-87, 87], so results stay normal numbers: below
+        # sigmoid(-87) the absolute error is under two smallest normals.
+        rel = 4e-7 if dtype == np.float32 else 1e-15
+        np.testing.assert_allclose(got, want[name], rtol=rel, atol=2 * tiny, err_msg=name)
+        nan = np.array([np.nan, 1.0, np.nan], dtype)
+        fn(nan, 0, 3)
+        assert np.isnan(nan[0]) and np.isnan(nan[2]) and np.isfinite(nan[1]), name
+
+
+def test_huge_inputs_stay_finite_and_match():
+    """Pre-activations of order 1e4 saturate every gate without overflow warnings (RuntimeWarning
+    is an error in this suite) and agree with the reference. (relu does not saturate.)"""
+    for cell in [c for c in ALL_CELLS if c.name != "rnn_relu"]:
+        problem = make_problem(cell, 4, 3, 2, 5, np.float32, seed=6, scale=2e3)
+        cot = make_cotangents(cell, 4, 3, 5, np.float32)
+        got = run(cell, problem, cot, "numba")
+        want = run(cell, problem, cot, "numpy")
+        for g, w in zip(got, want):
+            for k in g:
+                assert np.all(np.isfinite(g[k])), (cell.name, k)
+            assert_close(g, w, np.float32, f"{cell.name} huge inputs")
+
+
+def test_set_num_threads():
+    limit = numba.config.NUMBA_NUM_THREADS
+    old = fastrnn.get_num_threads()
+    try:
+        fastrnn.set_num_threads(1)
+        assert fastrnn.get_num_threads() == 1 == numba.get_num_threads()
+        fastrnn.set_num_threads(limit)
+        assert fastrnn.get_num_threads() == limit
+    finally:
+        fastrnn.set_num_threads(old)
+    with pytest.raises(ValueError, match="NUMBA_NUM_THREADS"):
+        fastrnn.set_num_threads(limit + 1)
+    with pytest.raises(ValueError, match=r"\[1, "):
+        fastrnn.set_num_threads(0)
+    with pytest.raises(TypeError, match="n must be an int"):
+        fastrnn.set_num_threads(1.5)
+
+
+def test_blas_is_limited_inside_parallel_kernels():
+    """While a parallel kernel runs, each BLAS library runs one thread; afterwards the previous
+    counts are back."""
+    from threadpoolctl import ThreadpoolController
+
+    limiter = BACKEND._blas
+    libs = ThreadpoolController().select(user_api="blas").lib_controllers
+    before = [lib.get_num_threads() for lib in libs]
+    with limiter.limit(1):
+        assert all(lib.get_num_threads() == 1 for lib in libs)
+    assert [lib.get_num_threads() for lib in libs] == before
+
+
+class _threads:
+    """Run the block with n Numba threads (capped at NUMBA_NUM_THREADS)."""
+
+    def __init__(self, n):
+        self.n = min(n, numba.config.NUMBA_NUM_THREADS)
+
+    def __enter__(self):
+        self.old = numba.get_num_threads()
+        numba.set_num_threads(self.n)
+
+    def __exit__(self, *exc):
+        numba.set_num_threads(self.old)
+        return False
+
