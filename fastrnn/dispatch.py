@@ -9,6 +9,7 @@ variable ``FASTRNN_BACKEND``), else the arrays: CuPy arrays go to ``"cupy"``, Nu
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 
 from .backends.base import Backend
@@ -20,11 +21,11 @@ class BackendUnavailable(RuntimeError):
     """The backend asked for cannot run here; the message says why and what to install."""
 
 
-# name -> (module, class, what to install)
+# name -> (module, class, the third-party module it needs, what to install)
 _BUILTIN = {
-    "numpy": ("fastrnn.reference", "NumpyBackend", ""),
-    "numba": ("fastrnn.backends.numba_cpu", "NumbaBackend", "pip install numba"),
-    "cupy": ("fastrnn.backends.cupy_cuda", "CupyBackend",
+    "numpy": ("fastrnn.reference", "NumpyBackend", None, ""),
+    "numba": ("fastrnn.backends.numba_cpu", "NumbaBackend", "numba", "pip install numba"),
+    "cupy": ("fastrnn.backends.cupy_cuda", "CupyBackend", "cupy",
              "pip install 'fastrnn[cuda]' (cupy-cuda12x) on a machine with an NVIDIA GPU"),
 }
 _registered: dict = {}
@@ -59,11 +60,17 @@ def _load(name: str) -> Backend:
         raise ValueError(f"backend must be one of {known_backends()}, got {name!r}")
     if name in _failures:
         raise BackendUnavailable(_failures[name])
-    module, cls, install = _BUILTIN[name]
+    module, cls, needs, install = _BUILTIN[name]
+    hint = f"; to use it: {install}" if install else ""
+    if needs is not None and importlib.util.find_spec(needs) is None:
+        label = {"numba": "Numba", "cupy": "CuPy"}[needs]
+        _failures[name] = f"backend {name!r} cannot run here: {label} is not installed{hint}"
+        raise BackendUnavailable(_failures[name])
+    # With the dependency installed, an ImportError in fastrnn's own backend code is a bug and
+    # propagates: it must never turn silently into a fallback to another backend.
     try:
         backend = getattr(importlib.import_module(module), cls)()
-    except (ImportError, BackendUnavailable, OSError) as exc:
-        hint = f"; to use it: {install}" if install else ""
+    except BackendUnavailable as exc:
         _failures[name] = f"backend {name!r} cannot run here: {exc}{hint}"
         raise BackendUnavailable(_failures[name]) from exc
     _instances[name] = backend

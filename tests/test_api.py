@@ -188,3 +188,8 @@ def test_results_unpack_and_have_names():
     y, h_n, c_n, ctx = res
     assert res.y is y and res.h_n is h_n and res.c_n is c_n and res.ctx is ctx
     np.testing.assert_array_equal(y[-1], h_n)
+
+
+def test_numba_backend_runs_here():
+    """Numba is a hard dependency: its backend must load, never fall back silently."""
+    assert "numba" in fastrnn.available_backends(), dispatch.unavailable_reasons()

@@ -25,16 +25,9 @@ NEVER = 1 << 62
 # Every way the backend can run a call; the shapes below are small, so each path is forced.
 # Threaded paths also split every GEMM above the recurrence (matmul) over the threads.
 PATHS = {
-    "serial-loop": dict(parallel_min_work=NEVER, blas_min_rows=NEVER, matmul_min_work=NEVER),
-    "serial-blas": dict(parallel_min_work=NEVER, blas_min_rows=1, matmul_min_work=NEVER),
-    "rows-loop": dict(parallel_min_work=0, unit_split_min=NEVER, blas_min_rows=NEVER,
-                      matmul_min_work=0),
-    "rows-blas": dict(parallel_min_work=0, unit_split_min=NEVER, blas_min_rows=1,
-                      matmul_min_work=0),
-    "units-loop": dict(parallel_min_work=0, unit_split_min=0, blas_min_rows=NEVER,
-                       matmul_min_work=0),
-    "units-blas": dict(parallel_min_work=0, unit_split_min=0, blas_min_rows=1,
-                       matmul_min_work=0),
+    "serial": dict(parallel_min_work=NEVER, matmul_min_work=NEVER),
+    "rows": dict(parallel_min_work=0, unit_split_min=NEVER, matmul_min_work=0),
+    "units": dict(parallel_min_work=0, unit_split_min=0, matmul_min_work=0),
 }
 
 # (T, B, I, H) and make_problem flags; together they cover T = B = H = 1, odd sizes, lengths with
@@ -56,19 +49,16 @@ def knobs(monkeypatch):
 
 
 def test_paths_are_distinct(knobs):
-    """Each forced path reaches its own plan (row groups, unit chunks, BLAS), so the grid below
-    tests them all."""
+    """Each forced path reaches its own plan (row groups, unit chunks), so the grid below tests
+    them all."""
     plans = set()
     for path in PATHS:
         knobs(path)
         with _threads(2):
             plan = BACKEND._plan(Cell("lstm"), 4, 4, 32)
-        plans.add((plan.rows, plan.units, plan.blas))
-    if numba.config.NUMBA_NUM_THREADS >= 2:
-        assert plans == {(r, u, blas) for r, u in ((1, 1), (2, 1), (1, 2))
-                         for blas in (False, True)}
-    else:
-        assert plans == {(1, 1, False), (1, 1, True)}
+        plans.add((plan.rows, plan.units))
+    two = numba.config.NUMBA_NUM_THREADS >= 2
+    assert plans == ({(1, 1), (2, 1), (1, 2)} if two else {(1, 1)})
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -103,7 +93,7 @@ def test_bidirectional_views(cell, dtype, knobs):
     dh_n = rng.standard_normal((2, B, H)).astype(dtype)
     dc_n = rng.standard_normal((2, B, H)).astype(dtype) if cell.has_cell_state else None
     results = []
-    for name, path in (("numpy", None), ("numba", "serial-blas"), ("numba", "units-loop")):
+    for name, path in (("numpy", None), ("numba", "rows"), ("numba", "units")):
         if path:
             knobs(path)
         backend = fastrnn.get_backend(name)
@@ -118,8 +108,8 @@ def test_bidirectional_views(cell, dtype, knobs):
                                                               "dh0", "dc0")
                         if getattr(g, n) is not None})
         results.append(out)
-    assert_close(results[1], results[0], dtype, f"{cell.name} bidirectional serial-blas")
-    assert_close(results[2], results[0], dtype, f"{cell.name} bidirectional units-loop")
+    assert_close(results[1], results[0], dtype, f"{cell.name} bidirectional rows")
+    assert_close(results[2], results[0], dtype, f"{cell.name} bidirectional units")
 
 
 @pytest.mark.parametrize("cell", ALL_CELLS, ids=CELL_IDS)
@@ -142,7 +132,7 @@ def test_inference_equals_training_and_chunks(cell, monkeypatch):
                      f"{cell.name} chunked inference")
 
 
-@pytest.mark.parametrize("path", ["serial-blas", "rows-blas", "units-loop"])
+@pytest.mark.parametrize("path", ["serial", "rows", "units"])
 @pytest.mark.parametrize("cell", ALL_CELLS, ids=CELL_IDS)
 def test_repeatable_and_thread_counts_agree(cell, path, knobs):
     """Identical bits on repeated calls at a fixed thread count; 1 and 2 threads agree."""
@@ -164,7 +154,7 @@ def test_repeatable_and_thread_counts_agree(cell, path, knobs):
 
 @pytest.mark.parametrize("cell", ALL_CELLS, ids=CELL_IDS)
 def test_inputs_not_modified(cell, knobs):
-    knobs("rows-blas")
+    knobs("rows")
     problem = make_problem(cell, 4, 3, 2, 5, np.float32, seed=4, lengths=True)
     cot = make_cotangents(cell, 4, 3, 5, np.float32)
     before = {k: v.copy() for k, v in {**problem, **cot}.items() if isinstance(v, np.ndarray)}
@@ -235,9 +225,9 @@ def test_set_num_threads():
         fastrnn.set_num_threads(1.5)
 
 
-def test_blas_is_limited_inside_parallel_kernels():
-    """While a parallel kernel runs, each BLAS library runs one thread; afterwards the previous
-    counts are back."""
+def test_blas_limit_sets_and_restores():
+    """The backend runs BLAS on one thread while it works (its GEMMs are split over Numba's
+    threads instead); the limit it uses sets every BLAS library and restores the counts."""
     from threadpoolctl import ThreadpoolController
 
     limiter = BACKEND._blas

@@ -27,8 +27,8 @@ class CudaDevice:
     def __init__(self):
         try:
             import cupy
-        except ImportError as exc:
-            raise ImportError(f"CuPy is not installed ({exc})") from exc
+        except (ImportError, OSError) as exc:  # missing, or installed without its CUDA libraries
+            raise BackendUnavailable(f"CuPy cannot be imported ({exc})") from exc
         try:
             count = cupy.cuda.runtime.getDeviceCount()
         except cupy.cuda.runtime.CUDARuntimeError as exc:

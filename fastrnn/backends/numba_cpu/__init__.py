@@ -68,8 +68,8 @@ class NumbaBackend(FusedBackend):
     machine): a call uses several threads when it has at least ``parallel_min_work``
     multiply-adds in its recurrent products (T*B*G*H*H); the threads split the hidden units
     when one step's product has at least ``unit_split_min`` multiply-adds (B*G*H*H), else the
-    batch rows, at least ``parallel_min_rows`` per thread; a block of rows uses BLAS for its
-    product when it has at least ``blas_min_rows`` rows.
+    batch rows, at least ``parallel_min_rows`` per thread. The GEMMs above the recurrence run
+    on the threads when they have at least ``matmul_min_work`` multiply-adds.
     """
 
     name = "numba"
@@ -78,7 +78,6 @@ class NumbaBackend(FusedBackend):
     parallel_min_work = 1 << 20
     parallel_min_rows = 1
     unit_split_min = 1 << 23
-    blas_min_rows = 2
     matmul_min_work = 1 << 21
 
     def __init__(self):
@@ -112,7 +111,7 @@ class NumbaBackend(FusedBackend):
                 units = threads
             else:
                 rows = max(1, min(threads, B // max(1, self.parallel_min_rows)))
-        return self._common.make_plan(H, rows, units, B // rows >= self.blas_min_rows)
+        return self._common.make_plan(H, rows, units)
 
     @staticmethod
     def _lengths(lengths, T, B):

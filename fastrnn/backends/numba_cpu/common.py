@@ -497,7 +497,8 @@ def _chunk_rows(W_hh, G, gates, plan):
     n, size = plan.units, plan.size
     blocks = np.zeros((k, n * size, H), W_hh.dtype)
     blocks[:, :H] = W_hh.reshape(G, H, H)[list(gates)]
-    return np.ascontiguousarray(blocks.reshape(k, n, size, H).transpose(1, 0, 2, 3))
+    return np.ascontiguousarray(
+        blocks.reshape(k, n, size, H).transpose(1, 0, 2, 3)).reshape(n, k * size, H)
 
 
 def pack_forward(W_hh, G, gates, plan):

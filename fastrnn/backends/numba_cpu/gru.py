@@ -25,9 +25,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .common import (JIT, U, add_to, block_of, copy_row, count_valid, final_slot, first_slot,
-                     flat, flat_input, gemm_nt, pack_columns, pack_rows, receive, sigmoid_row,
-                     slots, tanh, tanh_row, unpack, zero_row)
+from .common import (JIT, U, add_into, add_to, block_of, copy_row, count_valid, final_slot,
+                     first_slot, flat, flat_input, gemm, pack_backward, pack_forward, padded,
+                     panel_width, receive, sigmoid_row, slots, tanh, tanh_row, zero_row)
 
 G = 3
 
@@ -70,12 +70,14 @@ def _dn_dz(dh, h0, gs, g0, H, hs, i_in, dn, n0, dz, z0, n):
 
 
 @njit(**JIT)
-def _share(d, blk, WT, w0, part, share, nb, K, H, lengths, t, b0, b1, use_blas):
-    """The block's share of d @ W_hh (zeros when no row of the block is valid at step t)."""
+def _share(d, d0, K, WT, u, P, part, share, b0, b1, lengths, t):
+    """The block's share of d @ W_hh: d's rows b0..b1 (K values each, at d0) times chunk u's
+    panels; zeros when no row of the block is valid at step t."""
+    Hp = P * panel_width(WT)
     if count_valid(lengths, t, b0, b1) > 0:
-        gemm_nt(d, blk, WT, w0, part, share, nb, K, H, use_blas)
+        gemm(d, d0, K, b1 - b0, WT, u * P * K * panel_width(WT), P, part, share)
     else:
-        zero_row(part, share, H * nb)
+        zero_row(part, share, Hp * (b1 - b0))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -83,22 +85,16 @@ def _share(d, blk, WT, w0, part, share, nb, K, H, lengths, t, b0, b1, use_blas):
 
 
 @njit(**JIT)
-def _forward_block(b0, b1, u, s, T, B, H, units, nu, reverse, training, use_blas, xp, xs_t, xs_b,
-                   y, ys_t, ys_b, W, b_hh, lengths, hs, gates, hn, gbuf, pbuf):
-    N = G * nu
+def _forward_block(b0, b1, u, s, T, B, H, units, nu, P, reverse, training, xp, xs_t, xs_b, y, ys_t,
+                   ys_b, W, b_hh, lengths, hs, gates, hn, gbuf):
+    Np = P * panel_width(W)
     nb = b1 - b0
     u0 = u * nu
     n = min(nu, H - u0)
     t, r_in, r_out = slots(s, T, reverse, training)
-    blk = b0 * units * N + u * nb * N
-    xo = t * xs_t + b0 * xs_b + u0
+    blk = b0 * units * Np + u * nb * Np
     if count_valid(lengths, t, b0, b1) > 0:
-        gemm_nt(hs, (r_in * B + b0) * H, W, u * N * H, pbuf, blk, nb, H, N, use_blas)
-        unpack(gbuf, blk, N, pbuf, blk, nb, xp, xo, xs_b, b_hh, u0, n, lengths, t, b0, 2)
-        unpack(gbuf, blk + nu, N, pbuf, blk + nu * nb, nb, xp, xo + H, xs_b, b_hh, H + u0, n,
-               lengths, t, b0, 2)
-        unpack(gbuf, blk + 2 * nu, N, pbuf, blk + 2 * nu * nb, nb, xp, 0, 0, b_hh, 2 * H + u0, n,
-               lengths, t, b0, 1)  # hn = W_hn h + b_hn
+        gemm(hs, (r_in * B + b0) * H, H, nb, W, u * P * H * panel_width(W), P, gbuf, blk)
     for b in range(b0, b1):
         i_in = (r_in * B + b) * H + u0
         i_out = (r_out * B + b) * H + u0
@@ -106,13 +102,16 @@ def _forward_block(b0, b1, u, s, T, B, H, units, nu, reverse, training, use_blas
         if t >= lengths[b]:
             _carry(hs, i_in, i_out, y, yo, n)
             continue
-        g = blk + (b - b0) * N
+        g = blk + (b - b0) * Np
+        xo = t * xs_t + b * xs_b + u0
+        add_into(gbuf, g, xp, xo, b_hh, u0, n)
+        add_into(gbuf, g + nu, xp, xo + H, b_hh, H + u0, n)
+        add_to(gbuf, g + 2 * nu, b_hh, 2 * H + u0, n)  # hn = W_hn h + b_hn
         if training:
             copy_row(hn, (t * B + b) * H + u0, gbuf, g + 2 * nu, n)
         sigmoid_row(gbuf, g, 2 * nu)
-        x_n = t * xs_t + b * xs_b + 2 * H + u0
         for k in range(n):
-            gbuf[U(g + 2 * nu + k)] = tanh(xp[U(x_n + k)]
+            gbuf[U(g + 2 * nu + k)] = tanh(xp[U(xo + 2 * H + k)]
                                            + gbuf[U(g + k)] * gbuf[U(g + 2 * nu + k)])
         _update(hs, i_in, i_out, gbuf, g + 2 * nu, g + nu, n)
         copy_row(y, yo, hs, i_out, n)
@@ -121,38 +120,37 @@ def _forward_block(b0, b1, u, s, T, B, H, units, nu, reverse, training, use_blas
 
 
 @njit(parallel=True, **JIT)
-def forward_kernel(T, B, H, rows, units, nu, reverse, training, use_blas, xp, xs_t, xs_b, y, ys_t,
-                   ys_b, W, b_hh, lengths, hs, gates, hn, gbuf, pbuf):
+def forward_kernel(T, B, H, rows, units, nu, P, reverse, training, xp, xs_t, xs_b, y, ys_t, ys_b,
+                   W, b_hh, lengths, hs, gates, hn, gbuf):
     if rows * units == 1:
         for s in range(T):
-            _forward_block(0, B, 0, s, T, B, H, units, nu, reverse, training, use_blas, xp, xs_t,
-                           xs_b, y, ys_t, ys_b, W, b_hh, lengths, hs, gates, hn, gbuf, pbuf)
+            _forward_block(0, B, 0, s, T, B, H, units, nu, P, reverse, training, xp, xs_t, xs_b,
+                           y, ys_t, ys_b, W, b_hh, lengths, hs, gates, hn, gbuf)
     elif units == 1:  # independent row groups: no barrier between steps
         for c in prange(rows):
             b0, b1, _ = block_of(c, rows, 1, B)
             for s in range(T):
-                _forward_block(b0, b1, 0, s, T, B, H, units, nu, reverse, training, use_blas, xp,
-                               xs_t, xs_b, y, ys_t, ys_b, W, b_hh, lengths, hs, gates, hn, gbuf,
-                               pbuf)
+                _forward_block(b0, b1, 0, s, T, B, H, units, nu, P, reverse, training, xp, xs_t,
+                               xs_b, y, ys_t, ys_b, W, b_hh, lengths, hs, gates, hn, gbuf)
     else:
         for s in range(T):
             for c in prange(rows * units):
                 b0, b1, u = block_of(c, rows, units, B)
-                _forward_block(b0, b1, u, s, T, B, H, units, nu, reverse, training, use_blas, xp,
-                               xs_t, xs_b, y, ys_t, ys_b, W, b_hh, lengths, hs, gates, hn, gbuf,
-                               pbuf)
+                _forward_block(b0, b1, u, s, T, B, H, units, nu, P, reverse, training, xp, xs_t,
+                               xs_b, y, ys_t, ys_b, W, b_hh, lengths, hs, gates, hn, gbuf)
 
 
 @njit(**JIT)
-def _backward_block(b0, b1, u, s, T, B, H, units, nu, reverse, use_blas, dy, ds_t, ds_b, dgx,
-                    gs_t, gs_b, WT, lengths, hs, gates, hn, d_gh, dh, part, dbuf, tmp):
+def _backward_block(b0, b1, u, s, T, B, H, units, nu, P, reverse, dy, ds_t, ds_b, dgx, gs_t, gs_b,
+                    WT, lengths, hs, gates, hn, d_gh, dh, part, dbuf, tmp):
     N = G * nu
+    Hp = P * panel_width(WT)
     nb = b1 - b0
     u0 = u * nu
     n = min(nu, H - u0)
     t, r_in, _ = slots(T - 1 - s, T, reverse, True)
     if s > 0:
-        receive(dh, part, 1 - s % 2, b0, b1, u0, n, B, H, units, lengths)
+        receive(dh, part, 1 - s % 2, b0, b1, u0, n, B, H, units, Hp)
     blk = b0 * units * N + u * nb * N
     one = dh.dtype.type(1)
     for b in range(b0, b1):
@@ -178,35 +176,31 @@ def _backward_block(b0, b1, u, s, T, B, H, units, nu, reverse, use_blas, dy, ds_
         copy_row(dgx, go + H, dbuf, d + nu, n)
         copy_row(dgx, go + 2 * H, tmp, hb, n)
         _save_gates(d_gh, gh, H, dbuf, d, d + nu, d + 2 * nu, n)
-    _share(dbuf, blk, WT, u * H * N, part, ((s % 2) * units + u) * B * H + b0 * H, nb, N, H,
-           lengths, t, b0, b1, use_blas)
+    _share(dbuf, blk, N, WT, u, P, part, (((s % 2) * units + u) * B + b0) * Hp, b0, b1, lengths, t)
 
 
 @njit(parallel=True, **JIT)
-def backward_kernel(T, B, H, rows, units, nu, reverse, use_blas, dy, ds_t, ds_b, dgx, gs_t, gs_b,
-                    WT, lengths, hs, gates, hn, d_gh, dh, part, dbuf, tmp):
+def backward_kernel(T, B, H, rows, units, nu, P, reverse, dy, ds_t, ds_b, dgx, gs_t, gs_b, WT,
+                    lengths, hs, gates, hn, d_gh, dh, part, dbuf, tmp):
     if rows * units == 1:
         for s in range(T):
-            _backward_block(0, B, 0, s, T, B, H, units, nu, reverse, use_blas, dy, ds_t, ds_b,
-                            dgx, gs_t, gs_b, WT, lengths, hs, gates, hn, d_gh, dh, part, dbuf,
-                            tmp)
+            _backward_block(0, B, 0, s, T, B, H, units, nu, P, reverse, dy, ds_t, ds_b, dgx, gs_t,
+                            gs_b, WT, lengths, hs, gates, hn, d_gh, dh, part, dbuf, tmp)
     elif units == 1:
         for c in prange(rows):
             b0, b1, _ = block_of(c, rows, 1, B)
             for s in range(T):
-                _backward_block(b0, b1, 0, s, T, B, H, units, nu, reverse, use_blas, dy, ds_t,
-                                ds_b, dgx, gs_t, gs_b, WT, lengths, hs, gates, hn, d_gh, dh, part,
-                                dbuf, tmp)
+                _backward_block(b0, b1, 0, s, T, B, H, units, nu, P, reverse, dy, ds_t, ds_b, dgx,
+                                gs_t, gs_b, WT, lengths, hs, gates, hn, d_gh, dh, part, dbuf, tmp)
     else:
         for s in range(T):
             for c in prange(rows * units):
                 b0, b1, u = block_of(c, rows, units, B)
-                _backward_block(b0, b1, u, s, T, B, H, units, nu, reverse, use_blas, dy, ds_t,
-                                ds_b, dgx, gs_t, gs_b, WT, lengths, hs, gates, hn, d_gh, dh, part,
-                                dbuf, tmp)
+                _backward_block(b0, b1, u, s, T, B, H, units, nu, P, reverse, dy, ds_t, ds_b, dgx,
+                                gs_t, gs_b, WT, lengths, hs, gates, hn, d_gh, dh, part, dbuf, tmp)
     for c in range(rows):
         b0, b1, _ = block_of(c, rows, 1, B)
-        receive(dh, part, (T - 1) % 2, b0, b1, 0, H, B, H, units, lengths)
+        receive(dh, part, (T - 1) % 2, b0, b1, 0, H, B, H, units, P * panel_width(WT))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -214,26 +208,26 @@ def backward_kernel(T, B, H, rows, units, nu, reverse, use_blas, dy, ds_t, ds_b,
 
 
 @njit(**JIT)
-def _textbook_rz(b0, b1, u, s, T, B, H, units, nu, reverse, training, use_blas, xp, xs_t, xs_b,
-                 Wrz, b_hh, lengths, hs, grz, rh, pbuf):
+def _textbook_rz(b0, b1, u, s, T, B, H, units, nu, P, reverse, training, xp, xs_t, xs_b, Wrz,
+                 b_hh, lengths, hs, grz, rh):
     """r, z of the block and r*h, which the n product of every chunk reads."""
+    Np = P * panel_width(Wrz)
     nb = b1 - b0
     u0 = u * nu
     n = min(nu, H - u0)
     t, r_in, _ = slots(s, T, reverse, training)
-    blk = b0 * units * 2 * nu + u * nb * 2 * nu
-    xo = t * xs_t + b0 * xs_b + u0
+    blk = b0 * units * Np + u * nb * Np
     if count_valid(lengths, t, b0, b1) > 0:
-        gemm_nt(hs, (r_in * B + b0) * H, Wrz, u * 2 * nu * H, pbuf, blk, nb, H, 2 * nu, use_blas)
-        unpack(grz, blk, 2 * nu, pbuf, blk, nb, xp, xo, xs_b, b_hh, u0, n, lengths, t, b0, 2)
-        unpack(grz, blk + nu, 2 * nu, pbuf, blk + nu * nb, nb, xp, xo + H, xs_b, b_hh, H + u0, n,
-               lengths, t, b0, 2)
+        gemm(hs, (r_in * B + b0) * H, H, nb, Wrz, u * P * H * panel_width(Wrz), P, grz, blk)
     for b in range(b0, b1):
         hb = b * H + u0
         if t >= lengths[b]:
             zero_row(rh, hb, n)
             continue
-        g = blk + (b - b0) * 2 * nu
+        g = blk + (b - b0) * Np
+        xo = t * xs_t + b * xs_b + u0
+        add_into(grz, g, xp, xo, b_hh, u0, n)
+        add_into(grz, g + nu, xp, xo + H, b_hh, H + u0, n)
         sigmoid_row(grz, g, 2 * nu)
         i_in = (r_in * B + b) * H + u0
         for k in range(n):
@@ -241,17 +235,17 @@ def _textbook_rz(b0, b1, u, s, T, B, H, units, nu, reverse, training, use_blas, 
 
 
 @njit(**JIT)
-def _textbook_n(b0, b1, u, s, T, B, H, units, nu, reverse, training, use_blas, xp, xs_t, xs_b, y,
-                ys_t, ys_b, Wn, b_hh, lengths, hs, gates, grz, gn, rh, pbuf):
+def _textbook_n(b0, b1, u, s, T, B, H, units, nu, Prz, Pn, reverse, training, xp, xs_t, xs_b, y,
+                ys_t, ys_b, Wn, b_hh, lengths, hs, gates, grz, gn, rh):
+    NR = panel_width(Wn)
     nb = b1 - b0
     u0 = u * nu
     n = min(nu, H - u0)
     t, r_in, r_out = slots(s, T, reverse, training)
-    blk = b0 * units * nu + u * nb * nu
+    blk = b0 * units * Pn * NR + u * nb * Pn * NR
+    brz = b0 * units * Prz * NR + u * nb * Prz * NR
     if count_valid(lengths, t, b0, b1) > 0:
-        gemm_nt(rh, b0 * H, Wn, u * nu * H, pbuf, 2 * blk, nb, H, nu, use_blas)
-        unpack(gn, blk, nu, pbuf, 2 * blk, nb, xp, t * xs_t + b0 * xs_b + 2 * H + u0, xs_b, b_hh,
-               2 * H + u0, n, lengths, t, b0, 2)
+        gemm(rh, b0 * H, H, nb, Wn, u * Pn * H * NR, Pn, gn, blk)
     for b in range(b0, b1):
         i_in = (r_in * B + b) * H + u0
         i_out = (r_out * B + b) * H + u0
@@ -259,9 +253,10 @@ def _textbook_n(b0, b1, u, s, T, B, H, units, nu, reverse, training, use_blas, x
         if t >= lengths[b]:
             _carry(hs, i_in, i_out, y, yo, n)
             continue
-        g = blk + (b - b0) * nu
+        g = blk + (b - b0) * Pn * NR
+        add_into(gn, g, xp, t * xs_t + b * xs_b + 2 * H + u0, b_hh, 2 * H + u0, n)
         tanh_row(gn, g, n)
-        rz = 2 * blk + (b - b0) * 2 * nu
+        rz = brz + (b - b0) * Prz * NR
         for k in range(n):
             v = gn[U(g + k)]
             hs[U(i_out + k)] = v + grz[U(rz + nu + k)] * (hs[U(i_in + k)] - v)
@@ -274,45 +269,44 @@ def _textbook_n(b0, b1, u, s, T, B, H, units, nu, reverse, training, use_blas, x
 
 
 @njit(parallel=True, **JIT)
-def textbook_forward_kernel(T, B, H, rows, units, nu, reverse, training, use_blas, xp, xs_t, xs_b,
-                            y, ys_t, ys_b, Wrz, Wn, b_hh, lengths, hs, gates, grz, gn, rh, pbuf):
+def textbook_forward_kernel(T, B, H, rows, units, nu, Prz, Pn, reverse, training, xp, xs_t, xs_b,
+                            y, ys_t, ys_b, Wrz, Wn, b_hh, lengths, hs, gates, grz, gn, rh):
     if units == 1:
         for c in prange(rows):
             b0, b1, _ = block_of(c, rows, 1, B)
             for s in range(T):
-                _textbook_rz(b0, b1, 0, s, T, B, H, units, nu, reverse, training, use_blas, xp,
-                             xs_t, xs_b, Wrz, b_hh, lengths, hs, grz, rh, pbuf)
-                _textbook_n(b0, b1, 0, s, T, B, H, units, nu, reverse, training, use_blas, xp,
-                            xs_t, xs_b, y, ys_t, ys_b, Wn, b_hh, lengths, hs, gates, grz, gn, rh,
-                            pbuf)
+                _textbook_rz(b0, b1, 0, s, T, B, H, units, nu, Prz, reverse, training, xp, xs_t,
+                             xs_b, Wrz, b_hh, lengths, hs, grz, rh)
+                _textbook_n(b0, b1, 0, s, T, B, H, units, nu, Prz, Pn, reverse, training, xp,
+                            xs_t, xs_b, y, ys_t, ys_b, Wn, b_hh, lengths, hs, gates, grz, gn, rh)
     else:
         for s in range(T):
             for c in prange(rows * units):
                 b0, b1, u = block_of(c, rows, units, B)
-                _textbook_rz(b0, b1, u, s, T, B, H, units, nu, reverse, training, use_blas, xp,
-                             xs_t, xs_b, Wrz, b_hh, lengths, hs, grz, rh, pbuf)
+                _textbook_rz(b0, b1, u, s, T, B, H, units, nu, Prz, reverse, training, xp, xs_t,
+                             xs_b, Wrz, b_hh, lengths, hs, grz, rh)
             for c in prange(rows * units):
                 b0, b1, u = block_of(c, rows, units, B)
-                _textbook_n(b0, b1, u, s, T, B, H, units, nu, reverse, training, use_blas, xp,
-                            xs_t, xs_b, y, ys_t, ys_b, Wn, b_hh, lengths, hs, gates, grz, gn, rh,
-                            pbuf)
+                _textbook_n(b0, b1, u, s, T, B, H, units, nu, Prz, Pn, reverse, training, xp,
+                            xs_t, xs_b, y, ys_t, ys_b, Wn, b_hh, lengths, hs, gates, grz, gn, rh)
 
 
 @njit(**JIT)
-def _textbook_back_n(b0, b1, u, s, T, B, H, units, nu, reverse, use_blas, dy, ds_t, ds_b, dgx,
-                     gs_t, gs_b, WTn, lengths, hs, gates, dh, part, drz, dnb, q):
+def _textbook_back_n(b0, b1, u, s, T, B, H, units, nu, P, reverse, dy, ds_t, ds_b, dgx, gs_t,
+                     gs_b, WTn, lengths, hs, gates, dh, part, drz, dnb, q):
     """dn, dz of the block, dh <- dh*z, and the block's share of d_rh = dn @ W_hn."""
+    Hp = P * panel_width(WTn)
     nb = b1 - b0
     u0 = u * nu
     n = min(nu, H - u0)
     t, r_in, _ = slots(T - 1 - s, T, reverse, True)
     if s > 0:
-        receive(dh, part, 1 - s % 2, b0, b1, u0, n, B, H, units, lengths)
+        receive(dh, part, 1 - s % 2, b0, b1, u0, n, B, H, units, Hp)
     blk = b0 * units * nu + u * nb * nu
     for b in range(b0, b1):
         go = t * gs_t + b * gs_b + u0
         dn = blk + (b - b0) * nu
-        dr = 2 * blk + (b - b0) * 2 * nu
+        dr = 2 * dn
         if t >= lengths[b]:
             zero_row(dnb, dn, nu)
             zero_row(drz, dr, 2 * nu)
@@ -325,23 +319,23 @@ def _textbook_back_n(b0, b1, u, s, T, B, H, units, nu, reverse, use_blas, dy, ds
                drz, dr + nu, n)
         copy_row(dgx, go + H, drz, dr + nu, n)
         copy_row(dgx, go + 2 * H, dnb, dn, n)
-    _share(dnb, blk, WTn, u * H * nu, q, u * B * H + b0 * H, nb, nu, H, lengths, t, b0, b1,
-           use_blas)
+    _share(dnb, blk, nu, WTn, u, P, q, (u * B + b0) * Hp, b0, b1, lengths, t)
 
 
 @njit(**JIT)
-def _textbook_back_rz(b0, b1, u, s, T, B, H, units, nu, reverse, use_blas, dgx, gs_t, gs_b, WTrz,
+def _textbook_back_rz(b0, b1, u, s, T, B, H, units, nu, P, reverse, dgx, gs_t, gs_b, WTrz,
                       lengths, hs, gates, rh, dh, part, drz, q, tmp):
     """dr of the block from the summed shares of d_rh, dh += d_rh*r, and the block's share of
     [dr, dz] @ W_hh[:2H]."""
+    Hp = P * panel_width(WTrz)
     nb = b1 - b0
     u0 = u * nu
     n = min(nu, H - u0)
     t, r_in, _ = slots(T - 1 - s, T, reverse, True)
-    blk = b0 * units * 2 * nu + u * nb * 2 * nu
     for b in range(b0, b1):
         zero_row(tmp, b * H + u0, n)
-    receive(tmp, q, 0, b0, b1, u0, n, B, H, units, lengths)  # d_rh
+    receive(tmp, q, 0, b0, b1, u0, n, B, H, units, Hp)  # d_rh
+    blk = b0 * units * 2 * nu + u * nb * 2 * nu
     one = dh.dtype.type(1)
     for b in range(b0, b1):
         ro = (t * B + b) * H + u0  # rh
@@ -360,37 +354,34 @@ def _textbook_back_rz(b0, b1, u, s, T, B, H, units, nu, reverse, use_blas, dgx, 
         for k in range(n):
             rh[U(ro + k)] = gates[U(gr + k)] * hs[U(i_in + k)]
         copy_row(dgx, t * gs_t + b * gs_b + u0, drz, dr, n)
-    _share(drz, blk, WTrz, u * H * 2 * nu, part, ((s % 2) * units + u) * B * H + b0 * H, nb,
-           2 * nu, H, lengths, t, b0, b1, use_blas)
+    _share(drz, blk, 2 * nu, WTrz, u, P, part, (((s % 2) * units + u) * B + b0) * Hp, b0, b1,
+           lengths, t)
 
 
 @njit(parallel=True, **JIT)
-def textbook_backward_kernel(T, B, H, rows, units, nu, reverse, use_blas, dy, ds_t, ds_b, dgx,
-                             gs_t, gs_b, WTrz, WTn, lengths, hs, gates, rh, dh, part, drz, dnb, q,
-                             tmp):
+def textbook_backward_kernel(T, B, H, rows, units, nu, P, reverse, dy, ds_t, ds_b, dgx, gs_t, gs_b,
+                             WTrz, WTn, lengths, hs, gates, rh, dh, part, drz, dnb, q, tmp):
     if units == 1:
         for c in prange(rows):
             b0, b1, _ = block_of(c, rows, 1, B)
             for s in range(T):
-                _textbook_back_n(b0, b1, 0, s, T, B, H, units, nu, reverse, use_blas, dy, ds_t,
-                                 ds_b, dgx, gs_t, gs_b, WTn, lengths, hs, gates, dh, part, drz,
-                                 dnb, q)
-                _textbook_back_rz(b0, b1, 0, s, T, B, H, units, nu, reverse, use_blas, dgx, gs_t,
-                                  gs_b, WTrz, lengths, hs, gates, rh, dh, part, drz, q, tmp)
+                _textbook_back_n(b0, b1, 0, s, T, B, H, units, nu, P, reverse, dy, ds_t, ds_b, dgx,
+                                 gs_t, gs_b, WTn, lengths, hs, gates, dh, part, drz, dnb, q)
+                _textbook_back_rz(b0, b1, 0, s, T, B, H, units, nu, P, reverse, dgx, gs_t, gs_b,
+                                  WTrz, lengths, hs, gates, rh, dh, part, drz, q, tmp)
     else:
         for s in range(T):
             for c in prange(rows * units):
                 b0, b1, u = block_of(c, rows, units, B)
-                _textbook_back_n(b0, b1, u, s, T, B, H, units, nu, reverse, use_blas, dy, ds_t,
-                                 ds_b, dgx, gs_t, gs_b, WTn, lengths, hs, gates, dh, part, drz,
-                                 dnb, q)
+                _textbook_back_n(b0, b1, u, s, T, B, H, units, nu, P, reverse, dy, ds_t, ds_b, dgx,
+                                 gs_t, gs_b, WTn, lengths, hs, gates, dh, part, drz, dnb, q)
             for c in prange(rows * units):
                 b0, b1, u = block_of(c, rows, units, B)
-                _textbook_back_rz(b0, b1, u, s, T, B, H, units, nu, reverse, use_blas, dgx, gs_t,
-                                  gs_b, WTrz, lengths, hs, gates, rh, dh, part, drz, q, tmp)
+                _textbook_back_rz(b0, b1, u, s, T, B, H, units, nu, P, reverse, dgx, gs_t, gs_b,
+                                  WTrz, lengths, hs, gates, rh, dh, part, drz, q, tmp)
     for c in range(rows):
         b0, b1, _ = block_of(c, rows, 1, B)
-        receive(dh, part, (T - 1) % 2, b0, b1, 0, H, B, H, units, lengths)
+        receive(dh, part, (T - 1) % 2, b0, b1, 0, H, B, H, units, P * panel_width(WTrz))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -409,21 +400,22 @@ def forward(cell, x_proj, y, W_hh, b_hh, h0, c0, lengths, reverse, training, pla
     gates = np.empty((T, B, G * H) if training else (1, 1, 1), dtype)
     xp, xs_t, xs_b = flat_input(x_proj)
     yf, ys_t, ys_b = flat(y)
-    work = B * plan.units * plan.size
-    args = (T, B, H, plan.rows, plan.units, plan.size, reverse, training, plan.blas, xp, xs_t,
-            xs_b, yf, ys_t, ys_b)
+    k, size = plan.units, plan.size
+    args = (xp, xs_t, xs_b, yf, ys_t, ys_b)
     if cell.linear_before_reset:
         hn = np.empty((T, B, H) if training else (1, 1, 1), dtype)
-        forward_kernel(*args, pack_rows(W_hh, G, range(G), plan), b_hh, lengths, hs.reshape(-1),
-                       gates.reshape(-1), hn.reshape(-1), np.empty(G * work, dtype),
-                       np.empty(G * work, dtype))
+        W, P = pack_forward(W_hh, G, range(G), plan)
+        forward_kernel(T, B, H, plan.rows, k, size, P, reverse, training, *args, W, b_hh, lengths,
+                       hs.reshape(-1), gates.reshape(-1), hn.reshape(-1),
+                       np.empty(B * k * padded(G * size, W), dtype))
     else:
         hn = None
-        textbook_forward_kernel(*args, pack_rows(W_hh, G, (0, 1), plan),
-                                pack_rows(W_hh, G, (2,), plan), b_hh, lengths, hs.reshape(-1),
-                                gates.reshape(-1), np.empty(2 * work, dtype),
-                                np.empty(work, dtype), np.empty(B * H, dtype),
-                                np.empty(2 * work, dtype))
+        Wrz, Prz = pack_forward(W_hh, G, (0, 1), plan)
+        Wn, Pn = pack_forward(W_hh, G, (2,), plan)
+        textbook_forward_kernel(T, B, H, plan.rows, k, size, Prz, Pn, reverse, training, *args,
+                                Wrz, Wn, b_hh, lengths, hs.reshape(-1), gates.reshape(-1),
+                                np.empty(B * k * padded(2 * size, Wrz), dtype),
+                                np.empty(B * k * padded(size, Wn), dtype), np.empty(B * H, dtype))
     saved = Saved(hs, None, gates, hn, lengths, reverse) if training else None
     return hs[final_slot(T, reverse, training)].copy(), None, saved
 
@@ -436,22 +428,24 @@ def backward(cell, saved, W_hh, dy, dh_n, dc_n, d_gx, plan):
     dyf, ds_t, ds_b = flat_input(dy)
     dg, gs_t, gs_b = flat(d_gx)
     h_in = saved.hs[1:] if saved.reverse else saved.hs[:-1]
-    work = B * plan.units * plan.size
-    part = np.empty(2 * plan.units * B * H, dtype)
-    args = (T, B, H, plan.rows, plan.units, plan.size, saved.reverse, plan.blas, dyf, ds_t, ds_b,
-            dg, gs_t, gs_b)
+    k, size = plan.units, plan.size
+    Hp = padded(H, dh)
+    part = np.empty(2 * k * B * Hp, dtype)
+    head = (T, B, H, plan.rows, k, size)
+    args = (saved.reverse, dyf, ds_t, ds_b, dg, gs_t, gs_b)
     if cell.linear_before_reset:
         d_gh = np.empty((T, B, G * H), dtype)
-        backward_kernel(*args, pack_columns(W_hh, G, range(G), plan), saved.lengths,
-                        saved.hs.reshape(-1), saved.gates.reshape(-1), saved.hn.reshape(-1),
-                        d_gh.reshape(-1), dh.reshape(-1), part, np.zeros(G * work, dtype),
+        WT, P = pack_backward(W_hh, G, range(G), plan)
+        backward_kernel(*head, P, *args, WT, saved.lengths, saved.hs.reshape(-1),
+                        saved.gates.reshape(-1), saved.hn.reshape(-1), d_gh.reshape(-1),
+                        dh.reshape(-1), part, np.zeros(B * k * G * size, dtype),
                         np.empty(B * H, dtype))
         return [(d_gh, h_in)], dh, None
     rh = np.empty((T, B, H), dtype)
-    textbook_backward_kernel(*args, pack_columns(W_hh, G, (0, 1), plan),
-                             pack_columns(W_hh, G, (2,), plan), saved.lengths,
-                             saved.hs.reshape(-1), saved.gates.reshape(-1), rh.reshape(-1),
-                             dh.reshape(-1), part, np.zeros(2 * work, dtype),
-                             np.zeros(work, dtype), np.empty(plan.units * B * H, dtype),
-                             np.empty(B * H, dtype))
+    WTrz, P = pack_backward(W_hh, G, (0, 1), plan)
+    WTn, _ = pack_backward(W_hh, G, (2,), plan)
+    textbook_backward_kernel(*head, P, *args, WTrz, WTn, saved.lengths, saved.hs.reshape(-1),
+                             saved.gates.reshape(-1), rh.reshape(-1), dh.reshape(-1), part,
+                             np.zeros(B * k * 2 * size, dtype), np.zeros(B * k * size, dtype),
+                             np.empty(k * B * Hp, dtype), np.empty(B * H, dtype))
     return [(d_gx[..., :2 * H], h_in), (d_gx[..., 2 * H:], rh)], dh, None

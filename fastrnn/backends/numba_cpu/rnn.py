@@ -15,9 +15,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .common import (JIT, U, add_to, block_of, copy_row, count_valid, final_slot, first_slot,
-                     flat, flat_input, gemm_nt, pack_columns, pack_rows, receive, slots, tanh_of,
-                     unpack, zero_row)
+from .common import (JIT, U, add_into, add_to, block_of, copy_row, count_valid, final_slot,
+                     first_slot, flat, flat_input, gemm, pack_backward, pack_forward, padded,
+                     panel_width, receive, slots, tanh_of, zero_row)
 
 
 @njit(**JIT)
@@ -32,17 +32,16 @@ def _activate(hs, h0, g, g0, n, relu):
 
 
 @njit(**JIT)
-def _forward_block(b0, b1, u, s, T, B, H, units, nu, reverse, training, relu, use_blas, xp, xs_t,
-                   xs_b, y, ys_t, ys_b, W, b_hh, lengths, hs, gbuf, pbuf):
+def _forward_block(b0, b1, u, s, T, B, H, units, nu, P, reverse, training, relu, xp, xs_t, xs_b,
+                   y, ys_t, ys_b, W, b_hh, lengths, hs, gbuf):
+    Np = P * panel_width(W)
     nb = b1 - b0
     u0 = u * nu
     n = min(nu, H - u0)
     t, r_in, r_out = slots(s, T, reverse, training)
-    blk = b0 * units * nu + u * nb * nu
+    blk = b0 * units * Np + u * nb * Np
     if count_valid(lengths, t, b0, b1) > 0:
-        gemm_nt(hs, (r_in * B + b0) * H, W, u * nu * H, pbuf, blk, nb, H, nu, use_blas)
-        unpack(gbuf, blk, nu, pbuf, blk, nb, xp, t * xs_t + b0 * xs_b + u0, xs_b, b_hh, u0, n,
-               lengths, t, b0, 2)
+        gemm(hs, (r_in * B + b0) * H, H, nb, W, u * P * H * panel_width(W), P, gbuf, blk)
     for b in range(b0, b1):
         i_in = (r_in * B + b) * H + u0
         i_out = (r_out * B + b) * H + u0
@@ -51,42 +50,43 @@ def _forward_block(b0, b1, u, s, T, B, H, units, nu, reverse, training, relu, us
             copy_row(hs, i_out, hs, i_in, n)
             zero_row(y, yo, n)
             continue
-        _activate(hs, i_out, gbuf, blk + (b - b0) * nu, n, relu)
+        g = blk + (b - b0) * Np
+        add_into(gbuf, g, xp, t * xs_t + b * xs_b + u0, b_hh, u0, n)
+        _activate(hs, i_out, gbuf, g, n, relu)
         copy_row(y, yo, hs, i_out, n)
 
 
 @njit(parallel=True, **JIT)
-def forward_kernel(T, B, H, rows, units, nu, reverse, training, relu, use_blas, xp, xs_t, xs_b, y,
-                   ys_t, ys_b, W, b_hh, lengths, hs, gbuf, pbuf):
+def forward_kernel(T, B, H, rows, units, nu, P, reverse, training, relu, xp, xs_t, xs_b, y, ys_t,
+                   ys_b, W, b_hh, lengths, hs, gbuf):
     if rows * units == 1:
         for s in range(T):
-            _forward_block(0, B, 0, s, T, B, H, units, nu, reverse, training, relu, use_blas, xp,
-                           xs_t, xs_b, y, ys_t, ys_b, W, b_hh, lengths, hs, gbuf, pbuf)
+            _forward_block(0, B, 0, s, T, B, H, units, nu, P, reverse, training, relu, xp, xs_t,
+                           xs_b, y, ys_t, ys_b, W, b_hh, lengths, hs, gbuf)
     elif units == 1:  # independent row groups: no barrier between steps
         for c in prange(rows):
             b0, b1, _ = block_of(c, rows, 1, B)
             for s in range(T):
-                _forward_block(b0, b1, 0, s, T, B, H, units, nu, reverse, training, relu,
-                               use_blas, xp, xs_t, xs_b, y, ys_t, ys_b, W, b_hh, lengths, hs,
-                               gbuf, pbuf)
+                _forward_block(b0, b1, 0, s, T, B, H, units, nu, P, reverse, training, relu, xp,
+                               xs_t, xs_b, y, ys_t, ys_b, W, b_hh, lengths, hs, gbuf)
     else:
         for s in range(T):
             for c in prange(rows * units):
                 b0, b1, u = block_of(c, rows, units, B)
-                _forward_block(b0, b1, u, s, T, B, H, units, nu, reverse, training, relu,
-                               use_blas, xp, xs_t, xs_b, y, ys_t, ys_b, W, b_hh, lengths, hs,
-                               gbuf, pbuf)
+                _forward_block(b0, b1, u, s, T, B, H, units, nu, P, reverse, training, relu, xp,
+                               xs_t, xs_b, y, ys_t, ys_b, W, b_hh, lengths, hs, gbuf)
 
 
 @njit(**JIT)
-def _backward_block(b0, b1, u, s, T, B, H, units, nu, reverse, relu, use_blas, dy, ds_t, ds_b,
-                    dgx, gs_t, gs_b, WT, lengths, hs, dh, part, dbuf):
+def _backward_block(b0, b1, u, s, T, B, H, units, nu, P, reverse, relu, dy, ds_t, ds_b, dgx, gs_t,
+                    gs_b, WT, lengths, hs, dh, part, dbuf):
+    Hp = P * panel_width(WT)
     nb = b1 - b0
     u0 = u * nu
     n = min(nu, H - u0)
     t, _, r_out = slots(T - 1 - s, T, reverse, True)
     if s > 0:
-        receive(dh, part, 1 - s % 2, b0, b1, u0, n, B, H, units, lengths)
+        receive(dh, part, 1 - s % 2, b0, b1, u0, n, B, H, units, Hp)
     blk = b0 * units * nu + u * nb * nu
     one = dh.dtype.type(1)
     zero = dh.dtype.type(0)
@@ -109,35 +109,35 @@ def _backward_block(b0, b1, u, s, T, B, H, units, nu, reverse, relu, use_blas, d
                 dbuf[U(d + k)] = dh[U(hb + k)] * (one - v * v)
         zero_row(dh, hb, n)  # h reaches the previous step only through W_hh
         copy_row(dgx, go, dbuf, d, n)
-    share = ((s % 2) * units + u) * B * H + b0 * H
+    share = (((s % 2) * units + u) * B + b0) * Hp
     if count_valid(lengths, t, b0, b1) > 0:
-        gemm_nt(dbuf, blk, WT, u * H * nu, part, share, nb, nu, H, use_blas)
+        gemm(dbuf, blk, nu, nb, WT, u * P * nu * panel_width(WT), P, part, share)
     else:
-        zero_row(part, share, H * nb)
+        zero_row(part, share, Hp * nb)
 
 
 @njit(parallel=True, **JIT)
-def backward_kernel(T, B, H, rows, units, nu, reverse, relu, use_blas, dy, ds_t, ds_b, dgx, gs_t,
-                    gs_b, WT, lengths, hs, dh, part, dbuf):
+def backward_kernel(T, B, H, rows, units, nu, P, reverse, relu, dy, ds_t, ds_b, dgx, gs_t, gs_b,
+                    WT, lengths, hs, dh, part, dbuf):
     if rows * units == 1:
         for s in range(T):
-            _backward_block(0, B, 0, s, T, B, H, units, nu, reverse, relu, use_blas, dy, ds_t,
-                            ds_b, dgx, gs_t, gs_b, WT, lengths, hs, dh, part, dbuf)
+            _backward_block(0, B, 0, s, T, B, H, units, nu, P, reverse, relu, dy, ds_t, ds_b, dgx,
+                            gs_t, gs_b, WT, lengths, hs, dh, part, dbuf)
     elif units == 1:
         for c in prange(rows):
             b0, b1, _ = block_of(c, rows, 1, B)
             for s in range(T):
-                _backward_block(b0, b1, 0, s, T, B, H, units, nu, reverse, relu, use_blas, dy,
-                                ds_t, ds_b, dgx, gs_t, gs_b, WT, lengths, hs, dh, part, dbuf)
+                _backward_block(b0, b1, 0, s, T, B, H, units, nu, P, reverse, relu, dy, ds_t,
+                                ds_b, dgx, gs_t, gs_b, WT, lengths, hs, dh, part, dbuf)
     else:
         for s in range(T):
             for c in prange(rows * units):
                 b0, b1, u = block_of(c, rows, units, B)
-                _backward_block(b0, b1, u, s, T, B, H, units, nu, reverse, relu, use_blas, dy,
-                                ds_t, ds_b, dgx, gs_t, gs_b, WT, lengths, hs, dh, part, dbuf)
+                _backward_block(b0, b1, u, s, T, B, H, units, nu, P, reverse, relu, dy, ds_t,
+                                ds_b, dgx, gs_t, gs_b, WT, lengths, hs, dh, part, dbuf)
     for c in range(rows):
         b0, b1, _ = block_of(c, rows, 1, B)
-        receive(dh, part, (T - 1) % 2, b0, b1, 0, H, B, H, units, lengths)
+        receive(dh, part, (T - 1) % 2, b0, b1, 0, H, B, H, units, P * panel_width(WT))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -155,11 +155,10 @@ def forward(cell, x_proj, y, W_hh, b_hh, h0, c0, lengths, reverse, training, pla
     hs[first_slot(T, reverse, training)] = h0
     xp, xs_t, xs_b = flat_input(x_proj)
     yf, ys_t, ys_b = flat(y)
-    work = B * plan.units * plan.size
-    forward_kernel(T, B, H, plan.rows, plan.units, plan.size, reverse, training,
-                   cell.nonlinearity == "relu", plan.blas, xp, xs_t, xs_b, yf, ys_t, ys_b,
-                   pack_rows(W_hh, 1, (0,), plan), b_hh, lengths, hs.reshape(-1),
-                   np.empty(work, dtype), np.empty(work, dtype))
+    W, P = pack_forward(W_hh, 1, (0,), plan)
+    forward_kernel(T, B, H, plan.rows, plan.units, plan.size, P, reverse, training,
+                   cell.nonlinearity == "relu", xp, xs_t, xs_b, yf, ys_t, ys_b, W, b_hh, lengths,
+                   hs.reshape(-1), np.empty(B * plan.units * padded(plan.size, W), dtype))
     saved = Saved(hs, None, None, None, lengths, reverse) if training else None
     return hs[final_slot(T, reverse, training)].copy(), None, saved
 
@@ -171,10 +170,11 @@ def backward(cell, saved, W_hh, dy, dh_n, dc_n, d_gx, plan):
     dh = np.array(dh_n, dtype, order="C")
     dyf, ds_t, ds_b = flat_input(dy)
     dg, gs_t, gs_b = flat(d_gx)
-    backward_kernel(T, B, H, plan.rows, plan.units, plan.size, saved.reverse,
-                    cell.nonlinearity == "relu", plan.blas, dyf, ds_t, ds_b, dg, gs_t, gs_b,
-                    pack_columns(W_hh, 1, (0,), plan), saved.lengths, saved.hs.reshape(-1),
-                    dh.reshape(-1), np.empty(2 * plan.units * B * H, dtype),
+    WT, P = pack_backward(W_hh, 1, (0,), plan)
+    backward_kernel(T, B, H, plan.rows, plan.units, plan.size, P, saved.reverse,
+                    cell.nonlinearity == "relu", dyf, ds_t, ds_b, dg, gs_t, gs_b, WT,
+                    saved.lengths, saved.hs.reshape(-1), dh.reshape(-1),
+                    np.empty(2 * plan.units * B * padded(H, WT), dtype),
                     np.zeros(B * plan.units * plan.size, dtype))
     h_in = saved.hs[1:] if saved.reverse else saved.hs[:-1]
     return [(d_gx, h_in)], dh, None
