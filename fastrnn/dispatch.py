@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import sys
 
 from .backends.base import Backend
 
@@ -51,6 +52,12 @@ def known_backends() -> list:
     return list(_BUILTIN) + [n for n in _registered if n not in _BUILTIN]
 
 
+def _installed(module: str) -> bool:
+    if module in sys.modules:  # already imported (or blocked with None)
+        return sys.modules[module] is not None
+    return importlib.util.find_spec(module) is not None
+
+
 def _load(name: str) -> Backend:
     if name in _registered:
         return _registered[name]
@@ -62,7 +69,7 @@ def _load(name: str) -> Backend:
         raise BackendUnavailable(_failures[name])
     module, cls, needs, install = _BUILTIN[name]
     hint = f"; to use it: {install}" if install else ""
-    if needs is not None and importlib.util.find_spec(needs) is None:
+    if needs is not None and not _installed(needs):
         label = {"numba": "Numba", "cupy": "CuPy"}[needs]
         _failures[name] = f"backend {name!r} cannot run here: {label} is not installed{hint}"
         raise BackendUnavailable(_failures[name])
