@@ -11,10 +11,16 @@ pytest-benchmark times each implementation on its own, `fastrnn bench` interleav
 
 from __future__ import annotations
 
-import pytest
+import os
+import sys
 
-from fastrnn import bench, presets
-from fastrnn.validate import cells_by_names
+if "numpy" not in sys.modules:  # OpenBLAS reads it when it loads (see fastrnn.bench.QUIET_BLAS)
+    os.environ.update({"OPENBLAS_THREAD_TIMEOUT": "4"})
+
+import pytest  # noqa: E402
+
+from fastrnn import bench, presets  # noqa: E402
+from fastrnn.validate import cells_by_names  # noqa: E402
 
 
 def pytest_addoption(parser):

@@ -104,6 +104,19 @@ class Impl:
     host: bool = True  # computes on the CPU, so the CPU's sgemm peak applies
 
 
+# OpenBLAS keeps its idle worker threads spinning for about 2^28 cycles after a call; the
+# NumPy reference's and the sgemm peak's products would leave them spinning over the next
+# implementation's samples (measured here: 2.7x slower). A timeout of 2^4 cycles puts them to
+# sleep at once. OpenBLAS reads it when it loads, so `fastrnn bench` sets it in its environment
+# and starts again (cli.py); benchmarks/conftest.py sets it before NumPy is imported.
+QUIET_BLAS = {"OPENBLAS_THREAD_TIMEOUT": "4"}
+
+
+def blas_quiet() -> bool:
+    """Whether this process started with OpenBLAS's idle threads told to sleep at once."""
+    return all(os.environ.get(k) == v for k, v in QUIET_BLAS.items())
+
+
 def _version(module: str) -> Optional[str]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -423,7 +436,9 @@ def run(cases, impls, *, threads=None, rounds=7, warmup=1, min_sample_s=0.002,
         "results": records,
         "skipped": [{"impl": k, "cell": c.cell.name, "shape": c.shape.name, "mode": c.mode,
                      "reason": why} for k, c, why in skipped],
-        "notes": list(notes),
+        "notes": list(notes) + ([] if blas_quiet() else [
+            "OPENBLAS_THREAD_TIMEOUT was not 4 when NumPy loaded: idle OpenBLAS threads may have "
+            "spun over the samples that followed a multithreaded NumPy product."]),
         "load_average_after": _load_average(),
         "elapsed_s": time.perf_counter() - started,
     }

@@ -98,12 +98,15 @@ def _parser():
 
 
 def main(argv=None) -> int:
+    from_command_line = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
+    if args.command == "bench" and from_command_line and not bench.blas_quiet():
+        _restart_with(bench.QUIET_BLAS, argv)
     try:
         if args.command == "bench":
             return _bench(args, argv)
@@ -113,6 +116,14 @@ def main(argv=None) -> int:
     except (ValueError, dispatch.BackendUnavailable) as exc:
         print(f"fastrnn {args.command}: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _restart_with(env, argv):
+    """Run this command again in a fresh interpreter with ``env`` added to the environment
+    (settings that libraries read only when they load). Does not return."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, "-m", "fastrnn", *argv], {**os.environ, **env})
 
 
 # ----------------------------------------------------------------------------------------------

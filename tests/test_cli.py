@@ -4,6 +4,7 @@ peers (ONNX Runtime, PyTorch) computing what fastrnn computes."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -60,6 +61,26 @@ def test_python_m_fastrnn_info():
     assert "numpy" in out.stdout.split("backends available: ")[1].splitlines()[0]
     assert "BLAS and OpenMP libraries loaded" in out.stdout
     assert f"fastrnn {fastrnn.__version__}" in out.stdout
+
+
+def test_command_line_bench_restarts_with_idle_blas_threads_asleep(tmp_path):
+    """`fastrnn bench` from the command line runs with OPENBLAS_THREAD_TIMEOUT set, so the NumPy
+    reference's idle BLAS threads do not spin over the next implementation's samples; an
+    in-process call without it says so in the report."""
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    out = subprocess.run(
+        [sys.executable, "-m", "fastrnn", "bench", "--cells", "rnn_tanh", "--shapes", "3x2x3x4",
+         "--modes", "inference", "--peers", "none", "--out", str(tmp_path), *TINY_BENCH],
+        capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert not any("OPENBLAS_THREAD_TIMEOUT" in n for n in report["notes"])
+    assert {r["impl"] for r in report["results"]} >= {"numpy"}
+    if not bench.blas_quiet():
+        main(["bench", "--cells", "rnn_tanh", "--shapes", "3x2x3x4", "--modes", "inference",
+              "--peers", "none", "--out", str(tmp_path / "in_process"), *TINY_BENCH])
+        notes = json.loads((tmp_path / "in_process" / "bench.json").read_text())["notes"]
+        assert any("OPENBLAS_THREAD_TIMEOUT was not 4" in n for n in notes)
 
 
 def test_info_json_lists_backends_reasons_threads_and_blas(capsys):

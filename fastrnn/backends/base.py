@@ -92,7 +92,8 @@ class FusedBackend(Backend):
             -> (h_n, c_n, saved)
         x_proj (T, B, G*H): W_ih x_t + b_ih for every step. y (T, B, H): output to fill, invalid
         steps with zeros. Both may be views into wider arrays: their last axis has unit stride,
-        the other strides are arbitrary. b_hh (G*H,) always present (zeros for no bias).
+        the other strides are arbitrary. W_hh is what ``prepare_hh`` returned. b_hh (G*H,)
+        always present (zeros for no bias).
         h0, c0 (B, H) C-contiguous (c0 None unless LSTM). lengths None or a host int64 array
         with 0 <= L_b <= T (0 happens when inference runs in chunks). Returns fresh h_n, c_n
         (B, H) and the backend's saved state (None when not training), laid out as cells.py says.
@@ -112,6 +113,12 @@ class FusedBackend(Backend):
 
     def recurrence_backward(self, cell, saved, W_hh, dy, dh_n, dc_n, d_gx):
         raise NotImplementedError
+
+    def prepare_hh(self, cell, W_hh, T, B):
+        """What ``recurrence_forward`` gets as W_hh for a call of T steps and B rows: W_hh itself
+        here. A backend may return a form of it prepared once per call (packed panels), which
+        every chunk of a chunked inference then reuses."""
+        return W_hh
 
     def matmul(self, a, b):
         """a @ b of 2-D arrays: every GEMM above the recurrence goes through here, so that a
@@ -144,7 +151,8 @@ class FusedBackend(Backend):
                 s = None
             else:
                 h, c, s = self.recurrence_forward(
-                    cell, x_proj[..., k * GH:(k + 1) * GH], d.W_hh, self._hh_bias(d),
+                    cell, x_proj[..., k * GH:(k + 1) * GH], self.prepare_hh(cell, d.W_hh, T, B),
+                    self._hh_bias(d),
                     d.h0, d.c0, lengths, d.reverse, y_k, training)
             h_n[k] = h
             if c_n is not None:
@@ -164,6 +172,7 @@ class FusedBackend(Backend):
         starts = list(range(0, T, steps))
         h, c = d.h0, d.c0
         b_hh = self._hh_bias(d)
+        W_hh = self.prepare_hh(cell, d.W_hh, T, B)
         for t0 in reversed(starts) if d.reverse else starts:
             t1 = min(T, t0 + steps)
             x_proj = self.matmul(x[t0:t1].reshape(-1, I), d.W_ih.T).reshape(t1 - t0, B, GH)
@@ -171,7 +180,7 @@ class FusedBackend(Backend):
                 x_proj += d.b_ih
             L = None if lengths is None else (lengths - t0).clip(0, t1 - t0)
             h, c, _ = self.recurrence_forward(
-                cell, x_proj, d.W_hh, b_hh, h, c, L, d.reverse, y[t0:t1], False)
+                cell, x_proj, W_hh, b_hh, h, c, L, d.reverse, y[t0:t1], False)
         return h, c
 
     def backward(self, cell, saved, dy, dh_n, dc_n):

@@ -87,8 +87,9 @@ class NumbaBackend(FusedBackend):
         self._kernels = {"rnn": rnn, "lstm": lstm, "gru": gru}
         self._blas = common.BlasThreads()
 
-    # BLAS runs one thread at a time inside this backend: the GEMMs above the recurrence go
-    # through ``matmul`` on Numba's threads, so no BLAS thread pool ever competes with them.
+    # BLAS runs one thread at a time inside this backend (forward and backward hold the limit
+    # around everything they run): the GEMMs above the recurrence go through ``matmul`` on
+    # Numba's threads, so no BLAS thread pool ever competes with them.
 
     def forward(self, cell, x, dirs, lengths, training):
         with self._blas.limit(1):
@@ -119,16 +120,20 @@ class NumbaBackend(FusedBackend):
             return np.full(B, T, np.int64)
         return np.ascontiguousarray(lengths, dtype=np.int64)
 
+    def prepare_hh(self, cell, W_hh, T, B):
+        """W_hh with the call's plan; its panels are packed when first used, once per call."""
+        return self._common.Packed(np.ascontiguousarray(W_hh),
+                                   self._plan(cell, T, B, W_hh.shape[1]))
+
     def recurrence_forward(self, cell, x_proj, W_hh, b_hh, h0, c0, lengths, reverse, y,
                            training):
         T, B, _ = x_proj.shape
-        H = W_hh.shape[1]
-        plan = self._plan(cell, T, B, H)
+        if not isinstance(W_hh, self._common.Packed):
+            W_hh = self.prepare_hh(cell, W_hh, T, B)
         y_out = y if self._common.flat(y) is not None else np.empty(y.shape, y.dtype)
-        with self._blas.limit(1):
-            h_n, c_n, saved = self._kernels[cell.kind].forward(
-                cell, x_proj, y_out, np.ascontiguousarray(W_hh), np.ascontiguousarray(b_hh), h0,
-                c0, self._lengths(lengths, T, B), bool(reverse), bool(training), plan)
+        h_n, c_n, saved = self._kernels[cell.kind].forward(
+            cell, x_proj, y_out, W_hh, np.ascontiguousarray(b_hh), h0, c0,
+            self._lengths(lengths, T, B), bool(reverse), bool(training))
         if y_out is not y:
             y[...] = y_out
         return h_n, c_n, saved
@@ -137,9 +142,8 @@ class NumbaBackend(FusedBackend):
         T, B, H = dy.shape
         plan = self._plan(cell, T, B, H)
         g_out = d_gx if self._common.flat(d_gx) is not None else np.empty(d_gx.shape, d_gx.dtype)
-        with self._blas.limit(1):
-            hh_terms, dh0, dc0 = self._kernels[cell.kind].backward(
-                cell, saved, np.ascontiguousarray(W_hh), dy, dh_n, dc_n, g_out, plan)
+        hh_terms, dh0, dc0 = self._kernels[cell.kind].backward(
+            cell, saved, np.ascontiguousarray(W_hh), dy, dh_n, dc_n, g_out, plan)
         if g_out is not d_gx:
             d_gx[...] = g_out
         return hh_terms, dh0, dc0

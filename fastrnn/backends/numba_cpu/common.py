@@ -8,9 +8,10 @@ Compiled pieces:
   vector math library); float64 calls libm.
 * ``gemm``: the recurrent product of a step, ``rows @ panels``, written with explicit 64-byte
   vectors (``Vec``; zmm registers with AVX-512, two ymm otherwise). The weights are packed once
-  per call into panels of 4 vectors' width (``panels_*``), which a 4-row micro-kernel streams
-  while 16 accumulators stay in registers. For the few rows a thread owns per step this beats a
-  BLAS call, which packs the weights again every time.
+  per call into panels of 4 vectors' width (``panels_*``, ``Packed``: once for every chunk
+  of a chunked inference too), which a 4-row micro-kernel streams while 16 accumulators stay in
+  registers, one L1-sized slice of depth (``KC``) at a time. For the few rows a thread owns per
+  step this beats a BLAS call, which packs the weights again every time.
 * short loops over one row (add, copy, activate): Numba cannot tell LLVM that arrays do not
   overlap, and LLVM vectorises a loop only when the overlap checks it must add stay few, so a
   step's pointwise work is split into such loops.
@@ -267,15 +268,25 @@ def panel_width(w):
 @njit(**JIT)
 def panels_of_rows(w, w0, N, K):
     """Panels of the transpose of the flat (N, K) block at w[w0:]: (P, K, NR) with
-    P = ceil(N/NR), zero past N. ``gemm`` with them gives a @ block^T."""
+    P = ceil(N/NR), zero past N. ``gemm`` with them gives a @ block^T. Copied in tiles of NR
+    rows by 64 columns, so the strided writes stay within the L1 cache."""
     NR = panel_width(w)
     P = -(-N // NR)
-    out = np.zeros(P * K * NR, w.dtype)
+    out = np.empty(P * K * NR, w.dtype)
+    zero = w.dtype.type(0)
     for p in range(P):
-        for j in range(min(NR, N - p * NR)):
-            src = w0 + (p * NR + j) * K
-            for k in range(K):
-                out[U((p * K + k) * NR + j)] = w[U(src + k)]
+        n = min(NR, N - p * NR)
+        for k0 in range(0, K, 64):
+            k1 = min(K, k0 + 64)
+            for j in range(NR):
+                o = p * K * NR + j
+                if j < n:
+                    src = w0 + (p * NR + j) * K
+                    for k in range(k0, k1):
+                        out[U(o + k * NR)] = w[U(src + k)]
+                else:
+                    for k in range(k0, k1):
+                        out[U(o + k * NR)] = zero
     return out
 
 
@@ -285,22 +296,41 @@ def panels_of_columns(w, w0, K, N):
     gives a @ block."""
     NR = panel_width(w)
     P = -(-N // NR)
-    out = np.zeros(P * K * NR, w.dtype)
+    out = np.empty(P * K * NR, w.dtype)
     for p in range(P):
         n = min(NR, N - p * NR)
         for k in range(K):
             copy_row(out, (p * K + k) * NR, w, w0 + k * N + p * NR, n)
+            zero_row(out, (p * K + k) * NR + n, NR - n)
     return out
 
 
+# Depth of the slices of a panel that ``gemm`` runs through all rows before the next slice:
+# KC * NR elements are 32 KB, which stay in the L1 cache while every row group reads them.
+KC = 128
+
+
 @njit(**JIT)
-def _rows4(a, a0, K, wp, w0, out, o0, ldo):
-    """Four rows of a (row stride K) times one panel: 16 accumulators in registers."""
+def _rows4(a, a0, K, k0, k1, wp, w0, out, o0, ldo, acc):
+    """Four rows of a (row stride K) times depths k0..k1 of one panel: 16 accumulators in
+    registers, starting from out's values when ``acc``, else from zero."""
     V = vwidth(wp)
     z = vsplat(a.dtype.type(0))
     c00 = c01 = c02 = c03 = c10 = c11 = c12 = c13 = z
     c20 = c21 = c22 = c23 = c30 = c31 = c32 = c33 = z
-    for k in range(K):
+    if acc:
+        c00, c01, c02, c03 = (vload(out, o0), vload(out, o0 + V), vload(out, o0 + 2 * V),
+                              vload(out, o0 + 3 * V))
+        o = o0 + ldo
+        c10, c11, c12, c13 = vload(out, o), vload(out, o + V), vload(out, o + 2 * V), vload(
+            out, o + 3 * V)
+        o = o0 + 2 * ldo
+        c20, c21, c22, c23 = vload(out, o), vload(out, o + V), vload(out, o + 2 * V), vload(
+            out, o + 3 * V)
+        o = o0 + 3 * ldo
+        c30, c31, c32, c33 = vload(out, o), vload(out, o + V), vload(out, o + 2 * V), vload(
+            out, o + 3 * V)
+    for k in range(k0, k1):
         p = w0 + k * 4 * V
         w_0 = vload(wp, p)
         w_1 = vload(wp, p + V)
@@ -328,10 +358,13 @@ def _rows4(a, a0, K, wp, w0, out, o0, ldo):
 
 
 @njit(**JIT)
-def _row1(a, a0, K, wp, w0, out, o0):
+def _row1(a, a0, k0, k1, wp, w0, out, o0, acc):
     V = vwidth(wp)
     c0 = c1 = c2 = c3 = vsplat(a.dtype.type(0))
-    for k in range(K):
+    if acc:
+        c0, c1 = vload(out, o0), vload(out, o0 + V)
+        c2, c3 = vload(out, o0 + 2 * V), vload(out, o0 + 3 * V)
+    for k in range(k0, k1):
         p = w0 + k * 4 * V
         x = vsplat(a[U(a0 + k)])
         c0, c1 = vfma(x, vload(wp, p), c0), vfma(x, vload(wp, p + V), c1)
@@ -345,18 +378,20 @@ def _row1(a, a0, K, wp, w0, out, o0):
 @njit(**JIT)
 def gemm(a, a0, K, rows, wp, w0, P, out, o0):
     """out[o0:] (rows, P*NR) = a[a0:] (rows, K) @ the P panels at wp[w0:] (K, P*NR), all
-    row-major."""
+    row-major. Each output element sums over k in order, whatever the blocking."""
     NR = panel_width(wp)
     ldo = P * NR
-    for p in range(P):
-        wq = w0 + p * K * NR
-        r = 0
-        while r + 4 <= rows:
-            _rows4(a, a0 + r * K, K, wp, wq, out, o0 + r * ldo + p * NR, ldo)
-            r += 4
-        while r < rows:
-            _row1(a, a0 + r * K, K, wp, wq, out, o0 + r * ldo + p * NR)
-            r += 1
+    for k0 in range(0, K, KC):
+        k1 = min(K, k0 + KC)
+        for p in range(P):
+            wq = w0 + p * K * NR
+            r = 0
+            while r + 4 <= rows:
+                _rows4(a, a0 + r * K, K, k0, k1, wp, wq, out, o0 + r * ldo + p * NR, ldo, k0 > 0)
+                r += 4
+            while r < rows:
+                _row1(a, a0 + r * K, k0, k1, wp, wq, out, o0 + r * ldo + p * NR, k0 > 0)
+                r += 1
 
 
 # ----------------------------------------------------------------------------------------------
@@ -509,6 +544,22 @@ def pack_forward(W_hh, G, gates, plan):
     flat_rows = rows.reshape(-1)
     packed = [panels_of_rows(flat_rows, u * N * H, N, H) for u in range(n)]
     return (packed[0] if n == 1 else np.concatenate(packed)), packed[0].size // (H * _nr(W_hh))
+
+
+class Packed:
+    """W_hh of one call (``array``, C-contiguous), its common.Plan, and its forward panels,
+    packed on first use and kept for every chunk of the call."""
+
+    def __init__(self, W_hh, plan):
+        self.array, self.plan = W_hh, plan
+        self._panels = {}
+
+    def forward(self, G, gates):
+        """pack_forward(W_hh, G, gates, plan), packed once."""
+        key = tuple(gates)
+        if key not in self._panels:
+            self._panels[key] = pack_forward(self.array, G, key, self.plan)
+        return self._panels[key]
 
 
 def pack_backward(W_hh, G, gates, plan):

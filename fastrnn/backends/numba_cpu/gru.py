@@ -26,7 +26,7 @@ import numpy as np
 from numba import njit, prange
 
 from .common import (JIT, U, add_into, add_to, block_of, copy_row, count_valid, final_slot,
-                     first_slot, flat, flat_input, gemm, pack_backward, pack_forward, padded,
+                     first_slot, flat, flat_input, gemm, pack_backward, padded,
                      panel_width, receive, sigmoid_row, slots, tanh, tanh_row, zero_row)
 
 G = 3
@@ -388,12 +388,14 @@ def textbook_backward_kernel(T, B, H, rows, units, nu, P, reverse, dy, ds_t, ds_
 # Python side
 
 
-def forward(cell, x_proj, y, W_hh, b_hh, h0, c0, lengths, reverse, training, plan):
-    """One direction; y (T, B, H) is filled. Returns (h_n, None, Saved or None)."""
+def forward(cell, x_proj, y, weights, b_hh, h0, c0, lengths, reverse, training):
+    """One direction; weights a common.Packed; y (T, B, H) is filled. Returns
+    (h_n, None, Saved or None)."""
     from . import Saved
 
     T, B, _ = x_proj.shape
-    H = W_hh.shape[1]
+    H = weights.array.shape[1]
+    plan = weights.plan
     dtype = x_proj.dtype
     hs = np.empty((T + 1 if training else 2, B, H), dtype)
     hs[first_slot(T, reverse, training)] = h0
@@ -404,14 +406,14 @@ def forward(cell, x_proj, y, W_hh, b_hh, h0, c0, lengths, reverse, training, pla
     args = (xp, xs_t, xs_b, yf, ys_t, ys_b)
     if cell.linear_before_reset:
         hn = np.empty((T, B, H) if training else (1, 1, 1), dtype)
-        W, P = pack_forward(W_hh, G, range(G), plan)
+        W, P = weights.forward(G, range(G))
         forward_kernel(T, B, H, plan.rows, k, size, P, reverse, training, *args, W, b_hh, lengths,
                        hs.reshape(-1), gates.reshape(-1), hn.reshape(-1),
                        np.empty(B * k * padded(G * size, W), dtype))
     else:
         hn = None
-        Wrz, Prz = pack_forward(W_hh, G, (0, 1), plan)
-        Wn, Pn = pack_forward(W_hh, G, (2,), plan)
+        Wrz, Prz = weights.forward(G, (0, 1))
+        Wn, Pn = weights.forward(G, (2,))
         textbook_forward_kernel(T, B, H, plan.rows, k, size, Prz, Pn, reverse, training, *args,
                                 Wrz, Wn, b_hh, lengths, hs.reshape(-1), gates.reshape(-1),
                                 np.empty(B * k * padded(2 * size, Wrz), dtype),

@@ -27,7 +27,7 @@ import numpy as np
 from numba import njit, prange
 
 from .common import (JIT, U, add_into, add_to, block_of, copy_row, count_valid, final_slot,
-                     first_slot, flat, flat_input, gemm, pack_backward, pack_forward, padded,
+                     first_slot, flat, flat_input, gemm, pack_backward, padded,
                      panel_width, receive, sigmoid_row, slots, tanh_of, tanh_row, zero_row)
 
 G = 4
@@ -189,12 +189,14 @@ def backward_kernel(T, B, H, rows, units, nu, P, reverse, dy, ds_t, ds_b, dgx, g
 # Python side
 
 
-def forward(cell, x_proj, y, W_hh, b_hh, h0, c0, lengths, reverse, training, plan):
-    """One direction; y (T, B, H) is filled. Returns (h_n, c_n, Saved or None)."""
+def forward(cell, x_proj, y, weights, b_hh, h0, c0, lengths, reverse, training):
+    """One direction; weights a common.Packed; y (T, B, H) is filled. Returns
+    (h_n, c_n, Saved or None)."""
     from . import Saved
 
     T, B, _ = x_proj.shape
-    H = W_hh.shape[1]
+    H = weights.array.shape[1]
+    plan = weights.plan
     dtype = x_proj.dtype
     rows = T + 1 if training else 2
     hs = np.empty((rows, B, H), dtype)
@@ -205,7 +207,7 @@ def forward(cell, x_proj, y, W_hh, b_hh, h0, c0, lengths, reverse, training, pla
     gates = np.empty((T, B, G * H) if training else (1, 1, 1), dtype)
     xp, xs_t, xs_b = flat_input(x_proj)
     yf, ys_t, ys_b = flat(y)
-    W, P = pack_forward(W_hh, G, range(G), plan)
+    W, P = weights.forward(G, range(G))
     forward_kernel(T, B, H, plan.rows, plan.units, plan.size, P, reverse, training, xp, xs_t,
                    xs_b, yf, ys_t, ys_b, W, b_hh, lengths, hs.reshape(-1), cs.reshape(-1),
                    gates.reshape(-1), np.empty(B * plan.units * padded(G * plan.size, W), dtype))

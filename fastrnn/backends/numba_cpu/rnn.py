@@ -16,7 +16,7 @@ import numpy as np
 from numba import njit, prange
 
 from .common import (JIT, U, add_into, add_to, block_of, copy_row, count_valid, final_slot,
-                     first_slot, flat, flat_input, gemm, pack_backward, pack_forward, padded,
+                     first_slot, flat, flat_input, gemm, pack_backward, padded,
                      panel_width, receive, slots, tanh_of, zero_row)
 
 
@@ -144,18 +144,20 @@ def backward_kernel(T, B, H, rows, units, nu, P, reverse, relu, dy, ds_t, ds_b, 
 # Python side
 
 
-def forward(cell, x_proj, y, W_hh, b_hh, h0, c0, lengths, reverse, training, plan):
-    """One direction; y (T, B, H) is filled. Returns (h_n, None, Saved or None)."""
+def forward(cell, x_proj, y, weights, b_hh, h0, c0, lengths, reverse, training):
+    """One direction; weights a common.Packed; y (T, B, H) is filled. Returns
+    (h_n, None, Saved or None)."""
     from . import Saved
 
     T, B, _ = x_proj.shape
-    H = W_hh.shape[1]
+    H = weights.array.shape[1]
+    plan = weights.plan
     dtype = x_proj.dtype
     hs = np.empty((T + 1 if training else 2, B, H), dtype)
     hs[first_slot(T, reverse, training)] = h0
     xp, xs_t, xs_b = flat_input(x_proj)
     yf, ys_t, ys_b = flat(y)
-    W, P = pack_forward(W_hh, 1, (0,), plan)
+    W, P = weights.forward(1, (0,))
     forward_kernel(T, B, H, plan.rows, plan.units, plan.size, P, reverse, training,
                    cell.nonlinearity == "relu", xp, xs_t, xs_b, yf, ys_t, ys_b, W, b_hh, lengths,
                    hs.reshape(-1), np.empty(B * plan.units * padded(plan.size, W), dtype))
