@@ -120,10 +120,23 @@ class FusedBackend(Backend):
         every chunk of a chunked inference then reuses."""
         return W_hh
 
-    def matmul(self, a, b):
-        """a @ b of 2-D arrays: every GEMM above the recurrence goes through here, so that a
-        backend can run them on its own threads."""
-        return a @ b
+    def matmul(self, a, b, bias=None):
+        """a @ b (+ bias, a row vector) of 2-D arrays: every GEMM above the recurrence goes
+        through here, so that a backend can run them on its own threads (and add the bias while
+        the product is still in cache)."""
+        out = a @ b
+        if bias is not None:
+            out += bias
+        return out
+
+    def _input_bias(self, dirs):
+        """b_ih of the directions side by side (zeros for a direction without), or None when no
+        direction has one."""
+        if all(d.b_ih is None for d in dirs):
+            return None
+        xp = self.xp
+        return xp.concatenate([xp.zeros(d.W_ih.shape[0], d.W_ih.dtype) if d.b_ih is None
+                               else d.b_ih for d in dirs])
 
     def _hh_bias(self, d: Direction):
         return d.b_hh if d.b_hh is not None else self.xp.zeros(d.W_hh.shape[0], d.W_hh.dtype)
@@ -139,10 +152,8 @@ class FusedBackend(Backend):
         W_cat = dirs[0].W_ih if D == 1 else xp.concatenate([d.W_ih for d in dirs])
         chunked = not training and T * B * D * GH > self.chunk_elements
         if not chunked:
-            x_proj = self.matmul(x.reshape(T * B, I), W_cat.T).reshape(T, B, D * GH)
-            for k, d in enumerate(dirs):
-                if d.b_ih is not None:
-                    x_proj[..., k * GH:(k + 1) * GH] += d.b_ih
+            x_proj = self.matmul(x.reshape(T * B, I), W_cat.T,
+                                 self._input_bias(dirs)).reshape(T, B, D * GH)
         saved = []
         for k, d in enumerate(dirs):
             y_k = y[..., k * H:(k + 1) * H]
@@ -175,9 +186,8 @@ class FusedBackend(Backend):
         W_hh = self.prepare_hh(cell, d.W_hh, T, B)
         for t0 in reversed(starts) if d.reverse else starts:
             t1 = min(T, t0 + steps)
-            x_proj = self.matmul(x[t0:t1].reshape(-1, I), d.W_ih.T).reshape(t1 - t0, B, GH)
-            if d.b_ih is not None:
-                x_proj += d.b_ih
+            x_proj = self.matmul(x[t0:t1].reshape(-1, I), d.W_ih.T,
+                                 d.b_ih).reshape(t1 - t0, B, GH)
             L = None if lengths is None else (lengths - t0).clip(0, t1 - t0)
             h, c, _ = self.recurrence_forward(
                 cell, x_proj, W_hh, b_hh, h, c, L, d.reverse, y[t0:t1], False)

@@ -99,8 +99,8 @@ class NumbaBackend(FusedBackend):
         with self._blas.limit(1):
             return super().backward(cell, saved, dy, dh_n, dc_n)
 
-    def matmul(self, a, b):
-        return self._common.matmul(a, b, self._common.threads(), self.matmul_min_work)
+    def matmul(self, a, b, bias=None):
+        return self._common.matmul(a, b, self._common.threads(), self.matmul_min_work, bias)
 
     def _plan(self, cell, T, B, H):
         """The common.Plan of a call."""

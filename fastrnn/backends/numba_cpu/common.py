@@ -446,12 +446,18 @@ def receive(dh, part, p, b0, b1, u0, n, B, H, units, Hp):
 
 
 @njit(parallel=True, **JIT)
-def matmul_rows(a, b, out, chunks):
-    """out = a @ b, each thread a block of rows; a and out C-contiguous, b C or F."""
+def matmul_rows(a, b, out, chunks, bias, biased):
+    """out = a @ b (+ bias when ``biased``), each thread a block of rows; a and out
+    C-contiguous, b C or F."""
     M = a.shape[0]
+    N = out.shape[1]
+    flat_out = out.reshape(-1)
     for c in prange(chunks):
         m0, m1 = c * M // chunks, (c + 1) * M // chunks
         np.dot(a[m0:m1], b, out[m0:m1])
+        if biased:
+            for m in range(m0, m1):
+                add_to(flat_out, m * N, bias, 0, N)
 
 
 @njit(parallel=True, **JIT)
@@ -472,22 +478,29 @@ def matmul_inner(aT, b, out, chunks):
                 out[i, j] += parts[c, i, j]
 
 
-def matmul(a, b, threads, min_work):
-    """a @ b (2-D) on Numba's threads, each calling BLAS (which the caller keeps at one thread).
-    Below ``min_work`` multiply-adds, or with one thread, a plain call."""
+def matmul(a, b, threads, min_work, bias=None):
+    """a @ b (2-D) + bias (a row vector, or None) on Numba's threads, each calling BLAS (which
+    the caller keeps at one thread) and adding the bias to its rows. Below ``min_work``
+    multiply-adds, or with one thread, a plain call."""
     M, K = a.shape
     N = b.shape[1]
-    if threads < 2 or M * K * N < min_work:
-        return a @ b
-    out = np.empty((M, N), np.result_type(a, b))
-    if not b.flags.c_contiguous and not b.flags.f_contiguous:
-        b = np.ascontiguousarray(b)
-    if a.flags.c_contiguous and M >= 4 * threads:
-        matmul_rows(a, b, out, threads)
-    elif a.flags.f_contiguous and K >= 4 * threads:
-        matmul_inner(a.T, np.ascontiguousarray(b), out, threads)
-    else:
-        return a @ b
+    out = None
+    if threads >= 2 and M * K * N >= min_work:
+        if not b.flags.c_contiguous and not b.flags.f_contiguous:
+            b = np.ascontiguousarray(b)
+        if a.flags.c_contiguous and M >= 4 * threads:
+            out = np.empty((M, N), np.result_type(a, b))
+            biased = bias is not None
+            matmul_rows(a, b, out, threads, np.ascontiguousarray(bias) if biased
+                        else np.empty(0, out.dtype), biased)
+            return out
+        if a.flags.f_contiguous and K >= 4 * threads:
+            out = np.empty((M, N), np.result_type(a, b))
+            matmul_inner(a.T, np.ascontiguousarray(b), out, threads)
+    if out is None:
+        out = a @ b
+    if bias is not None:
+        out += bias
     return out
 
 
