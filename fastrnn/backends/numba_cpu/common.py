@@ -625,6 +625,20 @@ def flat(a):
     return view, st // item, sb // item
 
 
+def gate_store(x_proj, training, G, H):
+    """Where a training forward keeps the activated gates (T, B, G*H) for backward: x_proj's own
+    memory when it is C-contiguous and writeable (each step reads its row of x_proj before it
+    writes that row's gates, so nothing is read after it is overwritten; this saves a buffer of
+    x_proj's size and the page faults of filling it), else a new array. A placeholder in
+    inference."""
+    T, B, _ = x_proj.shape
+    if not training:
+        return np.empty((1, 1, 1), x_proj.dtype)
+    if x_proj.flags.c_contiguous and x_proj.flags.writeable:
+        return x_proj
+    return np.empty((T, B, G * H), x_proj.dtype)
+
+
 def flat_input(a):
     """flat() of an input array; copies when the strides do not allow a view or the array is
     read-only (so the kernels see one array type)."""

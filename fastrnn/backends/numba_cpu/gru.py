@@ -26,7 +26,7 @@ import numpy as np
 from numba import njit, prange
 
 from .common import (JIT, U, add_into, add_to, block_of, copy_row, count_valid, final_slot,
-                     first_slot, flat, flat_input, gemm, pack_backward, padded,
+                     first_slot, flat, flat_input, gate_store, gemm, pack_backward, padded,
                      panel_width, receive, sigmoid_row, slots, tanh, tanh_row, zero_row)
 
 G = 3
@@ -399,7 +399,7 @@ def forward(cell, x_proj, y, weights, b_hh, h0, c0, lengths, reverse, training):
     dtype = x_proj.dtype
     hs = np.empty((T + 1 if training else 2, B, H), dtype)
     hs[first_slot(T, reverse, training)] = h0
-    gates = np.empty((T, B, G * H) if training else (1, 1, 1), dtype)
+    gates = gate_store(x_proj, training, G, H)
     xp, xs_t, xs_b = flat_input(x_proj)
     yf, ys_t, ys_b = flat(y)
     k, size = plan.units, plan.size

@@ -27,7 +27,7 @@ import numpy as np
 from numba import njit, prange
 
 from .common import (JIT, U, add_into, add_to, block_of, copy_row, count_valid, final_slot,
-                     first_slot, flat, flat_input, gemm, pack_backward, padded,
+                     first_slot, flat, flat_input, gate_store, gemm, pack_backward, padded,
                      panel_width, receive, sigmoid_row, slots, tanh_of, tanh_row, zero_row)
 
 G = 4
@@ -204,7 +204,7 @@ def forward(cell, x_proj, y, weights, b_hh, h0, c0, lengths, reverse, training):
     first = first_slot(T, reverse, training)
     hs[first] = h0
     cs[first] = c0
-    gates = np.empty((T, B, G * H) if training else (1, 1, 1), dtype)
+    gates = gate_store(x_proj, training, G, H)
     xp, xs_t, xs_b = flat_input(x_proj)
     yf, ys_t, ys_b = flat(y)
     W, P = weights.forward(G, range(G))
