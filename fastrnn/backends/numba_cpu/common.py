@@ -463,17 +463,19 @@ def matmul_rows(a, b, out, chunks, bias, biased):
 @njit(parallel=True, **JIT)
 def matmul_inner(aT, b, out, chunks):
     """out = aT.T @ b, each thread a block of the inner dimension, the blocks' products summed
-    in order; aT and b C-contiguous with as many rows as the inner dimension."""
+    in order (the first block's product lands in out, the others are added to it row by row on
+    all threads); aT and b C-contiguous with as many rows as the inner dimension."""
     K = aT.shape[0]
-    parts = np.empty((chunks,) + out.shape, out.dtype)
+    M, N = out.shape
+    parts = np.empty((chunks - 1, M, N), out.dtype)
     for c in prange(chunks):
         k0, k1 = c * K // chunks, (c + 1) * K // chunks
-        np.dot(aT[k0:k1].T, b[k0:k1], parts[c])
-    M, N = out.shape
-    for i in range(M):
-        for j in range(N):
-            out[i, j] = parts[0, i, j]
-        for c in range(1, chunks):
+        if c == 0:
+            np.dot(aT[k0:k1].T, b[k0:k1], out)
+        else:
+            np.dot(aT[k0:k1].T, b[k0:k1], parts[c - 1])
+    for i in prange(M):
+        for c in range(chunks - 1):
             for j in range(N):
                 out[i, j] += parts[c, i, j]
 
