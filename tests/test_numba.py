@@ -279,3 +279,82 @@ def test_matmul_with_bias_on_every_path(dtype, layout, biased):
                                atol=1e-5 if dtype == np.float32 else 1e-12)
     if biased:
         assert not np.allclose(got, a @ b, rtol=1e-3, atol=1e-3)  # the bias is there
+
+
+def _blocks(W, gates, plan):
+    """Oracle: chunk u's block of W_hh, (units, len(gates)*size, H), zero rows past H."""
+    H = W.shape[1]
+    out = np.zeros((plan.units, len(gates) * plan.size, H), W.dtype)
+    for u in range(plan.units):
+        for g, gate in enumerate(gates):
+            rows = W[gate * H + u * plan.size:gate * H + min(H, (u + 1) * plan.size)]
+            out[u, g * plan.size:g * plan.size + len(rows)] = rows
+    return out
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("threads_share", [True, False])
+@pytest.mark.parametrize("H, units, G, gates", [(1, 1, 1, (0,)), (33, 1, 4, (0, 1, 2, 3)),
+                                                (33, 2, 4, (0, 1, 2, 3)), (100, 2, 3, (0, 1)),
+                                                (48, 3, 3, (2,)), (7, 1, 3, (1, 2))])
+def test_packed_panels_hold_the_blocks(dtype, threads_share, H, units, G, gates, monkeypatch):
+    """The forward panels hold the transpose of each chunk's block of W_hh and the backward panels
+    the block itself, NR columns at a time, zero-padded, exactly; whether or not the threads
+    share the packing."""
+    from fastrnn.backends.numba_cpu import common
+
+    monkeypatch.setattr(common, "PACK_PARALLEL_MIN", 0 if threads_share else NEVER)
+    W = np.random.default_rng(H).standard_normal((G * H, H)).astype(dtype)
+    plan = common.make_plan(H, 1, units)
+    assert plan.units == units
+    NR = 256 // np.dtype(dtype).itemsize
+    blocks = _blocks(W, gates, plan)
+    N = blocks.shape[1]
+    with _threads(2):
+        fwd, P = common.pack_forward(W, gates, plan)
+        bwd, Pb = common.pack_backward(W, gates, plan)
+    rows = np.zeros((units, P * NR, H), dtype)
+    rows[:, :N] = blocks
+    want = rows.reshape(units, P, NR, H).transpose(0, 1, 3, 2)
+    np.testing.assert_array_equal(fwd.reshape(units, P, H, NR), want)
+    cols = np.zeros((units, N, Pb * NR), dtype)
+    cols[:, :, :H] = blocks
+    want = cols.reshape(units, N, Pb, NR).transpose(0, 2, 1, 3)
+    np.testing.assert_array_equal(bwd.reshape(units, Pb, N, NR), want)
+
+
+@pytest.mark.parametrize("cell", ALL_CELLS, ids=CELL_IDS)
+@pytest.mark.parametrize("path", ["serial", "units"])
+def test_gradients_in_the_saved_gates_memory(cell, path, knobs, monkeypatch):
+    """A one-direction training forward keeps the gates in the projection's memory and backward
+    writes the projection's gradient over them; the gradients are bitwise those computed with
+    separate buffers."""
+    from fastrnn.backends.base import FusedBackend
+    from fastrnn.backends.numba_cpu import gru, lstm
+
+    knobs(path)
+    p = make_problem(cell, 6, 5, 7, 33, np.float64, lengths=True)
+    cot = make_cotangents(cell, 6, 5, 33, np.float64)
+    kinds = []
+    real_gate_gradients = type(BACKEND).gate_gradients
+
+    def spy(self, saved, T, B, N):
+        gates = saved.directions[0].gates
+        d_gx = real_gate_gradients(self, saved, T, B, N)
+        kinds.append(gates is not None and d_gx is gates)
+        return d_gx
+
+    with _threads(2):
+        monkeypatch.setattr(type(BACKEND), "gate_gradients", spy)
+        shared = run(cell, p, cot, "numba")
+        monkeypatch.setattr(type(BACKEND), "gate_gradients", FusedBackend.gate_gradients)
+        for module in (lstm, gru):
+            monkeypatch.setattr(module, "gate_store", lambda x_proj, training, G, H: np.empty(
+                (x_proj.shape[0], x_proj.shape[1], G * H) if training else (1, 1, 1),
+                x_proj.dtype))
+        separate = run(cell, p, cot, "numba")
+    assert kinds == [cell.kind != "rnn"]
+    for got, want in zip(shared, separate):
+        assert set(got) == set(want)
+        for name in want:
+            np.testing.assert_array_equal(got[name], want[name], err_msg=name)

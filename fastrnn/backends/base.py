@@ -121,6 +121,12 @@ class FusedBackend(Backend):
         every chunk of a chunked inference then reuses."""
         return W_hh
 
+    def gate_gradients(self, saved, T, B, N):
+        """The (T, B, N) array that backward fills with the gradient of x_proj: a new one here.
+        A backend may hand back memory of the saved state instead, where its backward reads
+        every element before it writes the same place."""
+        return self.xp.empty((T, B, N), saved.x.dtype)
+
     def matmul(self, a, b, bias=None):
         """a @ b (+ bias, a row vector) of 2-D arrays: every GEMM above the recurrence goes
         through here, so that a backend can run them on its own threads (and add the bias while
@@ -200,7 +206,7 @@ class FusedBackend(Backend):
         T, B, I = x.shape
         D = len(saved.directions)
         GH, H = saved.W_hh[0].shape
-        d_gx = xp.empty((T, B, D * GH), x.dtype)
+        d_gx = self.gate_gradients(saved, T, B, D * GH)
         unpadded = (lambda a: a)
         if saved.lengths is not None and saved.lengths.min() < T:
             # Padded steps add nothing to dW even when the padding of x, or a carried state, is

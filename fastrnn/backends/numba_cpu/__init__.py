@@ -99,6 +99,17 @@ class NumbaBackend(FusedBackend):
         with self._blas.limit(1):
             return super().backward(cell, saved, dy, dh_n, dc_n)
 
+    def gate_gradients(self, saved, T, B, N):
+        """The saved gates of a one-direction call when they are C-contiguous (T, B, N): every
+        backward kernel reads a row's gates before it writes that row's gradients, at the same
+        place, so the gradients need no new buffer (nor its page faults)."""
+        if len(saved.directions) == 1:
+            gates = saved.directions[0].gates
+            if (gates is not None and gates.shape == (T, B, N) and gates.flags.c_contiguous
+                    and gates.flags.writeable):
+                return gates
+        return super().gate_gradients(saved, T, B, N)
+
     def matmul(self, a, b, bias=None):
         return self._common.matmul(a, b, self._common.threads(), self.matmul_min_work, bias)
 

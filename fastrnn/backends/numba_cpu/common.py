@@ -266,43 +266,79 @@ def panel_width(w):
 
 
 @njit(**JIT)
-def panels_of_rows(w, w0, N, K):
-    """Panels of the transpose of the flat (N, K) block at w[w0:]: (P, K, NR) with
-    P = ceil(N/NR), zero past N. ``gemm`` with them gives a @ block^T. Copied in tiles of NR
-    rows by 64 columns, so the strided writes stay within the L1 cache."""
-    NR = panel_width(w)
-    P = -(-N // NR)
-    out = np.empty(P * K * NR, w.dtype)
-    zero = w.dtype.type(0)
-    for p in range(P):
-        n = min(NR, N - p * NR)
-        for k0 in range(0, K, 64):
-            k1 = min(K, k0 + 64)
-            for j in range(NR):
-                o = p * K * NR + j
-                if j < n:
-                    src = w0 + (p * NR + j) * K
-                    for k in range(k0, k1):
-                        out[U(o + k * NR)] = w[U(src + k)]
-                else:
-                    for k in range(k0, k1):
-                        out[U(o + k * NR)] = zero
-    return out
+def _block_row(gates, size, H, u, row):
+    """The row of W_hh that row ``row`` of chunk u's block holds (the block: rows u*size..
+    (u+1)*size of each gate in ``gates``, gate by gate), or -1 for a zero row (past H, or past
+    the block)."""
+    g, r = row // size, row % size
+    if g >= len(gates) or u * size + r >= H:
+        return -1
+    return gates[g] * H + u * size + r
 
 
 @njit(**JIT)
-def panels_of_columns(w, w0, K, N):
-    """Panels of the flat (K, N) block at w[w0:]: (P, K, NR), zero past N. ``gemm`` with them
-    gives a @ block."""
+def _rows_panel(out, w, gates, size, H, P, c):
+    """Panel c = u*P + p of the forward panels: the transpose of rows p*NR.. of chunk u's
+    block, (H, NR). Copied in tiles of NR rows by 64 columns, so the strided writes stay within
+    the L1 cache."""
     NR = panel_width(w)
-    P = -(-N // NR)
-    out = np.empty(P * K * NR, w.dtype)
-    for p in range(P):
-        n = min(NR, N - p * NR)
-        for k in range(K):
-            copy_row(out, (p * K + k) * NR, w, w0 + k * N + p * NR, n)
-            zero_row(out, (p * K + k) * NR + n, NR - n)
-    return out
+    u, p = c // P, c % P
+    zero = w.dtype.type(0)
+    for k0 in range(0, H, 64):
+        k1 = min(H, k0 + 64)
+        for j in range(NR):
+            o = c * H * NR + j
+            src = _block_row(gates, size, H, u, p * NR + j)
+            if src >= 0:
+                for k in range(k0, k1):
+                    out[U(o + k * NR)] = w[U(src * H + k)]
+            else:
+                for k in range(k0, k1):
+                    out[U(o + k * NR)] = zero
+
+
+@njit(**JIT)
+def _columns_panel(out, w, gates, size, H, P, c):
+    """Panel c = u*P + p of the backward panels: columns p*NR.. of chunk u's block, (N, NR),
+    zero past H."""
+    NR = panel_width(w)
+    N = len(gates) * size
+    u, p = c // P, c % P
+    n = min(NR, H - p * NR)
+    for row in range(N):
+        o = (c * N + row) * NR
+        src = _block_row(gates, size, H, u, row)
+        if src >= 0:
+            copy_row(out, o, w, src * H + p * NR, n)
+            zero_row(out, o + n, NR - n)
+        else:
+            zero_row(out, o, NR)
+
+
+@njit(parallel=True, **JIT)
+def pack_panels(w, H, gates, size, units, forward, parallel):
+    """The panels of every chunk of the flat (G*H, H) W_hh ``w`` for the gates given, flat
+    (units, P, H, NR) for the forward product (``gemm(h, ...)`` gives h @ block^T, gate k at
+    columns k*size..) or (units, P, N, NR) with N = len(gates)*size for the backward one
+    (``gemm(d, ...)`` gives d @ block, columns 0..H). Returns (panels, P). Panels are
+    independent: with ``parallel`` the threads share them."""
+    NR = panel_width(w)
+    N = len(gates) * size
+    P = -(-(N if forward else H) // NR)
+    out = np.empty(units * P * (H if forward else N) * NR, w.dtype)
+    if parallel:
+        for c in prange(units * P):
+            if forward:
+                _rows_panel(out, w, gates, size, H, P, c)
+            else:
+                _columns_panel(out, w, gates, size, H, P, c)
+    else:
+        for c in range(units * P):
+            if forward:
+                _rows_panel(out, w, gates, size, H, P, c)
+            else:
+                _columns_panel(out, w, gates, size, H, P, c)
+    return out, P
 
 
 # Depth of the slices of a panel that ``gemm`` runs through all rows before the next slice:
@@ -537,28 +573,21 @@ def make_plan(H, rows, units):
     return Plan(rows, -(-H // size), size)
 
 
-def _chunk_rows(W_hh, G, gates, plan):
-    """(units, k*size, H): chunk u's rows of W_hh, gate by gate for the k gates given, zero rows
-    past H; a view of W_hh when there is one chunk and the gates are consecutive."""
+# Above this many elements of W_hh, the threads share the packing.
+PACK_PARALLEL_MIN = 1 << 16
+
+
+def _pack(W_hh, gates, plan, forward):
     H = W_hh.shape[1]
-    k = len(gates)
-    if plan.units == 1 and list(gates) == list(range(gates[0], gates[0] + k)):
-        return W_hh[gates[0] * H:(gates[0] + k) * H].reshape(1, k * H, H)
-    n, size = plan.units, plan.size
-    blocks = np.zeros((k, n * size, H), W_hh.dtype)
-    blocks[:, :H] = W_hh.reshape(G, H, H)[list(gates)]
-    return np.ascontiguousarray(
-        blocks.reshape(k, n, size, H).transpose(1, 0, 2, 3)).reshape(n, k * size, H)
+    return pack_panels(W_hh.reshape(-1), H, np.array(gates, np.int64), plan.size, plan.units,
+                       forward, W_hh.size >= PACK_PARALLEL_MIN and threads() > 1)
 
 
-def pack_forward(W_hh, G, gates, plan):
+def pack_forward(W_hh, gates, plan):
     """Panels for the forward product of each chunk, flat (units, P, H, NR): ``gemm(h, ...)``
-    gives the chunk's gates, gate k at columns k*size.. of each row. Returns (panels, P)."""
-    rows = _chunk_rows(W_hh, G, gates, plan)
-    n, N, H = rows.shape
-    flat_rows = rows.reshape(-1)
-    packed = [panels_of_rows(flat_rows, u * N * H, N, H) for u in range(n)]
-    return (packed[0] if n == 1 else np.concatenate(packed)), packed[0].size // (H * _nr(W_hh))
+    gives the chunk's gates, gate k at columns k*size.. of each row. Returns (panels, P).
+    W_hh C-contiguous."""
+    return _pack(W_hh, gates, plan, True)
 
 
 class Packed:
@@ -569,23 +598,19 @@ class Packed:
         self.array, self.plan = W_hh, plan
         self._panels = {}
 
-    def forward(self, G, gates):
-        """pack_forward(W_hh, G, gates, plan), packed once."""
+    def forward(self, gates):
+        """pack_forward(W_hh, gates, plan), packed once."""
         key = tuple(gates)
         if key not in self._panels:
-            self._panels[key] = pack_forward(self.array, G, key, self.plan)
+            self._panels[key] = pack_forward(self.array, key, self.plan)
         return self._panels[key]
 
 
-def pack_backward(W_hh, G, gates, plan):
+def pack_backward(W_hh, gates, plan):
     """Panels for each chunk's share of d @ W_hh, flat (units, P, k*size, NR): ``gemm(d, ...)``
     with d the chunk's k*size gate gradients gives the share, columns 0..H. Returns
-    (panels, P)."""
-    rows = _chunk_rows(W_hh, G, gates, plan)
-    n, N, H = rows.shape
-    flat_rows = np.ascontiguousarray(rows).reshape(-1)
-    packed = [panels_of_columns(flat_rows, u * N * H, N, H) for u in range(n)]
-    return (packed[0] if n == 1 else np.concatenate(packed)), packed[0].size // (N * _nr(W_hh))
+    (panels, P). W_hh C-contiguous."""
+    return _pack(W_hh, gates, plan, False)
 
 
 def _nr(a):

@@ -406,14 +406,14 @@ def forward(cell, x_proj, y, weights, b_hh, h0, c0, lengths, reverse, training):
     args = (xp, xs_t, xs_b, yf, ys_t, ys_b)
     if cell.linear_before_reset:
         hn = np.empty((T, B, H) if training else (1, 1, 1), dtype)
-        W, P = weights.forward(G, range(G))
+        W, P = weights.forward(range(G))
         forward_kernel(T, B, H, plan.rows, k, size, P, reverse, training, *args, W, b_hh, lengths,
                        hs.reshape(-1), gates.reshape(-1), hn.reshape(-1),
                        np.empty(B * k * padded(G * size, W), dtype))
     else:
         hn = None
-        Wrz, Prz = weights.forward(G, (0, 1))
-        Wn, Pn = weights.forward(G, (2,))
+        Wrz, Prz = weights.forward((0, 1))
+        Wn, Pn = weights.forward((2,))
         textbook_forward_kernel(T, B, H, plan.rows, k, size, Prz, Pn, reverse, training, *args,
                                 Wrz, Wn, b_hh, lengths, hs.reshape(-1), gates.reshape(-1),
                                 np.empty(B * k * padded(2 * size, Wrz), dtype),
@@ -437,15 +437,15 @@ def backward(cell, saved, W_hh, dy, dh_n, dc_n, d_gx, plan):
     args = (saved.reverse, dyf, ds_t, ds_b, dg, gs_t, gs_b)
     if cell.linear_before_reset:
         d_gh = np.empty((T, B, G * H), dtype)
-        WT, P = pack_backward(W_hh, G, range(G), plan)
+        WT, P = pack_backward(W_hh, range(G), plan)
         backward_kernel(*head, P, *args, WT, saved.lengths, saved.hs.reshape(-1),
                         saved.gates.reshape(-1), saved.hn.reshape(-1), d_gh.reshape(-1),
                         dh.reshape(-1), part, np.zeros(B * k * G * size, dtype),
                         np.empty(B * H, dtype))
         return [(d_gh, h_in)], dh, None
     rh = np.empty((T, B, H), dtype)
-    WTrz, P = pack_backward(W_hh, G, (0, 1), plan)
-    WTn, _ = pack_backward(W_hh, G, (2,), plan)
+    WTrz, P = pack_backward(W_hh, (0, 1), plan)
+    WTn, _ = pack_backward(W_hh, (2,), plan)
     textbook_backward_kernel(*head, P, *args, WTrz, WTn, saved.lengths, saved.hs.reshape(-1),
                              saved.gates.reshape(-1), rh.reshape(-1), dh.reshape(-1), part,
                              np.zeros(B * k * 2 * size, dtype), np.zeros(B * k * size, dtype),

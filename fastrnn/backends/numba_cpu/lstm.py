@@ -207,7 +207,7 @@ def forward(cell, x_proj, y, weights, b_hh, h0, c0, lengths, reverse, training):
     gates = gate_store(x_proj, training, G, H)
     xp, xs_t, xs_b = flat_input(x_proj)
     yf, ys_t, ys_b = flat(y)
-    W, P = weights.forward(G, range(G))
+    W, P = weights.forward(range(G))
     forward_kernel(T, B, H, plan.rows, plan.units, plan.size, P, reverse, training, xp, xs_t,
                    xs_b, yf, ys_t, ys_b, W, b_hh, lengths, hs.reshape(-1), cs.reshape(-1),
                    gates.reshape(-1), np.empty(B * plan.units * padded(G * plan.size, W), dtype))
@@ -224,7 +224,7 @@ def backward(cell, saved, W_hh, dy, dh_n, dc_n, d_gx, plan):
     dc = np.array(dc_n, dtype, order="C")
     dyf, ds_t, ds_b = flat_input(dy)
     dg, gs_t, gs_b = flat(d_gx)
-    WT, P = pack_backward(W_hh, G, range(G), plan)
+    WT, P = pack_backward(W_hh, range(G), plan)
     backward_kernel(T, B, H, plan.rows, plan.units, plan.size, P, saved.reverse, dyf, ds_t, ds_b,
                     dg, gs_t, gs_b, WT, saved.lengths, saved.cs.reshape(-1),
                     saved.gates.reshape(-1), dh.reshape(-1), dc.reshape(-1),

@@ -157,7 +157,7 @@ def forward(cell, x_proj, y, weights, b_hh, h0, c0, lengths, reverse, training):
     hs[first_slot(T, reverse, training)] = h0
     xp, xs_t, xs_b = flat_input(x_proj)
     yf, ys_t, ys_b = flat(y)
-    W, P = weights.forward(1, (0,))
+    W, P = weights.forward((0,))
     forward_kernel(T, B, H, plan.rows, plan.units, plan.size, P, reverse, training,
                    cell.nonlinearity == "relu", xp, xs_t, xs_b, yf, ys_t, ys_b, W, b_hh, lengths,
                    hs.reshape(-1), np.empty(B * plan.units * padded(plan.size, W), dtype))
@@ -172,7 +172,7 @@ def backward(cell, saved, W_hh, dy, dh_n, dc_n, d_gx, plan):
     dh = np.array(dh_n, dtype, order="C")
     dyf, ds_t, ds_b = flat_input(dy)
     dg, gs_t, gs_b = flat(d_gx)
-    WT, P = pack_backward(W_hh, 1, (0,), plan)
+    WT, P = pack_backward(W_hh, (0,), plan)
     backward_kernel(T, B, H, plan.rows, plan.units, plan.size, P, saved.reverse,
                     cell.nonlinearity == "relu", dyf, ds_t, ds_b, dg, gs_t, gs_b, WT,
                     saved.lengths, saved.hs.reshape(-1), dh.reshape(-1),
