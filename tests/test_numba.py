@@ -255,18 +255,18 @@ class _threads:
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("layout", ["rows", "inner", "plain"])
+@pytest.mark.parametrize("layout", ["rows", "transposed", "plain"])
 @pytest.mark.parametrize("biased", [True, False])
 def test_matmul_with_bias_on_every_path(dtype, layout, biased):
     """The GEMMs above the recurrence (rows split over threads with the bias added per thread,
-    inner dimension split, plain call) give a @ b + bias, the same numbers as NumPy's product
-    followed by the bias add."""
+    a transposed left factor with the output rows split, plain call) give a @ b + bias, the same
+    numbers as NumPy's product followed by the bias add."""
     from fastrnn.backends.numba_cpu import common
 
     rng = np.random.default_rng(3)
     a = rng.standard_normal((37, 19)).astype(dtype)
     b = rng.standard_normal((19, 45)).astype(dtype)
-    if layout == "inner":
+    if layout == "transposed":
         a = np.asfortranarray(a)
     bias = rng.standard_normal(45).astype(dtype) if biased else None
     threads = 1 if layout == "plain" else 2

@@ -17,7 +17,9 @@ Compiled pieces:
   step's pointwise work is split into such loops.
 * ``slots``, ``block_of``, ``receive``: which state rows a step reads and writes, which rows and
   hidden units a thread owns, and how the shares of d_gates @ W_hh reach dh.
-* ``matmul``: the GEMMs above the recurrence (backends/base.py) split over Numba's threads.
+* ``matmul``: the GEMMs above the recurrence (backends/base.py) split over Numba's threads, by
+  rows of the output (``matmul_rows`` through np.dot; ``matmul_tn`` through ``xgemm_nt``, a
+  direct call of the BLAS gemm that np.dot uses, for a transposed left factor).
 
 The time loop itself lives in each cell's kernel: Numba caches neither closures nor functions
 that take other compiled functions as arguments, so it cannot be passed around. Every kernel
@@ -496,24 +498,52 @@ def matmul_rows(a, b, out, chunks, bias, biased):
                 add_to(flat_out, m * N, bias, 0, N)
 
 
+@intrinsic
+def xgemm_nt(typingctx, m, n, k, a, a0, lda, b, b0, ldb, c, c0, ldc):
+    """BLAS gemm in column-major terms, C = A @ B^T: C (m, n) at c[c0:] with leading dimension
+    ldc, A (m, k) at a[a0:] (lda), B (n, k) at b[b0:] (ldb). Through Numba's own BLAS entry
+    point (SciPy's BLAS, as np.dot), so compiled code that calls it can be cached."""
+    def codegen(context, builder, sig, args):
+        m, n, k, a, a0, lda, b, b0, ldb, c, c0, ldc = args
+        i8p = ir.IntType(8).as_pointer()
+        intp = cgutils.intp_t
+        dtype = sig.args[3].dtype
+        fnty = ir.FunctionType(ir.IntType(32), [ir.IntType(8)] * 3 + [intp] * 3 + [
+            i8p, i8p, intp, i8p, intp, i8p, i8p, intp])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "numba_xxgemm")
+
+        def at(arr_ty, arr, off):
+            data = context.make_array(arr_ty)(context, builder, arr).data
+            return builder.bitcast(builder.gep(data, [off]), i8p)
+
+        def slot(v):
+            return builder.bitcast(cgutils.alloca_once_value(
+                builder, context.get_constant(dtype, v)), i8p)
+
+        def char(ch):
+            return ir.Constant(ir.IntType(8), ord(ch))
+
+        kind = char("s" if dtype == types.float32 else "d")
+        builder.call(fn, [kind, char("n"), char("t"), m, n, k, slot(1.0),
+                          at(sig.args[3], a, a0), lda, at(sig.args[6], b, b0), ldb, slot(0.0),
+                          at(sig.args[9], c, c0), ldc])
+        return context.get_dummy_value()
+    return types.none(types.intp, types.intp, types.intp, a, types.intp, types.intp, b,
+                      types.intp, types.intp, c, types.intp, types.intp), codegen
+
+
 @njit(parallel=True, **JIT)
-def matmul_inner(aT, b, out, chunks):
-    """out = aT.T @ b, each thread a block of the inner dimension, the blocks' products summed
-    in order (the first block's product lands in out, the others are added to it row by row on
-    all threads); aT and b C-contiguous with as many rows as the inner dimension."""
-    K = aT.shape[0]
-    M, N = out.shape
-    parts = np.empty((chunks - 1, M, N), out.dtype)
+def matmul_tn(aT, b, out, chunks):
+    """out = aT.T @ b, each thread a block of out's rows (aT's columns) in one BLAS call, so no
+    thread needs a buffer of its own or a reduction; aT (K, M), b (K, N) and out (M, N)
+    C-contiguous."""
+    K, M = aT.shape
+    N = b.shape[1]
+    fa, fb, fo = aT.reshape(-1), b.reshape(-1), out.reshape(-1)
     for c in prange(chunks):
-        k0, k1 = c * K // chunks, (c + 1) * K // chunks
-        if c == 0:
-            np.dot(aT[k0:k1].T, b[k0:k1], out)
-        else:
-            np.dot(aT[k0:k1].T, b[k0:k1], parts[c - 1])
-    for i in prange(M):
-        for c in range(chunks - 1):
-            for j in range(N):
-                out[i, j] += parts[c, i, j]
+        m0, m1 = c * M // chunks, (c + 1) * M // chunks
+        # Column-major: out^T (N, M) = b^T (N, K) @ aT (K, M); this thread's columns m0..m1.
+        xgemm_nt(N, m1 - m0, K, fb, 0, N, fa, m0, M, fo, m0 * N, N)
 
 
 def matmul(a, b, threads, min_work, bias=None):
@@ -532,9 +562,9 @@ def matmul(a, b, threads, min_work, bias=None):
             matmul_rows(a, b, out, threads, np.ascontiguousarray(bias) if biased
                         else np.empty(0, out.dtype), biased)
             return out
-        if a.flags.f_contiguous and K >= 4 * threads:
+        if a.flags.f_contiguous and M >= 4 * threads:
             out = np.empty((M, N), np.result_type(a, b))
-            matmul_inner(a.T, np.ascontiguousarray(b), out, threads)
+            matmul_tn(a.T, np.ascontiguousarray(b), out, threads)
     if out is None:
         out = a @ b
     if bias is not None:
