@@ -26,7 +26,8 @@ NEVER = 1 << 62
 # Threaded paths also split every GEMM above the recurrence (matmul) over the threads.
 PATHS = {
     "serial": dict(parallel_min_work=NEVER, matmul_min_work=NEVER),
-    "rows": dict(parallel_min_work=0, unit_split_min=NEVER, matmul_min_work=0),
+    "rows": dict(parallel_min_work=0, unit_split_min=NEVER, few_rows_unit_split_min=NEVER,
+                 matmul_min_work=0),
     "units": dict(parallel_min_work=0, unit_split_min=0, matmul_min_work=0),
 }
 
@@ -59,6 +60,23 @@ def test_paths_are_distinct(knobs):
         plans.add((plan.rows, plan.units))
     two = numba.config.NUMBA_NUM_THREADS >= 2
     assert plans == ({(1, 1), (2, 1), (1, 2)} if two else {(1, 1)})
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 Numba threads")
+@pytest.mark.parametrize("T, B, H, plan", [
+    (100, 1, 64, (1, 1)),      # tiny: one thread
+    (100, 16, 128, (2, 1)),    # small: row groups
+    (100, 32, 256, (2, 1)),    # medium: row groups
+    (100, 64, 512, (2, 1)),    # large: row groups
+    (50, 64, 1024, (1, 2)),    # xlarge: unit chunks
+    (50, 4, 1024, (1, 2)),     # two rows per thread, 16 MB of W_hh: unit chunks
+    (50, 8, 512, (2, 1)),      # four rows per thread: row groups
+])
+def test_default_plans(T, B, H, plan):
+    """The default knobs choose the split measured fastest (see NumbaBackend)."""
+    with _threads(2):
+        got = BACKEND._plan(Cell("lstm"), T, B, H)
+    assert (got.rows, got.units) == plan
 
 
 @pytest.mark.parametrize("case", list(CASES))
