@@ -1,7 +1,7 @@
 """The Numba CPU backend: the time loop of every cell compiled and fused.
 
-    common.py   activations, the recurrent product (BLAS or a hand-written loop), row loops,
-                flat views, the BLAS thread limit
+    common.py   activations, the recurrent product (a hand-written gemm on packed panels), the
+                GEMMs above the recurrence, row loops, flat views, the BLAS thread limit
     rnn.py, lstm.py, gru.py   one cell each: its forward and backward time loops
 
 ``FusedBackend`` (backends/base.py) does the input projection before the loop and the weight
@@ -11,11 +11,11 @@ gradients after it as GEMMs over all T*B rows; this backend runs ``recurrence_fo
 
 Threads split the batch or the hidden units (common.Plan). The rows of a batch are independent
 sequences, so with row groups each thread runs its rows through every step on its own, with no
-synchronisation between steps. Large steps split the hidden units instead: each thread
-multiplies every row by its chunk of W_hh (packed once per call, so it stays in that core's
-cache), which keeps the product wide enough for BLAS to run near its peak, at the price of a
-barrier per step. Within a block each step is one product (BLAS, or a hand-written loop for a
-single row) followed by the cell's pointwise work.
+synchronisation between steps. Very large steps, or large ones with few rows per thread, split
+the hidden units instead: each thread multiplies every row by its chunk of W_hh (packed once
+per call), so each core streams half of W_hh per step, at the price of a barrier per step
+(NumbaBackend gives the measurements). Within a block each step is one product (common.gemm
+on the packed panels) followed by the cell's pointwise work.
 """
 
 from __future__ import annotations
