@@ -92,9 +92,9 @@ class FusedBackend(Backend):
             -> (h_n, c_n, saved)
         x_proj (T, B, G*H): W_ih x_t + b_ih for every step, the caller's scratch (a backend may
         overwrite it: the Numba backend keeps a training forward's gates there). y (T, B, H):
-        output to fill, invalid steps with zeros. Both may be views into wider arrays: their last axis has unit stride,
-        the other strides are arbitrary. W_hh is what ``prepare_hh`` returned. b_hh (G*H,)
-        always present (zeros for no bias).
+        output to fill, invalid steps with zeros. Both may be views into wider arrays: their
+        last axis has unit stride, the other strides are arbitrary. W_hh is what ``prepare_hh``
+        returned. b_hh (G*H,) always present (zeros for no bias).
         h0, c0 (B, H) C-contiguous (c0 None unless LSTM). lengths None or a host int64 array
         with 0 <= L_b <= T (0 happens when inference runs in chunks). Returns fresh h_n, c_n
         (B, H) and the backend's saved state (None when not training), laid out as cells.py says.
