@@ -317,6 +317,14 @@ def _columns_panel(out, w, gates, size, H, P, c):
             zero_row(out, o, NR)
 
 
+@njit(**JIT)
+def _panel(out, w, gates, size, H, P, c, forward):
+    if forward:
+        _rows_panel(out, w, gates, size, H, P, c)
+    else:
+        _columns_panel(out, w, gates, size, H, P, c)
+
+
 @njit(parallel=True, **JIT)
 def pack_panels(w, H, gates, size, units, forward, parallel):
     """The panels of every chunk of the flat (G*H, H) W_hh ``w`` for the gates given, flat
@@ -330,16 +338,10 @@ def pack_panels(w, H, gates, size, units, forward, parallel):
     out = np.empty(units * P * (H if forward else N) * NR, w.dtype)
     if parallel:
         for c in prange(units * P):
-            if forward:
-                _rows_panel(out, w, gates, size, H, P, c)
-            else:
-                _columns_panel(out, w, gates, size, H, P, c)
+            _panel(out, w, gates, size, H, P, c, forward)
     else:
         for c in range(units * P):
-            if forward:
-                _rows_panel(out, w, gates, size, H, P, c)
-            else:
-                _columns_panel(out, w, gates, size, H, P, c)
+            _panel(out, w, gates, size, H, P, c, forward)
     return out, P
 
 
@@ -548,27 +550,28 @@ def matmul_tn(aT, b, out, chunks):
 
 def matmul(a, b, threads, min_work, bias=None):
     """a @ b (2-D) + bias (a row vector, or None) on Numba's threads, each calling BLAS (which
-    the caller keeps at one thread) and adding the bias to its rows. Below ``min_work``
-    multiply-adds, or with one thread, a plain call."""
+    the caller keeps at one thread) on a block of output rows. Below ``min_work`` multiply-adds,
+    with one thread, with too few rows or with a left factor in neither C nor Fortran order, a
+    plain call."""
     M, K = a.shape
     N = b.shape[1]
-    out = None
-    if threads >= 2 and M * K * N >= min_work:
+    if (threads < 2 or M * K * N < min_work or M < 4 * threads
+            or not (a.flags.c_contiguous or a.flags.f_contiguous)):
+        out = a @ b
+        if bias is not None:
+            out += bias
+        return out
+    out = np.empty((M, N), np.result_type(a, b))
+    if a.flags.c_contiguous:  # the bias is added per thread, while its rows are in cache
         if not b.flags.c_contiguous and not b.flags.f_contiguous:
             b = np.ascontiguousarray(b)
-        if a.flags.c_contiguous and M >= 4 * threads:
-            out = np.empty((M, N), np.result_type(a, b))
-            biased = bias is not None
-            matmul_rows(a, b, out, threads, np.ascontiguousarray(bias) if biased
-                        else np.empty(0, out.dtype), biased)
-            return out
-        if a.flags.f_contiguous and M >= 4 * threads:
-            out = np.empty((M, N), np.result_type(a, b))
-            matmul_tn(a.T, np.ascontiguousarray(b), out, threads)
-    if out is None:
-        out = a @ b
-    if bias is not None:
-        out += bias
+        biased = bias is not None
+        matmul_rows(a, b, out, threads, np.ascontiguousarray(bias) if biased
+                    else np.empty(0, out.dtype), biased)
+    else:
+        matmul_tn(a.T, np.ascontiguousarray(b), out, threads)
+        if bias is not None:
+            out += bias
     return out
 
 
