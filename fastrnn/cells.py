@@ -76,6 +76,42 @@ class Cell:
         return self.kind == "lstm"
 
     @property
+    def state_names(self) -> tuple:
+        """The recurrent states, in the order every API takes and returns them: ("h",) or, for
+        the LSTM, ("h", "c"). Argument names derive from them: h0/c0, h_n/c_n, dh_n/dc_n,
+        dh0/dc0."""
+        return ("h", "c") if self.has_cell_state else ("h",)
+
+    def named(self, pattern: str) -> tuple:
+        """``pattern`` filled with each state name: named("{}0") is ("h0",) or ("h0", "c0")."""
+        return tuple(pattern.format(s) for s in self.state_names)
+
+    def zero_states(self, xp, shape, dtype) -> tuple:
+        """One zero array of ``shape`` per state."""
+        return tuple(xp.zeros(shape, dtype) for _ in self.state_names)
+
+    def as_hx(self, states):
+        """The states as PyTorch passes them: h alone, or the pair (h, c) for the LSTM."""
+        states = tuple(states)
+        return states if self.has_cell_state else states[0]
+
+    def from_hx(self, hx) -> tuple:
+        """Inverse of ``as_hx``: a tuple with one entry per state (None entries stay None)."""
+        if not self.has_cell_state:
+            return (hx,)
+        return (None, None) if hx is None else tuple(hx)
+
+    @property
+    def options(self) -> dict:
+        """The keyword arguments that select this variant in the functional API
+        (``nonlinearity`` for the RNN, ``linear_before_reset`` for the GRU)."""
+        if self.kind == "rnn":
+            return {"nonlinearity": self.nonlinearity}
+        if self.kind == "gru":
+            return {"linear_before_reset": self.linear_before_reset}
+        return {}
+
+    @property
     def name(self) -> str:
         """A short stable name: rnn_tanh, rnn_relu, lstm, gru, gru_textbook."""
         if self.kind == "rnn":

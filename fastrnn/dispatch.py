@@ -13,13 +13,9 @@ import importlib.util
 import os
 import sys
 
-from .backends.base import Backend
+from .backends.base import Backend, BackendUnavailable
 
 ENV_VAR = "FASTRNN_BACKEND"
-
-
-class BackendUnavailable(RuntimeError):
-    """The backend asked for cannot run here; the message says why and what to install."""
 
 
 # name -> (module, class, the third-party module it needs, what to install)

@@ -22,6 +22,73 @@ import numpy as np
 from ..cells import Cell
 
 
+class BackendUnavailable(RuntimeError):
+    """The backend asked for cannot run here; the message says why and what to install.
+
+    Defined here, beside ``Backend``, so that a backend can raise it without importing the
+    dispatch layer that selects it."""
+
+
+# ----------------------------------------------------------------------------------------------
+# The state convention of every backend (cells.py describes the layout)
+
+
+def step_times(T: int, reverse: bool) -> range:
+    """Time steps in processing order: T-1 down to 0 when ``reverse``, else 0 up to T-1."""
+    return range(T - 1, -1, -1) if reverse else range(T)
+
+
+def state_slots(s, T, reverse, training):
+    """(t, row read, row written) of the s-th step processed, in a state buffer of T+1 rows
+    (``training``: every state kept in time order) or of 2 rows (inference: the rows alternate).
+
+    Plain Python on purpose: the Numba backend compiles this same function for its kernels."""
+    t = T - 1 - s if reverse else s
+    if not training:
+        return t, s % 2, 1 - s % 2
+    if reverse:
+        return t, t + 1, t
+    return t, t, t + 1
+
+
+def first_slot(T, reverse, training):
+    """Row of the state buffer that holds the initial state."""
+    if not training:
+        return 0
+    return T if reverse else 0
+
+
+def final_slot(T, reverse, training):
+    """Row of the state buffer that holds the state after the last step."""
+    if not training:
+        return T % 2
+    return 0 if reverse else T
+
+
+def entering_states(hs, reverse):
+    """(T, B, H): the state entering each time step t, from a training buffer hs (T+1, B, H)."""
+    return hs[1:] if reverse else hs[:-1]
+
+
+@dataclass
+class Saved:
+    """What a fused training forward of one direction keeps for backward (cells.py):
+    hs (T+1, B, H); cs (T+1, B, H) or None; gates (T, B, k*H) or None; hn (T, B, H) or None;
+    lengths (B,) int64 on the backend's device or None; reverse."""
+
+    hs: Any
+    cs: Any
+    gates: Any
+    hn: Any
+    lengths: Any
+    reverse: bool
+
+    @property
+    def h_in(self):
+        """The state entering each step, (T, B, H)."""
+        return entering_states(self.hs, self.reverse)
+
+
 @dataclass
 class Direction:
     """One direction's parameters and initial state, already checked by the API.

@@ -16,7 +16,7 @@ same sources with the host C++ compiler, so everything above it runs unchanged w
 
 from __future__ import annotations
 
-from ...dispatch import BackendUnavailable
+from ..base import BackendUnavailable
 
 
 class CudaDevice:
