@@ -1,7 +1,7 @@
-"""The functional API: check inputs, pick a backend, call it.
+"""The functional API: check inputs, pick a backend, run the engine.
 
-Every check happens here, before any kernel runs, and names the argument, what was expected and
-what was given. Inputs are never modified; non-contiguous inputs are copied to contiguous ones.
+Every check happens before any kernel runs, and names the argument, what was expected and what
+was given. Inputs are never modified; non-contiguous inputs are copied to contiguous ones.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import numpy as np
 from . import dispatch
 from .backends.base import Direction
 from .cells import ALL_CELLS, Cell, cell_by_name, saved_bytes
-
-FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-
+from .checks import (check_dtype, check_flag, check_lengths, check_same, check_shape, check_size,
+                     contiguous)
+from .engine import Context, check_ctx, check_grad, run_backward, run_forward
 
 # ----------------------------------------------------------------------------------------------
 # Results
@@ -25,14 +25,14 @@ FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 class RNNResult(NamedTuple):
     y: Any
     h_n: Any
-    ctx: Optional["Context"]
+    ctx: Optional[Context]
 
 
 class LSTMResult(NamedTuple):
     y: Any
     h_n: Any
     c_n: Any
-    ctx: Optional["Context"]
+    ctx: Optional[Context]
 
 
 @dataclass
@@ -48,127 +48,12 @@ class Gradients:
     dc0: Any = None
 
 
-class Context:
-    """What a training forward kept for its backward. Backward consumes it and frees the state."""
-
-    def __init__(self, cell, backend, saved, x_shape, H, dtype, library, biased, directions=1):
-        self.cell = cell
-        self.backend = backend
-        self.saved = saved
-        self.x_shape = x_shape
-        self.H = H
-        self.dtype = dtype
-        self.library = library
-        self.biased = biased  # [(has b_ih, has b_hh)] per direction
-        self.directions = directions
-        self.consumed = False
-
-    def __repr__(self):
-        state = "consumed" if self.consumed else "ready"
-        return (f"<fastrnn Context {self.cell.name} x{self.x_shape} H={self.H} "
-                f"backend={self.backend.name} {state}>")
-
-
 # ----------------------------------------------------------------------------------------------
-# Checks
-
-
-def array_library(a) -> str:
-    """'numpy' or 'cupy' for a supported array, else a descriptive module name."""
-    if isinstance(a, np.ndarray):
-        return "numpy"
-    module = type(a).__module__.split(".")[0]
-    return module
-
-
-def check_array(name, a, library=None):
-    """``a`` must be a NumPy or CuPy float32/float64 array; returns its library."""
-    if a is None:
-        raise TypeError(f"{name} is required: expected a float32 or float64 array, got None")
-    lib = array_library(a)
-    # (a NumPy dtype, generator or finfo comes from "numpy" too, but is no array)
-    if lib not in ("numpy", "cupy") or not all(hasattr(a, n) for n in ("dtype", "shape", "ndim")):
-        hint = " (convert it with .numpy() or numpy.asarray)" if lib == "torch" else ""
-        raise TypeError(
-            f"{name} must be a NumPy or CuPy array, got {type(a).__module__}."
-            f"{type(a).__name__}{hint}")
-    if isinstance(a, np.ma.MaskedArray):
-        raise TypeError(f"{name} is a masked array, whose mask fastrnn would ignore: pass "
-                        f"{name}.filled(0) (and lengths for padded sequences)")
-    if a.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must have dtype float32 or float64, got {a.dtype}")
-    return lib
-
-
-def check_same(arrays: dict):
-    """All given arrays share one library and one dtype; returns (library, dtype)."""
-    libs = {n: check_array(n, a) for n, a in arrays.items()}
-    if len(set(libs.values())) > 1:
-        groups = {}
-        for n, lib in libs.items():
-            groups.setdefault(lib, []).append(n)
-        desc = "; ".join(f"{', '.join(ns)} from {lib}" for lib, ns in groups.items())
-        raise TypeError(f"arrays from different libraries in one call: {desc}")
-    dtypes = {n: a.dtype for n, a in arrays.items()}
-    if len(set(dtypes.values())) > 1:
-        desc = ", ".join(f"{n} is {d}" for n, d in dtypes.items())
-        raise TypeError(f"arrays must share one dtype (no silent casting): {desc}")
-    name0 = next(iter(arrays))
-    return libs[name0], arrays[name0].dtype
-
-
-def check_shape(name, a, expected, labels):
-    """``expected`` is a tuple of ints; ``labels`` spells it, e.g. '(G*H, I) = (4*64, 10)'."""
-    if a.ndim != len(expected) or tuple(a.shape) != tuple(expected):
-        raise ValueError(f"{name} must have shape {labels} = {tuple(expected)}, got {tuple(a.shape)}")
-
-
-def check_flag(name, value):
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be True or False, got {value!r}")
-    return bool(value)
-
-
-def check_lengths(lengths, T, B):
-    """None, or a host int64 array (B,) with 1 <= L_b <= T."""
-    if lengths is None:
-        return None
-    if hasattr(lengths, "get") and array_library(lengths) == "cupy":
-        lengths = lengths.get()
-    if isinstance(lengths, (list, tuple)) and not all(
-            isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
-            for v in lengths):
-        bad = next(v for v in lengths if not isinstance(v, (int, np.integer))
-                   or isinstance(v, (bool, np.bool_)))
-        raise TypeError(f"lengths must hold integers, got {type(bad).__name__} {bad!r}")
-    try:
-        arr = np.asarray(lengths)
-    except Exception as exc:  # noqa: BLE001 - anything unconvertible is a type error here
-        raise TypeError(f"lengths must be a sequence of {B} integers, got {type(lengths).__name__}") from exc
-    if arr.dtype.kind not in "iu":
-        raise TypeError(f"lengths must hold integers, got dtype {arr.dtype}")
-    if arr.shape != (B,):
-        raise ValueError(f"lengths must have shape (B,) = ({B},), got {arr.shape}")
-    if B and (arr.min() < 1 or arr.max() > T):
-        raise ValueError(
-            f"lengths must lie in [1, T] = [1, {T}], got values from {arr.min()} to {arr.max()}")
-    return arr.astype(np.int64)
-
-
-def contiguous(xp, a):
-    return None if a is None else xp.ascontiguousarray(a)
-
-
-def xp_of(library):
-    if library == "numpy":
-        return np
-    import cupy  # only ever reached with CuPy arrays in hand
-
-    return cupy
+# One direction's checks
 
 
 def prepare(cell, x, W_ih, W_hh, b_ih, b_hh, h0, c0, lengths, reverse, training, backend):
-    """Check one direction's inputs; returns (backend, x, Direction, lengths, library)."""
+    """Check one direction's inputs; returns (backend, x, Direction, lengths, training)."""
     named = {"x": x, "W_ih": W_ih, "W_hh": W_hh}
     for name, a in (("b_ih", b_ih), ("b_hh", b_hh), ("h0", h0), ("c0", c0)):
         if a is not None:
@@ -204,78 +89,7 @@ def prepare(cell, x, W_ih, W_hh, b_ih, b_hh, h0, c0, lengths, reverse, training,
         c0 = xp.zeros((B, H), dtype) if c0 is None else contiguous(xp, c0)
     d = Direction(contiguous(xp, W_ih), contiguous(xp, W_hh), contiguous(xp, b_ih),
                   contiguous(xp, b_hh), h0, c0, reverse)
-    return chosen, contiguous(xp, x), d, lengths, library, training
-
-
-def run_forward(cell, backend, x, dirs, lengths, training, library):
-    """Run a checked forward; T = 0 or B = 0 gives empty outputs with h_n = h0."""
-    xp = backend.xp
-    T, B, _ = x.shape
-    H = dirs[0].W_hh.shape[1]
-    if T == 0 or B == 0:
-        y = xp.zeros((T, B, len(dirs) * H), x.dtype)
-        h_n = xp.stack([d.h0 for d in dirs]).copy()
-        c_n = xp.stack([d.c0 for d in dirs]).copy() if cell.has_cell_state else None
-        saved = ("empty", x, dirs) if training else None
-    else:
-        y, h_n, c_n, saved = backend.forward(cell, x, dirs, lengths, training)
-    ctx = None
-    if training:
-        ctx = Context(cell, backend, saved, tuple(x.shape), H, x.dtype, library,
-                      [(d.b_ih is not None, d.b_hh is not None) for d in dirs], len(dirs))
-    return y, h_n, c_n, ctx
-
-
-def check_ctx(ctx, cell_kind, func):
-    if ctx is None:
-        raise TypeError(
-            f"ctx is None: the forward ran with training=False, which keeps nothing for "
-            f"backward; run {cell_kind}_forward with training=True before {func}")
-    if not isinstance(ctx, Context):
-        raise TypeError(f"ctx must be the Context returned by {cell_kind}_forward, "
-                        f"got {type(ctx).__name__}")
-    if ctx.cell.kind != cell_kind:
-        raise TypeError(f"ctx comes from {ctx.cell.kind}_forward; pass it to "
-                        f"{ctx.cell.kind}_backward, not {func}")
-    if ctx.consumed:
-        raise ValueError("ctx was already consumed by a backward call, which freed what it kept; "
-                         "run the forward again to backpropagate again")
-
-
-def check_grad(name, g, shape, labels, ctx):
-    """A gradient argument: None means zeros; else the ctx's library, dtype and this shape."""
-    xp = ctx.backend.xp
-    if g is None:
-        return xp.zeros(shape, ctx.dtype)
-    lib = check_array(name, g)
-    if lib != ctx.library:
-        raise TypeError(f"{name} is a {lib} array but the forward ran on {ctx.library} arrays")
-    if g.dtype != ctx.dtype:
-        raise TypeError(f"{name} must have the forward's dtype {ctx.dtype}, got {g.dtype}")
-    check_shape(name, g, shape, labels)
-    return xp.ascontiguousarray(g)
-
-
-def run_backward(ctx, dy, dh_n, dc_n):
-    """Run a checked backward; returns (dx, [DirectionGrads]) and consumes ctx."""
-    ctx.consumed = True
-    saved, ctx.saved = ctx.saved, None
-    if isinstance(saved, tuple) and saved and isinstance(saved[0], str) and saved[0] == "empty":
-        return _empty_backward(ctx.cell, saved, dh_n, dc_n)
-    return ctx.backend.backward(ctx.cell, saved, dy, dh_n, dc_n)
-
-
-def _empty_backward(cell, saved, dh_n, dc_n):
-    from .backends.base import DirectionGrads
-
-    _, x, dirs = saved
-    grads = []
-    for k, d in enumerate(dirs):
-        zeros = [None if b is None else b * 0 for b in (d.b_ih, d.b_hh)]
-        grads.append(DirectionGrads(
-            d.W_ih * 0, d.W_hh * 0, zeros[0], zeros[1], dh_n[k].copy(),
-            dc_n[k].copy() if cell.has_cell_state else None))
-    return x * 0, grads
+    return chosen, contiguous(xp, x), d, lengths, training
 
 
 # ----------------------------------------------------------------------------------------------
@@ -283,9 +97,9 @@ def _empty_backward(cell, saved, dh_n, dc_n):
 
 
 def _forward(cell, x, W_ih, W_hh, b_ih, b_hh, h0, c0, lengths, reverse, training, backend):
-    chosen, x, d, lengths, library, training = prepare(
+    chosen, x, d, lengths, training = prepare(
         cell, x, W_ih, W_hh, b_ih, b_hh, h0, c0, lengths, reverse, training, backend)
-    y, h_n, c_n, ctx = run_forward(cell, chosen, x, [d], lengths, training, library)
+    y, h_n, c_n, ctx = run_forward(cell, chosen, x, [d], lengths, training)
     return y, h_n[0], None if c_n is None else c_n[0], ctx
 
 
@@ -381,18 +195,9 @@ def training_memory(cell, T, B, I, H, dtype=np.float32, *, num_layers=1, bidirec
         cell = cell_by_name(cell) if cell in names else Cell(cell)
     elif not isinstance(cell, Cell):
         raise TypeError(f"cell must be a fastrnn Cell or a cell name, got {type(cell).__name__}")
-    sizes = {"T": T, "B": B, "I": I, "H": H, "num_layers": num_layers}
-    for name, value in sizes.items():
-        if not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)):
-            raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-        if value < (0 if name in "TB" else 1):
-            raise ValueError(f"{name} must be at least {0 if name in 'TB' else 1}, got {value}")
-    try:
-        dtype = np.dtype(dtype)
-    except TypeError as exc:
-        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from exc
-    if dtype not in FLOAT_DTYPES:
-        raise TypeError(f"dtype must be float32 or float64, got {dtype}")
+    for name, value in {"T": T, "B": B, "I": I, "H": H, "num_layers": num_layers}.items():
+        check_size(name, value, 0 if name in "TB" else 1)
+    dtype = check_dtype(dtype)
     bidirectional = check_flag("bidirectional", bidirectional)
     batch_first = check_flag("batch_first", batch_first)
     if T == 0 or B == 0:

@@ -1,24 +1,9 @@
-"""RNN, LSTM and GRU layers: stacking, both directions, sequence lengths, dropout, state dicts.
+"""RNN, LSTM and GRU layers on NumPy or CuPy arrays.
 
-The composition is written once, here, above the backends. Layer k of a stack calls
-``backend.forward`` once with its one or two directions (so a fused backend projects the input of
-both directions with one GEMM and writes both halves of y), and backward calls ``backend.backward``
-once per layer, from the top layer down, feeding each layer's dx to the layer below as its dy.
-
-Conventions are PyTorch's, so a ``torch.nn.RNN/LSTM/GRU`` state dict loads unchanged:
-
-    parameters   weight_ih_l{k}, weight_hh_l{k}, bias_ih_l{k}, bias_hh_l{k}, suffix _reverse for
-                 the reverse direction; shapes (G*H, I_k), (G*H, H), (G*H,), (G*H,) with
-                 I_0 = input_size and I_k = D*H above
-    x, y         (T, B, I) and (T, B, D*H), or (B, T, ...) with batch_first; the two directions
-                 are concatenated on the last axis
-    hx, h_n      (num_layers*D, B, H), row k*D + d for layer k and direction d (0 forward,
-                 1 reverse); the LSTM takes and returns a pair (h, c)
-    lengths      packed-sequence semantics in every layer and direction: step t of sequence b
-                 is valid when t < L_b, y is zero at the other steps (as pad_packed_sequence
-                 gives) and h_n is the state after each sequence's own last valid step
-    dropout      applied to the output of every layer but the last, in training mode only:
-                 each element is kept with probability 1 - p and scaled by 1/(1 - p)
+A layer holds parameters (PyTorch's names, shapes and initialisation, so a ``torch.nn`` state
+dict loads unchanged), their accumulated gradients, its device and the pending training forward.
+Everything else, stacking, both directions, lengths, dropout and the backward order, is the
+composition in stack.py, which the module doc there describes.
 """
 
 from __future__ import annotations
@@ -26,43 +11,15 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Mapping
-from dataclasses import dataclass
+
 import numpy as np
 
-from . import dispatch
-from .api import (
-    FLOAT_DTYPES,
-    array_library,
-    check_array,
-    check_flag,
-    check_lengths,
-    check_shape,
-    run_backward,
-    run_forward,
-    xp_of,
-)
-from .backends.base import Backend, Direction
+from . import dispatch, stack
+from .backends.base import Backend
 from .cells import Cell
-
-PARAM_KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
-
-
-def _check_size(name, value, minimum=1):
-    if not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be at least {minimum}, got {value}")
-    return int(value)
-
-
-def _check_dtype(dtype):
-    try:
-        dt = np.dtype(dtype)
-    except TypeError as exc:
-        raise TypeError(f"dtype must be numpy.float32 or numpy.float64, got {dtype!r}") from exc
-    if dt not in FLOAT_DTYPES:
-        raise TypeError(f"dtype must be numpy.float32 or numpy.float64, got {dt}")
-    return dt
+from .checks import (array_library, check_array, check_dtype, check_flag, check_lengths,
+                     check_probability, check_shape, check_size, xp_of)
+from .stack import STATE_LABELS, Stack, check_input, param_labels
 
 
 def _to_library(a, xp):
@@ -82,40 +39,28 @@ def _from_torch(name, t, xp):
     return _to_library(t.cpu().resolve_conj().resolve_neg().numpy(), xp)
 
 
-@dataclass
-class _Saved:
-    """What a training forward keeps: one Context per layer and the dropout masks between them."""
-
-    ctxs: list
-    masks: list
-    T: int
-    B: int
-    batch_first: bool
-
-
 class _RecurrentLayer:
-    """The stack shared by RNN, LSTM and GRU; the subclasses only name their cell."""
+    """Parameters, gradients, device and pending forward of RNN, LSTM and GRU; the subclasses
+    only name their cell."""
 
     def __init__(self, cell, input_size, hidden_size, num_layers, bias, batch_first, dropout,
                  bidirectional, dtype, backend, seed):
         self.cell = cell
-        self.input_size = _check_size("input_size", input_size)
-        self.hidden_size = _check_size("hidden_size", hidden_size)
-        self.num_layers = _check_size("num_layers", num_layers)
+        self.input_size = check_size("input_size", input_size)
+        self.hidden_size = check_size("hidden_size", hidden_size)
+        self.num_layers = check_size("num_layers", num_layers)
         self.bias = check_flag("bias", bias)
         self.batch_first = check_flag("batch_first", batch_first)
         self.bidirectional = check_flag("bidirectional", bidirectional)
-        if (not isinstance(dropout, numbers.Real) or isinstance(dropout, (bool, np.bool_))
-                or not 0 <= dropout <= 1):
-            raise ValueError(
-                f"dropout must be a number in [0, 1] (the probability of zeroing an element), "
-                f"got {dropout!r}")
-        self.dropout = float(dropout)
-        self.dtype = _check_dtype(dtype)
+        self.dropout = check_probability("dropout", dropout,
+                                         "the probability of zeroing an element")
+        self.dtype = check_dtype(dtype, spelled="numpy.float32 or numpy.float64")
         try:
             self._rng = np.random.default_rng(seed)
         except (TypeError, ValueError) as exc:
             raise TypeError(f"seed must be None or a non-negative int, got {seed!r}") from exc
+        self._stack = Stack(cell, self.input_size, self.hidden_size, self.num_layers, self.bias,
+                            self.bidirectional)
         self._device_rng = None
         self.training = True
         self._saved = None
@@ -123,6 +68,7 @@ class _RecurrentLayer:
 
         self.backend = None
         self.library = "numpy"
+        self._resolved = None
         xp = np
         if backend is not None:
             chosen = dispatch.get_backend(backend)
@@ -131,7 +77,7 @@ class _RecurrentLayer:
         # PyTorch's order and initialisation: every parameter from U(-1/sqrt(H), 1/sqrt(H)).
         bound = 1.0 / math.sqrt(self.hidden_size)
         self._params = {}
-        for name, shape in self._param_shapes().items():
+        for name, shape in self._stack.param_shapes().items():
             values = self._rng.uniform(-bound, bound, shape).astype(self.dtype)
             self._params[name] = _to_library(values, xp)
         self.grads = {n: xp.zeros_like(p) for n, p in self._params.items()}
@@ -141,20 +87,7 @@ class _RecurrentLayer:
 
     @property
     def num_directions(self) -> int:
-        return 2 if self.bidirectional else 1
-
-    def _param_shapes(self) -> dict:
-        GH, H, D = self.cell.gates * self.hidden_size, self.hidden_size, self.num_directions
-        shapes = {}
-        for k in range(self.num_layers):
-            I = self.input_size if k == 0 else D * H
-            for suffix in ("", "_reverse")[:D]:
-                shapes[f"weight_ih_l{k}{suffix}"] = (GH, I)
-                shapes[f"weight_hh_l{k}{suffix}"] = (GH, H)
-                if self.bias:
-                    shapes[f"bias_ih_l{k}{suffix}"] = (GH,)
-                    shapes[f"bias_hh_l{k}{suffix}"] = (GH,)
-        return shapes
+        return self._stack.num_directions
 
     def named_parameters(self) -> dict:
         """name -> parameter array, in PyTorch's order. The arrays are the layer's own."""
@@ -179,7 +112,7 @@ class _RecurrentLayer:
         bad_keys = [k for k in state_dict if not isinstance(k, str)]
         if bad_keys:
             raise TypeError(f"state_dict keys must be parameter names (str), got {bad_keys[0]!r}")
-        shapes = self._param_shapes()
+        shapes = self._stack.param_shapes()
         missing = [n for n in shapes if n not in state_dict]
         unexpected = [n for n in state_dict if n not in shapes]
         if missing or unexpected:
@@ -199,9 +132,7 @@ class _RecurrentLayer:
             if value.dtype != self.dtype:
                 raise TypeError(f"{label} must have the layer's dtype {self.dtype}, got "
                                 f"{value.dtype} (create the layer with dtype={value.dtype})")
-            labels = "(G*H, I)" if name.startswith("weight_ih") else (
-                "(G*H, H)" if name.startswith("weight_hh") else "(G*H,)")
-            check_shape(label, value, shape, labels)
+            check_shape(label, value, shape, param_labels(name))
             loaded[name] = xp.ascontiguousarray(value)
         self._params = loaded
 
@@ -224,9 +155,15 @@ class _RecurrentLayer:
 
     @property
     def _xp(self):
-        if self.backend is not None:
-            return dispatch.get_backend(self.backend).xp
         return xp_of(self.library)
+
+    def _chosen_backend(self) -> Backend:
+        """The backend the layer runs on, resolved once per setting: its own ``backend`` when
+        given, else the process default (``use_backend``, FASTRNN_BACKEND) or the arrays' rule."""
+        key = self.backend if self.backend is not None else dispatch.default_backend_name()
+        if self._resolved is None or self._resolved[0] != key:
+            self._resolved = (key, dispatch.select(self.backend, self.library))
+        return self._resolved[1]
 
     @property
     def device(self) -> str:
@@ -252,7 +189,7 @@ class _RecurrentLayer:
         self.grads = {n: _to_library(g, xp) for n, g in self.grads.items()}
         if library != self.library:
             self._device_rng = None
-        self.backend, self.library = backend, library
+        self.backend, self.library, self._resolved = backend, library, None
         self._drop_saved("the layer was moved with to()")
         return self
 
@@ -260,22 +197,15 @@ class _RecurrentLayer:
     # Forward
 
     def _check_input(self, name, a, shape, labels):
-        lib = check_array(name, a)
-        if lib != self.library:
-            raise TypeError(
-                f"{name} is a {lib} array but the layer's parameters are {self.library} arrays; "
-                f"pass {self.library} arrays or move the layer with .to()")
-        if a.dtype != self.dtype:
-            raise TypeError(f"{name} must have the layer's dtype {self.dtype}, got {a.dtype} "
-                            f"(no silent casting)")
-        check_shape(name, a, shape, labels)
+        check_input(name, a, shape, labels, self.library, self.dtype)
 
     def _drop_saved(self, why):
         self._saved = None
         self._why_no_saved = why
 
-    def _dropout_mask(self, xp, shape):
+    def _dropout_mask(self, shape):
         """Keep with probability 1 - p, scaled by 1/(1 - p); all zeros for p = 1."""
+        xp = self._xp
         if self.dropout == 1:
             return xp.zeros(shape, self.dtype)
         if xp is np:
@@ -292,77 +222,36 @@ class _RecurrentLayer:
         return self.forward(x, hx, lengths)
 
     def forward(self, x, hx=None, lengths=None):
-        """Run the stack; returns (y, h_n), for the LSTM (y, (h_n, c_n)). See the module doc."""
+        """Run the stack; returns (y, h_n), for the LSTM (y, (h_n, c_n)). See stack.py."""
         check_array("x", x)
+        leading = "(B, T" if self.batch_first else "(T, B"
         if x.ndim != 3:
-            layout = "(B, T, I)" if self.batch_first else "(T, B, I)"
-            raise ValueError(f"x must have shape {layout}, got shape {tuple(x.shape)}")
-        if self.batch_first:
-            B, T, I = x.shape
-            self._check_input("x", x, (B, T, self.input_size), "(B, T, input_size)")
-        else:
-            T, B, I = x.shape
-            self._check_input("x", x, (T, B, self.input_size), "(T, B, input_size)")
-        L, D, H = self.num_layers, self.num_directions, self.hidden_size
-        state_shape, state_labels = (L * D, B, H), "(num_layers*num_directions, B, H)"
-        h0 = c0 = None
-        if self.cell.has_cell_state and hx is not None:
-            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-                raise TypeError(f"hx for the LSTM must be a pair (h0, c0), "
-                                f"got {type(hx).__name__}")
-            h0, c0 = hx
-            self._check_input("hx[0] (h0)", h0, state_shape, state_labels)
-            self._check_input("hx[1] (c0)", c0, state_shape, state_labels)
-        elif hx is not None:
-            h0 = hx
-            self._check_input("hx", h0, state_shape, state_labels)
+            raise ValueError(f"x must have shape {leading}, I), got shape {tuple(x.shape)}")
+        T, B = (x.shape[1], x.shape[0]) if self.batch_first else x.shape[:2]
+        self._check_input("x", x, x.shape[:2] + (self.input_size,), f"{leading}, input_size)")
+        if self.cell.has_cell_state and hx is not None and (
+                not isinstance(hx, (tuple, list)) or len(hx) != 2):
+            raise TypeError(f"hx for the LSTM must be a pair (h0, c0), got {type(hx).__name__}")
+        states = self.cell.from_hx(hx)
+        names = ("hx[0] (h0)", "hx[1] (c0)") if self.cell.has_cell_state else ("hx",)
+        for name, s in zip(names, states):
+            if s is not None:
+                self._check_input(name, s, self._stack.state_shape(B), STATE_LABELS)
         lengths = check_lengths(lengths, T, B)
 
-        backend = dispatch.select(self.backend, self.library)
-        xp = backend.xp
-        training = self.training
+        backend = self._chosen_backend()
         self._drop_saved("the last forward did not finish")
-        # The one copy batch_first needs: the backends take time-major, C-contiguous input.
-        inp = xp.ascontiguousarray(x.transpose(1, 0, 2) if self.batch_first else x)
-        h0 = xp.zeros(state_shape, self.dtype) if h0 is None else xp.ascontiguousarray(h0)
-        if self.cell.has_cell_state:
-            c0 = xp.zeros(state_shape, self.dtype) if c0 is None else xp.ascontiguousarray(c0)
-        h_n = xp.empty(state_shape, self.dtype)
-        c_n = xp.empty(state_shape, self.dtype) if self.cell.has_cell_state else None
-        ctxs, masks = [], []
-        for k in range(L):
-            rows = slice(k * D, (k + 1) * D)
-            dirs = [Direction(*self._layer_params(k, suffix), h0[k * D + j],
-                              None if c0 is None else c0[k * D + j], reverse=j == 1)
-                    for j, suffix in enumerate(("", "_reverse")[:D])]
-            y, h_k, c_k, ctx = run_forward(self.cell, backend, inp, dirs, lengths, training,
-                                           self.library)
-            h_n[rows] = h_k
-            if c_n is not None:
-                c_n[rows] = c_k
-            ctxs.append(ctx)
-            if training and self.dropout > 0 and k < L - 1:
-                masks.append(self._dropout_mask(xp, y.shape))
-                y = y * masks[-1]  # not in place: y is the backend's, which may keep it
-            inp = y
-        if training:
-            self._saved = _Saved(ctxs, masks, T, B, self.batch_first)
+        y, finals, saved = stack.forward(
+            self._stack, backend, self._params, x, states, lengths, training=self.training,
+            batch_first=self.batch_first, dropout=self.dropout, draw_mask=self._dropout_mask)
+        if self.training:
+            self._saved = saved
         else:
             self._drop_saved("the last forward ran in eval mode, which keeps nothing for backward")
-        y = inp.transpose(1, 0, 2) if self.batch_first else inp
-        return (y, (h_n, c_n)) if self.cell.has_cell_state else (y, h_n)
-
-    def _layer_params(self, k, suffix):
-        """(W_ih, W_hh, b_ih, b_hh) of layer k in one direction; biases None without bias."""
-        return tuple(self._params.get(f"{kind}_l{k}{suffix}") for kind in PARAM_KINDS)
+        return y, self.cell.as_hx(finals)
 
     # ------------------------------------------------------------------------------------------
     # Backward
-
-    def _cotangent(self, name, g, shape, labels):
-        if g is not None:
-            self._check_input(name, g, shape, labels)
-        return g
 
     def backward(self, dy=None, dh_n=None):
         """Backpropagate the last training forward; returns (dx, dhx).
@@ -376,51 +265,28 @@ class _RecurrentLayer:
             raise RuntimeError(f"backward needs the state of a forward in training mode, but "
                                f"{self._why_no_saved}")
         saved = self._saved
-        T, B = saved.T, saved.B
-        L, D, H = self.num_layers, self.num_directions, self.hidden_size
-        xp = saved.ctxs[0].backend.xp
+        T, B, D, H = saved.T, saved.B, self.num_directions, self.hidden_size
         y_shape, y_labels = ((B, T, D * H), "(B, T, D*H)") if saved.batch_first else (
             (T, B, D * H), "(T, B, D*H)")
-        state_shape, state_labels = (L * D, B, H), "(num_layers*num_directions, B, H)"
-        dc_n = None
+        d_finals = (dh_n, None)
         if self.cell.has_cell_state and isinstance(dh_n, (tuple, list)):
             if len(dh_n) != 2:
                 raise TypeError(f"dh_n for the LSTM must be an array or a pair (dh_n, dc_n), "
                                 f"got a {type(dh_n).__name__} of length {len(dh_n)}")
-            dh_n, dc_n = dh_n
-        dy = self._cotangent("dy", dy, y_shape, y_labels)
-        dh_n = self._cotangent("dh_n", dh_n, state_shape, state_labels)
-        dc_n = self._cotangent("dc_n", dc_n, state_shape, state_labels)
+            d_finals = tuple(dh_n)
+        d_finals = d_finals[:len(self.cell.state_names)]
+        if dy is not None:
+            self._check_input("dy", dy, y_shape, y_labels)
+        for name, d in zip(self.cell.named("d{}_n"), d_finals):
+            if d is not None:
+                self._check_input(name, d, self._stack.state_shape(B), STATE_LABELS)
 
         self._drop_saved("its state was already consumed by a backward call; run the forward "
                          "again to backpropagate again")
-        zeros = (lambda shape: xp.zeros(shape, self.dtype))
-        if dy is None:
-            d_out = zeros((T, B, D * H))
-        else:
-            d_out = xp.ascontiguousarray(dy.transpose(1, 0, 2) if saved.batch_first else dy)
-        dh_n = zeros(state_shape) if dh_n is None else xp.ascontiguousarray(dh_n)
-        if self.cell.has_cell_state:
-            dc_n = zeros(state_shape) if dc_n is None else xp.ascontiguousarray(dc_n)
-        dh0 = xp.empty(state_shape, self.dtype)
-        dc0 = xp.empty(state_shape, self.dtype) if self.cell.has_cell_state else None
-        for k in reversed(range(L)):
-            rows = slice(k * D, (k + 1) * D)
-            dx, dir_grads = run_backward(saved.ctxs[k], d_out, dh_n[rows],
-                                         None if dc_n is None else dc_n[rows])
-            saved.ctxs[k] = None
-            for j, (suffix, g) in enumerate(zip(("", "_reverse"), dir_grads)):
-                for kind, value in zip(PARAM_KINDS, (g.dW_ih, g.dW_hh, g.db_ih, g.db_hh)):
-                    if value is not None:
-                        self.grads[f"{kind}_l{k}{suffix}"] += value
-                dh0[k * D + j] = g.dh0
-                if dc0 is not None:
-                    dc0[k * D + j] = g.dc0
-            if k > 0 and saved.masks:
-                dx *= saved.masks[k - 1]  # dx is the backend's fresh array
-            d_out = dx
-        dx = d_out.transpose(1, 0, 2) if saved.batch_first else d_out
-        return (dx, (dh0, dc0)) if self.cell.has_cell_state else (dx, dh0)
+        dx, d_initials, grads = stack.backward(saved, dy, d_finals)
+        for name, value in grads.items():
+            self.grads[name] += value
+        return dx, self.cell.as_hx(d_initials)
 
     def __repr__(self):
         args = [str(self.input_size), str(self.hidden_size)]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import expit as sigmoid
 
-from .backends.base import Backend, DirectionGrads
+from .backends.base import Backend, DirectionGrads, step_times
 
 
 def _affine(x, W, b):
@@ -131,10 +131,6 @@ STEPS = {
 # Time.
 
 
-def _order(T, reverse):
-    return range(T - 1, -1, -1) if reverse else range(T)
-
-
 def _valid(lengths, t, B):
     """(B, 1) boolean: is step t valid for each sequence."""
     if lengths is None:
@@ -150,7 +146,7 @@ def _run(cell, x, d, lengths, training):
     state = (d.h0, d.c0) if cell.has_cell_state else (d.h0,)
     y = np.zeros((T, B, H), x.dtype)
     caches = {}
-    for t in _order(T, d.reverse):
+    for t in step_times(T, d.reverse):
         new_state, cache = step(cell, p, x[t], state)
         valid = _valid(lengths, t, B)
         state = tuple(np.where(valid, new, old) for new, old in zip(new_state, state))
@@ -169,7 +165,7 @@ def _run_back(cell, saved, dy, d_state_n):
     dW_ih, dW_hh = np.zeros_like(W_ih), np.zeros_like(W_hh)
     db_ih, db_hh = np.zeros(W_ih.shape[0], dy.dtype), np.zeros(W_hh.shape[0], dy.dtype)
     d_state = d_state_n
-    for t in reversed(_order(T, reverse)):
+    for t in reversed(step_times(T, reverse)):
         cache, valid = caches[t]
         d_new = (d_state[0] + np.where(valid, dy[t], 0),) + d_state[1:]
         d_in = tuple(np.where(valid, v, 0) for v in d_new)

@@ -1,0 +1,180 @@
+"""The layer composition, written once for every front end: stacking, both directions, sequence
+lengths, dropout between layers, and the backward from the top layer down.
+
+It stores nothing: the parameters come in as a mapping with PyTorch's names, and a training
+forward returns a ``StackSaved`` that the caller hands back to ``backward``. The NumPy layers
+(layers.py) and the PyTorch modules call these same functions.
+
+Layer k calls the backend once with its one or two directions (so a fused backend projects the
+input of both directions with one GEMM and writes both halves of y); backward calls it once per
+layer, from the top down, feeding each layer's dx to the layer below as its dy.
+
+Conventions are PyTorch's:
+
+    parameters   weight_ih_l{k}, weight_hh_l{k}, bias_ih_l{k}, bias_hh_l{k}, suffix _reverse for
+                 the reverse direction; shapes (G*H, I_k), (G*H, H), (G*H,), (G*H,) with
+                 I_0 = input_size and I_k = D*H above
+    x, y         (T, B, I) and (T, B, D*H), or (B, T, ...) with batch_first; the two directions
+                 are concatenated on the last axis
+    states       one array (num_layers*D, B, H) per state of the cell (h; h and c for the LSTM),
+                 row k*D + d for layer k and direction d (0 forward, 1 reverse)
+    lengths      packed-sequence semantics in every layer and direction: step t of sequence b
+                 is valid when t < L_b, y is zero at the other steps (as pad_packed_sequence
+                 gives) and the final states are those after each sequence's last valid step
+    dropout      applied to the output of every layer but the last, in training only: the
+                 caller's ``draw_mask(shape)`` gives each mask (keep with probability 1 - p,
+                 scaled by 1/(1 - p)), so each front end draws from its own generator
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .backends.base import Direction
+from .cells import Cell
+from .checks import check_array, check_shape
+from .engine import run_backward, run_forward
+
+PARAM_KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+DIRECTION_SUFFIXES = ("", "_reverse")
+STATE_LABELS = "(num_layers*num_directions, B, H)"
+
+
+@dataclass(frozen=True)
+class Stack:
+    """What a front end's constructor fixes: the cell and the sizes of the stack."""
+
+    cell: Cell
+    input_size: int
+    hidden_size: int
+    num_layers: int = 1
+    bias: bool = True
+    bidirectional: bool = False
+
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    @property
+    def suffixes(self) -> tuple:
+        return DIRECTION_SUFFIXES[:self.num_directions]
+
+    def param_shapes(self) -> dict:
+        """name -> shape of every parameter, in PyTorch's order."""
+        GH, H, D = self.cell.gates * self.hidden_size, self.hidden_size, self.num_directions
+        shapes = {}
+        for k in range(self.num_layers):
+            I = self.input_size if k == 0 else D * H
+            for suffix in self.suffixes:
+                shapes[f"weight_ih_l{k}{suffix}"] = (GH, I)
+                shapes[f"weight_hh_l{k}{suffix}"] = (GH, H)
+                if self.bias:
+                    shapes[f"bias_ih_l{k}{suffix}"] = (GH,)
+                    shapes[f"bias_hh_l{k}{suffix}"] = (GH,)
+        return shapes
+
+    def state_shape(self, B) -> tuple:
+        return (self.num_layers * self.num_directions, B, self.hidden_size)
+
+
+def param_labels(name) -> str:
+    """The symbolic shape of parameter ``name``, for error messages."""
+    if name.startswith("weight_ih"):
+        return "(G*H, I)"
+    return "(G*H, H)" if name.startswith("weight_hh") else "(G*H,)"
+
+
+def check_input(name, a, shape, labels, library, dtype):
+    """An array the caller passes to a stack: ``library``'s, of ``dtype`` and ``shape``."""
+    lib = check_array(name, a)
+    if lib != library:
+        raise TypeError(
+            f"{name} is a {lib} array but the layer's parameters are {library} arrays; "
+            f"pass {library} arrays or move the layer with .to()")
+    if a.dtype != dtype:
+        raise TypeError(f"{name} must have the layer's dtype {dtype}, got {a.dtype} "
+                        f"(no silent casting)")
+    check_shape(name, a, shape, labels)
+
+
+@dataclass
+class StackSaved:
+    """What a training forward keeps: one engine Context per layer and the dropout masks."""
+
+    stack: Stack
+    ctxs: list
+    masks: list
+    T: int
+    B: int
+    batch_first: bool
+
+
+def forward(stack: Stack, backend, params, x, states, lengths, *, training, batch_first=False,
+            dropout=0.0, draw_mask=None):
+    """Run the stack. ``x`` and ``states`` (a tuple, one entry per state of the cell, each None
+    for zeros or (L*D, B, H)) are checked, ``lengths`` is None or checked host int64.
+    Returns (y, final states tuple, StackSaved or None)."""
+    cell, xp = stack.cell, backend.xp
+    L, D = stack.num_layers, stack.num_directions
+    T, B = (x.shape[1], x.shape[0]) if batch_first else x.shape[:2]
+    shape = stack.state_shape(B)
+    # The one copy batch_first needs: the backends take time-major, C-contiguous input.
+    inp = xp.ascontiguousarray(x.transpose(1, 0, 2) if batch_first else x)
+    states = tuple(xp.zeros(shape, x.dtype) if s is None else xp.ascontiguousarray(s)
+                   for s in states)
+    finals = tuple(xp.empty(shape, x.dtype) for _ in states)
+    ctxs, masks = [], []
+    for k in range(L):
+        dirs = [Direction(*(params.get(f"{kind}_l{k}{suffix}") for kind in PARAM_KINDS),
+                          *_initial(states, k * D + j), reverse=j == 1)
+                for j, suffix in enumerate(stack.suffixes)]
+        y, *finals_k, ctx = run_forward(cell, backend, inp, dirs, lengths, training)
+        for final, value in zip(finals, finals_k):
+            final[k * D:(k + 1) * D] = value
+        ctxs.append(ctx)
+        if training and dropout > 0 and k < L - 1:
+            masks.append(draw_mask(y.shape))
+            y = y * masks[-1]  # not in place: y is the backend's, which may keep it
+        inp = y
+    y = inp.transpose(1, 0, 2) if batch_first else inp
+    saved = StackSaved(stack, ctxs, masks, T, B, batch_first) if training else None
+    return y, finals, saved
+
+
+def backward(saved: StackSaved, dy, d_finals):
+    """Backpropagate a training forward; consumes ``saved``. ``dy`` (y's shape) and ``d_finals``
+    (one entry per state, (L*D, B, H)) are checked, each None for zeros. Returns
+    (dx, d_initial states tuple, name -> parameter gradient)."""
+    stack, xp = saved.stack, saved.ctxs[0].backend.xp
+    L, D, H = stack.num_layers, stack.num_directions, stack.hidden_size
+    T, B, dtype = saved.T, saved.B, saved.ctxs[0].dtype
+    shape = stack.state_shape(B)
+    if dy is None:
+        d_out = xp.zeros((T, B, D * H), dtype)
+    else:
+        d_out = xp.ascontiguousarray(dy.transpose(1, 0, 2) if saved.batch_first else dy)
+    d_finals = [xp.zeros(shape, dtype) if d is None else xp.ascontiguousarray(d)
+                for d in d_finals]
+    d_initials = tuple(xp.empty(shape, dtype) for _ in d_finals)
+    grads = {}
+    for k in reversed(range(L)):
+        rows = slice(k * D, (k + 1) * D)
+        dx, dir_grads = run_backward(saved.ctxs[k], d_out, d_finals[0][rows],
+                                     d_finals[1][rows] if len(d_finals) > 1 else None)
+        saved.ctxs[k] = None
+        for j, (suffix, g) in enumerate(zip(stack.suffixes, dir_grads)):
+            for kind, value in zip(PARAM_KINDS, (g.dW_ih, g.dW_hh, g.db_ih, g.db_hh)):
+                if value is not None:
+                    grads[f"{kind}_l{k}{suffix}"] = value
+            for d_initial, value in zip(d_initials, (g.dh0, g.dc0)):
+                d_initial[k * D + j] = value
+        if k > 0 and saved.masks:
+            dx *= saved.masks[k - 1]  # dx is the backend's fresh array
+        d_out = dx
+    dx = d_out.transpose(1, 0, 2) if saved.batch_first else d_out
+    return dx, d_initials, grads
+
+
+def _initial(states, row):
+    """(h0, c0) of one layer and direction; c0 None for a cell with one state."""
+    return states[0][row], states[1][row] if len(states) > 1 else None
