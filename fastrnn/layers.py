@@ -8,86 +8,32 @@ composition in stack.py, which the module doc there describes.
 
 from __future__ import annotations
 
-import math
 import numbers
 from collections.abc import Mapping
 
 import numpy as np
 
-from . import dispatch, stack
+from . import dispatch, params, stack
 from .backends.base import Backend
 from .cells import Cell
-from .checks import (array_library, check_array, check_dtype, check_flag, check_lengths,
-                     check_probability, check_shape, check_size, xp_of)
-from .stack import STATE_LABELS, Stack, check_input, param_labels
+from .checks import (array_library, check_array, check_dtype, check_flag, check_probability,
+                     check_size, xp_of)
+from .stack import Stack
 
 
-def _to_library(a, xp):
-    """``a`` (NumPy or CuPy) as an array of ``xp``; no copy when it already is one."""
-    if xp is np:
-        return a if isinstance(a, np.ndarray) else a.get()
-    return xp.asarray(a)
+class _Parameters:
+    """A stack's parameters and accumulated gradients on one device: PyTorch's names and order,
+    state dicts, and moves between NumPy and CuPy."""
 
-
-def _from_torch(name, t, xp):
-    """A torch tensor as an ``xp`` array, sharing memory where the devices allow."""
-    t = t.detach()
-    if str(t.dtype) not in ("torch.float32", "torch.float64"):
-        raise TypeError(f"{name} must have dtype float32 or float64, got {t.dtype}")
-    if t.device.type == "cuda" and xp is not np:
-        return xp.from_dlpack(t)
-    return _to_library(t.cpu().resolve_conj().resolve_neg().numpy(), xp)
-
-
-class _RecurrentLayer:
-    """Parameters, gradients, device and pending forward of RNN, LSTM and GRU; the subclasses
-    only name their cell."""
-
-    def __init__(self, cell, input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                 bidirectional, dtype, backend, seed):
-        self.cell = cell
-        self.input_size = check_size("input_size", input_size)
-        self.hidden_size = check_size("hidden_size", hidden_size)
-        self.num_layers = check_size("num_layers", num_layers)
-        self.bias = check_flag("bias", bias)
-        self.batch_first = check_flag("batch_first", batch_first)
-        self.bidirectional = check_flag("bidirectional", bidirectional)
-        self.dropout = check_probability("dropout", dropout,
-                                         "the probability of zeroing an element")
-        self.dtype = check_dtype(dtype, spelled="numpy.float32 or numpy.float64")
-        try:
-            self._rng = np.random.default_rng(seed)
-        except (TypeError, ValueError) as exc:
-            raise TypeError(f"seed must be None or a non-negative int, got {seed!r}") from exc
-        self._stack = Stack(cell, self.input_size, self.hidden_size, self.num_layers, self.bias,
-                            self.bidirectional)
-        self._device_rng = None
-        self.training = True
-        self._saved = None
-        self._why_no_saved = "no forward has run yet"
-
-        self.backend = None
-        self.library = "numpy"
-        self._resolved = None
+    def _init_parameters(self, stack_: Stack, dtype, backend, rng):
+        self._stack, self.dtype = stack_, dtype
+        self.backend, self.library, self._resolved = None, "numpy", None
         xp = np
         if backend is not None:
             chosen = dispatch.get_backend(backend)
             self.backend, self.library, xp = backend, chosen.library, chosen.xp
-
-        # PyTorch's order and initialisation: every parameter from U(-1/sqrt(H), 1/sqrt(H)).
-        bound = 1.0 / math.sqrt(self.hidden_size)
-        self._params = {}
-        for name, shape in self._stack.param_shapes().items():
-            values = self._rng.uniform(-bound, bound, shape).astype(self.dtype)
-            self._params[name] = _to_library(values, xp)
+        self._params = params.initial(stack_, rng, dtype, xp)
         self.grads = {n: xp.zeros_like(p) for n, p in self._params.items()}
-
-    # ------------------------------------------------------------------------------------------
-    # Parameters
-
-    @property
-    def num_directions(self) -> int:
-        return self._stack.num_directions
 
     def named_parameters(self) -> dict:
         """name -> parameter array, in PyTorch's order. The arrays are the layer's own."""
@@ -106,52 +52,12 @@ class _RecurrentLayer:
         replaced: missing, unexpected, mis-shaped or wrongly typed entries raise and leave the
         layer unchanged. Gradients keep accumulating (call ``zero_grad`` to reset them).
         """
-        if not isinstance(state_dict, Mapping):
-            raise TypeError(f"state_dict must be a mapping name -> array, "
-                            f"got {type(state_dict).__name__}")
-        bad_keys = [k for k in state_dict if not isinstance(k, str)]
-        if bad_keys:
-            raise TypeError(f"state_dict keys must be parameter names (str), got {bad_keys[0]!r}")
-        shapes = self._stack.param_shapes()
-        missing = [n for n in shapes if n not in state_dict]
-        unexpected = [n for n in state_dict if n not in shapes]
-        if missing or unexpected:
-            parts = ([f"missing keys {missing}"] if missing else []) + (
-                [f"unexpected keys {unexpected}"] if unexpected else [])
-            raise ValueError(f"state_dict does not match {self!r}: {'; '.join(parts)}")
-        xp = self._xp
-        loaded = {}
-        for name, shape in shapes.items():
-            value = state_dict[name]
-            label = f"state_dict[{name!r}]"
-            if array_library(value) == "torch" and hasattr(value, "detach"):
-                value = _from_torch(label, value, xp)
-            else:
-                check_array(label, value)
-                value = _to_library(value, xp)
-            if value.dtype != self.dtype:
-                raise TypeError(f"{label} must have the layer's dtype {self.dtype}, got "
-                                f"{value.dtype} (create the layer with dtype={value.dtype})")
-            check_shape(label, value, shape, param_labels(name))
-            loaded[name] = xp.ascontiguousarray(value)
-        self._params = loaded
+        self._params = params.load(self._stack, state_dict, self._xp, self.dtype, repr(self))
 
     def zero_grad(self) -> None:
         """Set every accumulated gradient in ``grads`` to zero (in place)."""
         for g in self.grads.values():
             g.fill(0)
-
-    # ------------------------------------------------------------------------------------------
-    # Mode and placement
-
-    def train(self, mode=True):
-        """Training mode (the default): dropout is on and forward keeps what backward needs."""
-        self.training = check_flag("mode", mode)
-        return self
-
-    def eval(self):
-        """Inference mode: no dropout, and forward keeps nothing for backward."""
-        return self.train(False)
 
     @property
     def _xp(self):
@@ -185,19 +91,59 @@ class _RecurrentLayer:
         else:
             chosen = dispatch.get_backend(backend)  # BackendUnavailable says why it cannot run
             library, xp = chosen.library, chosen.xp
-        self._params = {n: _to_library(p, xp) for n, p in self._params.items()}
-        self.grads = {n: _to_library(g, xp) for n, g in self.grads.items()}
-        if library != self.library:
-            self._device_rng = None
+        self._params = {n: params.to_library(p, xp) for n, p in self._params.items()}
+        self.grads = {n: params.to_library(g, xp) for n, g in self.grads.items()}
+        self._moved(library)
         self.backend, self.library, self._resolved = backend, library, None
-        self._drop_saved("the layer was moved with to()")
         return self
 
-    # ------------------------------------------------------------------------------------------
-    # Forward
+    def _moved(self, library):
+        """Hook for what a move invalidates."""
 
-    def _check_input(self, name, a, shape, labels):
-        check_input(name, a, shape, labels, self.library, self.dtype)
+
+class _RecurrentLayer(_Parameters):
+    """RNN, LSTM and GRU: the training mode, dropout's generator and the pending forward, around
+    the composition in stack.py; the subclasses only name their cell."""
+
+    def __init__(self, cell, input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                 bidirectional, dtype, backend, seed):
+        self.cell = cell
+        self.input_size = check_size("input_size", input_size)
+        self.hidden_size = check_size("hidden_size", hidden_size)
+        self.num_layers = check_size("num_layers", num_layers)
+        self.bias = check_flag("bias", bias)
+        self.batch_first = check_flag("batch_first", batch_first)
+        self.bidirectional = check_flag("bidirectional", bidirectional)
+        self.dropout = check_probability("dropout", dropout,
+                                         "the probability of zeroing an element")
+        dtype = check_dtype(dtype, spelled="numpy.float32 or numpy.float64")
+        try:
+            self._rng = np.random.default_rng(seed)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"seed must be None or a non-negative int, got {seed!r}") from exc
+        self._device_rng = None
+        self.training = True
+        self._drop_saved("no forward has run yet")
+        self._init_parameters(Stack(cell, self.input_size, self.hidden_size, self.num_layers,
+                                    self.bias, self.bidirectional), dtype, backend, self._rng)
+
+    @property
+    def num_directions(self) -> int:
+        return self._stack.num_directions
+
+    def train(self, mode=True):
+        """Training mode (the default): dropout is on and forward keeps what backward needs."""
+        self.training = check_flag("mode", mode)
+        return self
+
+    def eval(self):
+        """Inference mode: no dropout, and forward keeps nothing for backward."""
+        return self.train(False)
+
+    def _moved(self, library):
+        if library != self.library:
+            self._device_rng = None
+        self._drop_saved("the layer was moved with to()")
 
     def _drop_saved(self, why):
         self._saved = None
@@ -223,22 +169,8 @@ class _RecurrentLayer:
 
     def forward(self, x, hx=None, lengths=None):
         """Run the stack; returns (y, h_n), for the LSTM (y, (h_n, c_n)). See stack.py."""
-        check_array("x", x)
-        leading = "(B, T" if self.batch_first else "(T, B"
-        if x.ndim != 3:
-            raise ValueError(f"x must have shape {leading}, I), got shape {tuple(x.shape)}")
-        T, B = (x.shape[1], x.shape[0]) if self.batch_first else x.shape[:2]
-        self._check_input("x", x, x.shape[:2] + (self.input_size,), f"{leading}, input_size)")
-        if self.cell.has_cell_state and hx is not None and (
-                not isinstance(hx, (tuple, list)) or len(hx) != 2):
-            raise TypeError(f"hx for the LSTM must be a pair (h0, c0), got {type(hx).__name__}")
-        states = self.cell.from_hx(hx)
-        names = ("hx[0] (h0)", "hx[1] (c0)") if self.cell.has_cell_state else ("hx",)
-        for name, s in zip(names, states):
-            if s is not None:
-                self._check_input(name, s, self._stack.state_shape(B), STATE_LABELS)
-        lengths = check_lengths(lengths, T, B)
-
+        states, lengths = stack.check_call(self._stack, x, hx, lengths, self.batch_first,
+                                           self.library, self.dtype)
         backend = self._chosen_backend()
         self._drop_saved("the last forward did not finish")
         y, finals, saved = stack.forward(
@@ -249,9 +181,6 @@ class _RecurrentLayer:
         else:
             self._drop_saved("the last forward ran in eval mode, which keeps nothing for backward")
         return y, self.cell.as_hx(finals)
-
-    # ------------------------------------------------------------------------------------------
-    # Backward
 
     def backward(self, dy=None, dh_n=None):
         """Backpropagate the last training forward; returns (dx, dhx).
@@ -264,23 +193,8 @@ class _RecurrentLayer:
         if self._saved is None:
             raise RuntimeError(f"backward needs the state of a forward in training mode, but "
                                f"{self._why_no_saved}")
+        dy, d_finals = stack.check_cotangents(self._saved, dy, dh_n, self.library, self.dtype)
         saved = self._saved
-        T, B, D, H = saved.T, saved.B, self.num_directions, self.hidden_size
-        y_shape, y_labels = ((B, T, D * H), "(B, T, D*H)") if saved.batch_first else (
-            (T, B, D * H), "(T, B, D*H)")
-        d_finals = (dh_n, None)
-        if self.cell.has_cell_state and isinstance(dh_n, (tuple, list)):
-            if len(dh_n) != 2:
-                raise TypeError(f"dh_n for the LSTM must be an array or a pair (dh_n, dc_n), "
-                                f"got a {type(dh_n).__name__} of length {len(dh_n)}")
-            d_finals = tuple(dh_n)
-        d_finals = d_finals[:len(self.cell.state_names)]
-        if dy is not None:
-            self._check_input("dy", dy, y_shape, y_labels)
-        for name, d in zip(self.cell.named("d{}_n"), d_finals):
-            if d is not None:
-                self._check_input(name, d, self._stack.state_shape(B), STATE_LABELS)
-
         self._drop_saved("its state was already consumed by a backward call; run the forward "
                          "again to backpropagate again")
         dx, d_initials, grads = stack.backward(saved, dy, d_finals)

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 from .backends.base import Direction
 from .cells import Cell
-from .checks import check_array, check_shape
+from .checks import check_array, check_lengths, check_shape
 from .engine import run_backward, run_forward
 
 PARAM_KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
@@ -86,7 +86,11 @@ def param_labels(name) -> str:
 
 def check_input(name, a, shape, labels, library, dtype):
     """An array the caller passes to a stack: ``library``'s, of ``dtype`` and ``shape``."""
-    lib = check_array(name, a)
+    _check_placement(name, a, check_array(name, a), library, dtype)
+    check_shape(name, a, shape, labels)
+
+
+def _check_placement(name, a, lib, library, dtype):
     if lib != library:
         raise TypeError(
             f"{name} is a {lib} array but the layer's parameters are {library} arrays; "
@@ -94,7 +98,50 @@ def check_input(name, a, shape, labels, library, dtype):
     if a.dtype != dtype:
         raise TypeError(f"{name} must have the layer's dtype {dtype}, got {a.dtype} "
                         f"(no silent casting)")
-    check_shape(name, a, shape, labels)
+
+
+def check_call(stack: Stack, x, hx, lengths, batch_first, library, dtype):
+    """The arguments of a stack's forward; returns (states tuple, lengths) for ``forward``.
+    ``hx`` is PyTorch's: None, an array (L*D, B, H), or for the LSTM a pair of them."""
+    lib = check_array("x", x)
+    leading = "(B, T" if batch_first else "(T, B"
+    if x.ndim != 3:
+        raise ValueError(f"x must have shape {leading}, I), got shape {tuple(x.shape)}")
+    _check_placement("x", x, lib, library, dtype)
+    check_shape("x", x, x.shape[:2] + (stack.input_size,), f"{leading}, input_size)")
+    T, B = (x.shape[1], x.shape[0]) if batch_first else x.shape[:2]
+    cell = stack.cell
+    if cell.has_cell_state and hx is not None and (
+            not isinstance(hx, (tuple, list)) or len(hx) != 2):
+        raise TypeError(f"hx for the LSTM must be a pair (h0, c0), got {type(hx).__name__}")
+    states = cell.from_hx(hx)
+    names = ("hx[0] (h0)", "hx[1] (c0)") if cell.has_cell_state else ("hx",)
+    for name, s in zip(names, states):
+        if s is not None:
+            check_input(name, s, stack.state_shape(B), STATE_LABELS, library, dtype)
+    return states, check_lengths(lengths, T, B)
+
+
+def check_cotangents(saved: "StackSaved", dy, dh_n, library, dtype):
+    """The arguments of a stack's backward; returns (dy, d_finals tuple) for ``backward``.
+    ``dh_n`` is an array, or for the LSTM also a pair (dh_n, dc_n); None means zeros."""
+    stack, T, B = saved.stack, saved.T, saved.B
+    DH = stack.num_directions * stack.hidden_size
+    y_shape, y_labels = ((B, T, DH), "(B, T, D*H)") if saved.batch_first else (
+        (T, B, DH), "(T, B, D*H)")
+    d_finals = (dh_n, None)
+    if stack.cell.has_cell_state and isinstance(dh_n, (tuple, list)):
+        if len(dh_n) != 2:
+            raise TypeError(f"dh_n for the LSTM must be an array or a pair (dh_n, dc_n), "
+                            f"got a {type(dh_n).__name__} of length {len(dh_n)}")
+        d_finals = tuple(dh_n)
+    d_finals = d_finals[:len(stack.cell.state_names)]
+    if dy is not None:
+        check_input("dy", dy, y_shape, y_labels, library, dtype)
+    for name, d in zip(stack.cell.named("d{}_n"), d_finals):
+        if d is not None:
+            check_input(name, d, stack.state_shape(B), STATE_LABELS, library, dtype)
+    return dy, d_finals
 
 
 @dataclass
