@@ -27,6 +27,8 @@ import numpy as np
 
 from ..base import FusedBackend
 
+_requested_threads = None  # what the user last passed to set_num_threads (None: never called)
+
 
 def set_num_threads(n: int) -> None:
     """Threads the Numba backend uses: Numba's own setting for the calling thread, at most
@@ -40,6 +42,14 @@ def set_num_threads(n: int) -> None:
     if not 1 <= n <= limit:
         raise ValueError(f"n must lie in [1, {limit}] (NUMBA_NUM_THREADS), got {n}")
     numba.set_num_threads(int(n))
+    global _requested_threads
+    _requested_threads = int(n)
+
+
+def requested_num_threads():
+    """The count the user last set with ``set_num_threads``, or None when never set: front ends
+    that follow another library's thread setting (fastrnn.torch) yield to an explicit choice."""
+    return _requested_threads
 
 
 def get_num_threads() -> int:

@@ -1,0 +1,289 @@
+"""``fastrnn.torch.RNN / LSTM / GRU``: drop-ins for ``torch.nn.RNN / LSTM / GRU``.
+
+A module is torch parameters (torch's names, order, shapes and initialisation) plus one call
+of the ``fastrnn::stack_forward`` custom op (ops.py), which runs the composition in stack.py on
+the tensors' memory. The module only turns torch's calling conventions into stack.py's:
+unbatched input, packed sequences (padded + lengths, never step by step), hx and its
+permutation, and the dropout masks, drawn from torch's generator so ``torch.manual_seed``
+reproduces them.
+
+The classes derive from ``torch.nn.Module``, not ``torch.nn.RNNBase``: Dynamo refuses to trace
+RNNBase subclasses unless a global flag is set, and this way ``torch.compile(fullgraph=True)``
+traces them as any module.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from ..cells import Cell
+from ..stack import Stack
+from .ops import stack_forward
+
+_SUPPORTED = (torch.float32, torch.float64)
+
+
+class _RecurrentModule(nn.Module):
+    """What RNN, LSTM and GRU share; the subclasses only name their cell."""
+
+    def __init__(self, cell, input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                 bidirectional, proj_size, device, dtype, backend):
+        super().__init__()
+        _check_arguments(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         proj_size)
+        if dtype is not None and dtype not in _SUPPORTED:
+            raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+        self.cell, self.backend = cell, backend
+        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
+        self.bidirectional, self.proj_size = bidirectional, proj_size
+        self._stack = Stack(cell, input_size, hidden_size, num_layers, bias, bidirectional)
+        for name, shape in self._stack.param_shapes().items():
+            self.register_parameter(name, nn.Parameter(torch.empty(shape, device=device,
+                                                                   dtype=dtype)))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """torch's: every parameter from U(-1/sqrt(H), 1/sqrt(H)), drawn in order, so the same
+        seed gives torch.nn's numbers."""
+        bound = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0
+        for weight in self.parameters():
+            nn.init.uniform_(weight, -bound, bound)
+
+    def flatten_parameters(self) -> None:
+        """Does nothing: the kernels take the parameters where they are (torch's cuDNN path
+        needs one flat buffer, fastrnn does not)."""
+
+    @property
+    def all_weights(self) -> list:
+        """The parameters per layer and direction, as torch.nn's ``all_weights``."""
+        names = list(self._stack.param_shapes())
+        per = len(names) // (self.num_layers * self._stack.num_directions)
+        return [[getattr(self, n) for n in names[i:i + per]] for i in range(0, len(names), per)]
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"
+        for name, default in (("num_layers", 1), ("bias", True), ("batch_first", False),
+                              ("dropout", 0.0), ("bidirectional", False)):
+            if getattr(self, name) != default:
+                s += f", {name}={getattr(self, name)}"
+        return s + "".join(f", {k}={v!r}" for k, v in self._variant().items())
+
+    def _variant(self) -> dict:
+        """Constructor arguments beyond torch's that differ from their defaults."""
+        return {} if self.backend is None else {"backend": self.backend}
+
+    def forward(self, input, hx=None):
+        """As torch.nn: input (L, N, H_in), (N, L, H_in) with batch_first, unbatched (L, H_in),
+        or a PackedSequence; hx (D*num_layers, N, H) or (D*num_layers, H) unbatched, for the
+        LSTM a pair (h_0, c_0); None means zeros. Returns (output, h_n), (output, (h_n, c_n)) for
+        the LSTM, with output of input's kind: (L, N, D*H) / (N, L, D*H) / (L, D*H) tensors, or
+        a PackedSequence with input's sorted and unsorted indices."""
+        if isinstance(input, PackedSequence):
+            return self._forward_packed(input, hx)
+        if not isinstance(input, torch.Tensor) or input.dim() not in (2, 3):
+            raise ValueError(f"{type(self).__name__}: Expected input to be 2D or 3D, got "
+                             f"{getattr(input, 'dim', lambda: type(input).__name__)()}D instead")
+        if input.dim() == 3:
+            y, finals = self._run(input, self._states(hx, input, input.shape[
+                0 if self.batch_first else 1], batched=True), None, self.batch_first)
+            return y, self.cell.as_hx(finals)
+        batch_dim = 0 if self.batch_first else 1
+        states = self._states(hx, input, 1, batched=False)
+        y, finals = self._run(input.unsqueeze(batch_dim), [s.unsqueeze(1) for s in states],
+                              None, self.batch_first)
+        return y.squeeze(batch_dim), self.cell.as_hx(f.squeeze(1) for f in finals)
+
+    def _forward_packed(self, packed, hx):
+        """Packed input as padded + lengths. pad_packed_sequence gives the batch in its original
+        order, in which hx comes and h_n goes back, so running in that order is torch's
+        permutation of hx by sorted_indices and of h_n by unsorted_indices; only the output data
+        is packed in sorted order, as torch's is."""
+        x, lengths = pad_packed_sequence(packed)
+        states = self._states(hx, x, x.shape[1], batched=True)
+        y, finals = self._run(x, states, lengths, False)
+        order = packed.sorted_indices
+        if order is not None:
+            y, lengths = y.index_select(1, order), lengths[order.cpu()]
+        out = PackedSequence(pack_padded_sequence(y, lengths).data, packed.batch_sizes,
+                             packed.sorted_indices, packed.unsorted_indices)
+        return out, self.cell.as_hx(finals)
+
+    def _states(self, hx, x, B, batched):
+        """hx checked against the stack, as a list with one tensor per state (zeros for None)."""
+        D = self._stack.num_directions
+        shape = (self.num_layers * D, B, self.hidden_size) if batched else (
+            self.num_layers * D, self.hidden_size)
+        if hx is None:
+            return [x.new_zeros(shape) for _ in self.cell.state_names]
+        states = self.cell.from_hx(hx) if isinstance(hx, (tuple, list)) or not \
+            self.cell.has_cell_state else None
+        if states is None or len(states) != len(self.cell.state_names):
+            raise TypeError(f"hx for the LSTM must be a pair (h_0, c_0), got {type(hx).__name__}")
+        for name, s in zip(self.cell.named("{}_0"), states):
+            if not isinstance(s, torch.Tensor) or tuple(s.shape) != shape:
+                raise RuntimeError(f"Expected hidden size {shape} for {name}, got "
+                                   f"{tuple(getattr(s, 'shape', ()))}"
+                                   + ("" if batched else " (unbatched input: hx has no batch "
+                                      "dimension)"))
+        return list(states)
+
+    def _run(self, x, states, lengths, batch_first):
+        """One call of the custom op; returns (y, finals list)."""
+        params = list(self._parameters.values())
+        for name, t in (("input", x), *zip(self.cell.named("hx ({}_0)"), states)):
+            _check_dtype(name, t, params[0])
+        masks = self._dropout_masks(x, batch_first)
+        keep = torch.is_grad_enabled() and (
+            x.requires_grad or any(t.requires_grad for t in (*states, *params)))
+        y, finals, _ = stack_forward(
+            x, states, params, lengths, masks, self.cell.name, self.hidden_size,
+            self.num_layers, self.bidirectional, batch_first, self.dropout, keep,
+            self.backend or "")
+        return y, finals
+
+    def _dropout_masks(self, x, batch_first):
+        """torch's dropout between layers: per layer but the last, a mask (T, B, D*H) from
+        ``bernoulli_(1 - p) / (1 - p)`` on torch's generator, drawn as torch.nn draws them."""
+        if not (self.training and self.dropout > 0 and self.num_layers > 1):
+            return []
+        T, B = (x.shape[1], x.shape[0]) if batch_first else x.shape[:2]
+        shape = (T, B, self._stack.num_directions * self.hidden_size)
+        if self.dropout == 1:
+            return [x.new_zeros(shape) for _ in range(self.num_layers - 1)]
+        keep = 1 - self.dropout
+        return [x.new_empty(shape).bernoulli_(keep).div_(keep)
+                for _ in range(self.num_layers - 1)]
+
+    @classmethod
+    def from_torch(cls, module, backend=None):
+        """The fastrnn module with ``module``'s configuration, weights (copied), device, dtype
+        and training mode; ``module`` is a torch.nn module of the same kind."""
+        expected = {"RNN": nn.RNN, "LSTM": nn.LSTM, "GRU": nn.GRU}[cls.__name__]
+        if type(module) is not expected:
+            raise TypeError(f"{cls.__name__}.from_torch takes a torch.nn.{cls.__name__}, got "
+                            f"{type(module).__name__}")
+        if module.proj_size:
+            raise ValueError(f"proj_size={module.proj_size}: LSTM projections are not built "
+                             f"in fastrnn yet; keep this torch.nn.LSTM")
+        first = next(module.parameters())
+        kwargs = {"nonlinearity": module.nonlinearity} if cls.__name__ == "RNN" else {}
+        new = cls(module.input_size, module.hidden_size, module.num_layers, bias=module.bias,
+                  batch_first=module.batch_first, dropout=module.dropout,
+                  bidirectional=module.bidirectional, device=first.device, dtype=first.dtype,
+                  backend=backend, **kwargs)
+        new.load_state_dict(module.state_dict())
+        return new.train(module.training)
+
+
+def _check_arguments(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                     proj_size):
+    """torch.nn's constructor checks, with its messages."""
+    if (not isinstance(dropout, numbers.Number) or isinstance(dropout, bool)
+            or not 0 <= dropout <= 1):
+        raise ValueError("dropout should be a number in range [0, 1] representing the "
+                         "probability of an element being zeroed")
+    if dropout > 0 and num_layers == 1:
+        warnings.warn("dropout option adds dropout after all but last recurrent layer, so "
+                      "non-zero dropout expects num_layers greater than 1, but got "
+                      f"dropout={dropout} and num_layers={num_layers}", stacklevel=3)
+    for name, value in (("bias", bias), ("batch_first", batch_first)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} should be of type bool, got: {type(value).__name__}")
+    for name, value in (("input_size", input_size), ("hidden_size", hidden_size),
+                        ("num_layers", num_layers)):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
+        if value <= 0:
+            raise ValueError(f"{name} must be greater than zero")
+    if proj_size != 0:
+        raise ValueError(f"proj_size={proj_size!r}: LSTM projections (proj_size != 0) are not "
+                         f"built in fastrnn yet; use torch.nn.LSTM for them")
+
+
+def _check_dtype(name, t, param):
+    if t.dtype not in _SUPPORTED:
+        raise TypeError(f"{name} has dtype {t.dtype}; fastrnn runs float32 and float64 only "
+                        f"(cast it with .float() or .double(), and the module with it)")
+    if t.dtype != param.dtype or t.device != param.device:
+        raise TypeError(f"{name} is a {t.dtype} tensor on {t.device} but the module's "
+                        f"parameters are {param.dtype} on {param.device}; move one to the other")
+
+
+class RNN(_RecurrentModule):
+    """Drop-in for torch.nn.RNN: h' = act(W_ih x + b_ih + W_hh h + b_hh), act tanh or relu.
+
+    Arguments as torch.nn.RNN (``nonlinearity`` fourth), plus ``backend`` (a fastrnn backend
+    name; None lets dispatch pick by device: Numba on the CPU, CuPy on CUDA)."""
+
+    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
+                 batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None,
+                 backend=None):
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or "
+                             f"'relu'.")
+        self.nonlinearity = nonlinearity
+        super().__init__(Cell("rnn", nonlinearity=nonlinearity), input_size, hidden_size,
+                         num_layers, bias, batch_first, dropout, bidirectional, 0, device,
+                         dtype, backend)
+
+    def _variant(self):
+        extra = {} if self.nonlinearity == "tanh" else {"nonlinearity": self.nonlinearity}
+        return {**extra, **super()._variant()}
+
+
+class LSTM(_RecurrentModule):
+    """Drop-in for torch.nn.LSTM (gates i, f, g, o); forward returns (output, (h_n, c_n)).
+
+    Arguments as torch.nn.LSTM, plus ``backend``; ``proj_size`` other than 0 raises a
+    ValueError until projections are built."""
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None,
+                 backend=None):
+        super().__init__(Cell("lstm"), input_size, hidden_size, num_layers, bias, batch_first,
+                         dropout, bidirectional, proj_size, device, dtype, backend)
+
+
+class GRU(_RecurrentModule):
+    """Drop-in for torch.nn.GRU (gates r, z, n).
+
+    Arguments as torch.nn.GRU, plus ``backend`` and ``linear_before_reset`` (True: torch's
+    n = tanh(W_in x + b_in + r*(W_hn h + b_hn)); False: the textbook
+    n = tanh(W_in x + b_in + W_hn (r*h) + b_hn), which torch.nn does not have)."""
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, device=None, dtype=None, backend=None,
+                 linear_before_reset=True):
+        if not isinstance(linear_before_reset, bool):
+            raise TypeError(f"linear_before_reset should be of type bool, got: "
+                            f"{type(linear_before_reset).__name__}")
+        self.linear_before_reset = linear_before_reset
+        super().__init__(Cell("gru", linear_before_reset=linear_before_reset), input_size,
+                         hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+                         0, device, dtype, backend)
+
+    def _variant(self):
+        extra = {} if self.linear_before_reset else {"linear_before_reset": False}
+        return {**extra, **super()._variant()}
+
+
+def convert(model, backend=None):
+    """Replace, in place, every torch.nn.RNN / LSTM / GRU inside ``model`` (at any depth, or
+    ``model`` itself) by the fastrnn module with the same weights, device, dtype and training
+    mode; returns the model (the new module when ``model`` itself was one)."""
+    kinds = {nn.RNN: RNN, nn.LSTM: LSTM, nn.GRU: GRU}
+    if type(model) in kinds:
+        return kinds[type(model)].from_torch(model, backend)
+    for name, child in list(model.named_children()):
+        if type(child) in kinds:
+            setattr(model, name, kinds[type(child)].from_torch(child, backend))
+        else:
+            convert(child, backend)
+    return model
