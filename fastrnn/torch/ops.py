@@ -71,8 +71,10 @@ def _run_forward(x, states, params, lengths, masks, cell, hidden_size, num_layer
         y, finals, saved = stack.forward(
             stack_, chosen, {n: adapter.array(p) for n, p in zip(names, params)},
             adapter.array(x), tuple(adapter.array(s) for s in states), lengths,
-            training=training or bool(masks), batch_first=batch_first, dropout=dropout,
-            draw_mask=lambda shape: next(drawn))
+            # The caller draws the masks, in training mode only: none given means no dropout
+            # (eval mode), even when the state is kept for backward.
+            training=training or bool(masks), batch_first=batch_first,
+            dropout=dropout if masks else 0.0, draw_mask=lambda shape: next(drawn))
     return adapter, y, finals, saved if training else None
 
 
