@@ -9,6 +9,7 @@ composition in stack.py, which the module doc there describes.
 from __future__ import annotations
 
 import numbers
+import weakref
 from collections.abc import Mapping
 
 import numpy as np
@@ -35,6 +36,10 @@ class _Parameters:
         self._params = params.initial(stack_, rng, dtype, xp)
         self.grads = {n: xp.zeros_like(p) for n, p in self._params.items()}
 
+    def parameters(self):
+        """An iterator over the parameter arrays in PyTorch's order (the layer's own arrays)."""
+        return iter(list(self._params.values()))
+
     def named_parameters(self) -> dict:
         """name -> parameter array, in PyTorch's order. The arrays are the layer's own."""
         return dict(self._params)
@@ -44,15 +49,16 @@ class _Parameters:
         return dict(self._params)
 
     def load_state_dict(self, state_dict) -> None:
-        """Take every parameter from ``state_dict`` (name -> NumPy array, CuPy array or tensor).
-
-        Values are converted without a copy where the devices allow it (CPU tensors via
-        ``.numpy()``, CUDA tensors into a CuPy layer via DLPack), so the layer may share memory
-        with them; they must have the layer's dtype. Everything is checked before anything is
-        replaced: missing, unexpected, mis-shaped or wrongly typed entries raise and leave the
-        layer unchanged. Gradients keep accumulating (call ``zero_grad`` to reset them).
+        """Copy every parameter from ``state_dict`` (name -> NumPy array, CuPy array or tensor)
+        into the layer's own arrays, as torch does: the layer never shares memory with the
+        values given, and arrays taken from ``named_parameters()`` before stay the layer's.
+        Values must have the layer's dtype. Everything is checked before anything is copied:
+        missing, unexpected, mis-shaped or wrongly typed entries raise and leave the layer
+        unchanged. Gradients keep accumulating (call ``zero_grad`` to reset them).
         """
-        self._params = params.load(self._stack, state_dict, self._xp, self.dtype, repr(self))
+        loaded = params.load(self._stack, state_dict, self._xp, self.dtype, repr(self))
+        for name, value in loaded.items():
+            self._params[name][...] = value
 
     def zero_grad(self) -> None:
         """Set every accumulated gradient in ``grads`` to zero (in place)."""
@@ -99,6 +105,47 @@ class _Parameters:
 
     def _moved(self, library):
         """Hook for what a move invalidates."""
+
+
+class PendingForward:
+    """What one training forward kept for its backward, usable once: take it as
+    ``layer.last_forward`` right after the forward and pass it as ``backward(handle=...)``.
+    It refers weakly to the layer's earlier forward when that one was still pending, so an
+    abandoned forward's state is freed."""
+
+    def __init__(self, saved, layer, previous):
+        self.saved = saved
+        self._layer = weakref.ref(layer)
+        self._previous = None if previous is None else weakref.ref(previous)
+
+    @property
+    def layer(self):
+        return self._layer()
+
+    @property
+    def consumed(self) -> bool:
+        return self.saved is None
+
+    @property
+    def ambiguous(self) -> bool:
+        """An earlier forward was pending when this one ran, and it is still pending or was
+        dropped without a backward."""
+        if self._previous is None:
+            return False
+        earlier = self._previous()
+        return earlier is None or not earlier.consumed
+
+    def forget(self, earlier):
+        """``earlier`` was backpropagated: it no longer makes this forward ambiguous."""
+        if self._previous is not None and self._previous() is earlier:
+            self._previous = None
+
+    def consume(self):
+        saved, self.saved = self.saved, None
+        return saved
+
+    def __repr__(self):
+        return f"<fastrnn PendingForward {'consumed' if self.consumed else 'ready'}>"
 
 
 class _RecurrentLayer(_Parameters):
@@ -149,6 +196,12 @@ class _RecurrentLayer(_Parameters):
         self._saved = None
         self._why_no_saved = why
 
+    @property
+    def last_forward(self):
+        """The ``PendingForward`` of the last training forward (None after an eval forward):
+        keep it to backpropagate that forward later with ``backward(..., handle=it)``."""
+        return self._saved
+
     def _dropout_mask(self, shape):
         """Keep with probability 1 - p, scaled by 1/(1 - p); all zeros for p = 1."""
         xp = self._xp
@@ -172,35 +225,61 @@ class _RecurrentLayer(_Parameters):
         states, lengths = stack.check_call(self._stack, x, hx, lengths, self.batch_first,
                                            self.library, self.dtype)
         backend = self._chosen_backend()
+        previous = self._saved
         self._drop_saved("the last forward did not finish")
         y, finals, saved = stack.forward(
             self._stack, backend, self._params, x, states, lengths, training=self.training,
             batch_first=self.batch_first, dropout=self.dropout, draw_mask=self._dropout_mask)
         if self.training:
-            self._saved = saved
+            self._saved = PendingForward(saved, self, None if previous is None
+                                         or previous.consumed else previous)
         else:
             self._drop_saved("the last forward ran in eval mode, which keeps nothing for backward")
         return y, self.cell.as_hx(finals)
 
-    def backward(self, dy=None, dh_n=None):
-        """Backpropagate the last training forward; returns (dx, dhx).
+    def backward(self, dy=None, dh_n=None, handle=None):
+        """Backpropagate the last training forward, or the one of ``handle`` (a
+        ``last_forward`` kept after it); returns (dx, dhx).
 
         dy has y's shape, dh_n h_n's; None means zeros. For the LSTM, dh_n may be an array (the
         gradient of h_n only) or a pair (dh_n, dc_n), and dhx is a pair (dh0, dc0). The
         gradients of the parameters are added to ``grads`` (same names as the parameters) until
         ``zero_grad``. The forward's state is consumed: a second backward needs a new forward.
+        Without ``handle``, backward refuses when another training forward ran before the last
+        one was backpropagated (weight sharing): which forward dy belongs to is then unclear.
         """
-        if self._saved is None:
-            raise RuntimeError(f"backward needs the state of a forward in training mode, but "
-                               f"{self._why_no_saved}")
-        dy, d_finals = stack.check_cotangents(self._saved, dy, dh_n, self.library, self.dtype)
-        saved = self._saved
-        self._drop_saved("its state was already consumed by a backward call; run the forward "
-                         "again to backpropagate again")
+        pending = self._pending(handle)
+        dy, d_finals = stack.check_cotangents(pending.saved, dy, dh_n, self.library, self.dtype)
+        saved = pending.consume()
+        if pending is self._saved:
+            self._drop_saved("its state was already consumed by a backward call; run the "
+                             "forward again to backpropagate again")
+        elif self._saved is not None:
+            self._saved.forget(pending)
         dx, d_initials, grads = stack.backward(saved, dy, d_finals)
         for name, value in grads.items():
             self.grads[name] += value
         return dx, self.cell.as_hx(d_initials)
+
+    def _pending(self, handle):
+        if handle is not None:
+            if not isinstance(handle, PendingForward) or handle.layer is not self:
+                raise TypeError(f"handle must be a last_forward of this layer, got "
+                                f"{type(handle).__name__}")
+            if handle.consumed:
+                raise RuntimeError("this handle's state was already consumed by a backward "
+                                   "call; run the forward again to backpropagate again")
+            return handle
+        if self._saved is None:
+            raise RuntimeError(f"backward needs the state of a forward in training mode, but "
+                               f"{self._why_no_saved}")
+        if self._saved.ambiguous:
+            raise RuntimeError(
+                "two training forwards ran before a backward (as with shared weights), so which "
+                "one dy belongs to is ambiguous: keep h = layer.last_forward after each forward "
+                "and call layer.backward(dy, handle=h), or backpropagate each forward before "
+                "the next")
+        return self._saved
 
     def __repr__(self):
         args = [str(self.input_size), str(self.hidden_size)]

@@ -431,7 +431,7 @@ def test_seed_makes_initialisation_reproducible():
 
 
 @needs_torch
-def test_load_state_dict_from_torch_without_copies():
+def test_load_state_dict_from_torch_copies():
     import torch
 
     module = torch.nn.GRU(3, 4, num_layers=2, bidirectional=True)
@@ -439,7 +439,9 @@ def test_load_state_dict_from_torch_without_copies():
     params = dict(module.named_parameters())  # requires_grad tensors
     layer.load_state_dict(params)
     for name, t in params.items():
-        assert np.shares_memory(layer.state_dict()[name], t.detach().numpy()), name
+        # issue 13: a copy, as torch's load_state_dict (this asserted shared memory before)
+        assert not np.shares_memory(layer.state_dict()[name], t.detach().numpy()), name
+        np.testing.assert_array_equal(layer.state_dict()[name], t.detach().numpy())
     state = module.state_dict()
     layer.load_state_dict(state)
     for name, t in state.items():
@@ -450,13 +452,15 @@ def test_load_state_dict_from_torch_without_copies():
         layer.load_state_dict({**state, "weight_hh_l1": state["weight_hh_l1"].double()})
 
 
-def test_load_state_dict_numpy_shares_memory_and_round_trips():
+def test_load_state_dict_numpy_copies_and_round_trips():
     src = fastrnn.RNN(3, 4, 2, seed=0, dtype=np.float64)
     dst = fastrnn.RNN(3, 4, 2, seed=1, dtype=np.float64)
     state = src.state_dict()
     dst.load_state_dict(state)
     for name, a in state.items():
-        assert dst.state_dict()[name] is a
+        # issue 13: copied, as torch does (this asserted `is a` before)
+        assert not np.shares_memory(dst.state_dict()[name], a)
+        np.testing.assert_array_equal(dst.state_dict()[name], a)
     x = np.random.default_rng(0).standard_normal((5, 2, 3))
     np.testing.assert_array_equal(src(x)[0], dst(x)[0])
 
