@@ -1,0 +1,77 @@
+"""fastrnn.torch's device glue on the CPU: zero-copy views, the CUDA path's selection and DLPack
+conversion (run here with NumPy standing in for CuPy), and the thread count a call runs on."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import fastrnn  # noqa: E402
+import fastrnn.torch as ft  # noqa: E402
+from fastrnn.torch import devices  # noqa: E402
+
+pytestmark = pytest.mark.torch
+
+
+def test_cpu_tensors_are_viewed_not_copied():
+    t = torch.randn(3, 4, requires_grad=True)
+    a = devices.Host().array(t)
+    assert np.shares_memory(a, t.detach().numpy())
+    back = devices.Host().tensor(a)
+    assert back.data_ptr() == t.data_ptr()
+
+
+def test_cuda_path_selection_and_dlpack_conversion():
+    """CUDA tensors pick the CuPy backend (unavailable here, with the reason), and the Cuda
+    adapter converts through DLPack both ways without a copy (NumPy stands in for CuPy)."""
+    assert devices.adapter_for(torch.device("cuda", 0)).library == "cupy"
+    assert devices.adapter_for(torch.device("cpu")).library == "numpy"
+    with pytest.raises(TypeError, match="CPU and CUDA tensors"):
+        devices.adapter_for(torch.device("meta"))
+    if "cupy" not in fastrnn.available_backends():
+        with pytest.raises(fastrnn.BackendUnavailable, match="cupy"):
+            devices.backend_for(torch.device("cuda"), "")
+    with pytest.raises(TypeError, match="runs on numpy arrays"):
+        devices.backend_for(torch.device("cuda"), "numba")
+    adapter = devices.Cuda(xp=np)
+    t = torch.randn(2, 3)
+    a = adapter.array(t)
+    assert isinstance(a, np.ndarray) and np.shares_memory(a, t.numpy())
+    assert adapter.tensor(a).data_ptr() == t.data_ptr()
+
+
+def test_threads_follow_torch_unless_set():
+    pytest.importorskip("numba")
+    import numba
+
+    from fastrnn.backends import numba_cpu
+
+    seen = []
+    original = numba_cpu.NumbaBackend.forward
+
+    def spy(self, *args):
+        seen.append(numba.get_num_threads())
+        return original(self, *args)
+
+    model = ft.GRU(3, 4)
+    x = torch.randn(5, 2, 3)
+    old_torch, old_numba = torch.get_num_threads(), numba.get_num_threads()
+    saved_request = numba_cpu._requested_threads
+    try:
+        numba_cpu.NumbaBackend.forward = spy
+        numba_cpu._requested_threads = None
+        torch.set_num_threads(1)
+        model(x)
+        torch.set_num_threads(numba.config.NUMBA_NUM_THREADS + 3)  # never beyond the cores
+        model(x)
+        fastrnn.set_num_threads(1)
+        model(x)
+    finally:
+        numba_cpu.NumbaBackend.forward = original
+        numba_cpu._requested_threads = saved_request
+        torch.set_num_threads(old_torch)
+        numba.set_num_threads(old_numba)
+    assert seen == [1, numba.config.NUMBA_NUM_THREADS, 1]
+    assert numba.get_num_threads() == old_numba
