@@ -68,3 +68,27 @@ def test_compile_module_with_inductor_no_graph_break():
     y0, (h0, c0) = model(x)
     for a, b in ((y, y0), (h, h0), (c, c0)):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_custom_op_autograd_matches_the_eager_path():
+    """The registered autograd of the op (what torch.compile traces) and the eager
+    autograd.Function give the same gradients, recomputation after consumption included."""
+    from fastrnn.torch import ops
+
+    torch.manual_seed(0)
+    m = ft.LSTM(3, 4, 2, dtype=torch.float64)
+    x = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
+    zeros = [torch.zeros(2, 2, 4, dtype=torch.float64) for _ in range(2)]
+    params = list(m.parameters())
+    y, finals, _ = ops.stack_forward(x, zeros, params, torch.tensor([5, 2]), [], "lstm", 4, 2,
+                                     False, False, 0.0, True, "")
+    loss = (y ** 2).sum() + finals[1].sum()
+    op_grads = torch.autograd.grad(loss, [x, *params], retain_graph=True)
+    again = torch.autograd.grad(loss, [x, *params])  # the state was consumed: recomputed
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, torch.tensor([5, 2]))
+    out, (_, c) = m(packed)
+    y_eager, _ = torch.nn.utils.rnn.pad_packed_sequence(out)
+    eager = torch.autograd.grad((y_eager ** 2).sum() + c.sum(), [x, *params])
+    for a, b, c in zip(op_grads, again, eager):
+        torch.testing.assert_close(a, c, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(b, c, rtol=1e-10, atol=1e-10)

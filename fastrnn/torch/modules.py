@@ -24,7 +24,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from ..cells import Cell
 from ..stack import Stack
-from .ops import stack_forward
+from . import ops
 
 _SUPPORTED = (torch.float32, torch.float64)
 
@@ -142,11 +142,9 @@ class _RecurrentModule(nn.Module):
         masks = self._dropout_masks(x, batch_first)
         keep = torch.is_grad_enabled() and (
             x.requires_grad or any(t.requires_grad for t in (*states, *params)))
-        y, finals, _ = stack_forward(
-            x, states, params, lengths, masks, self.cell.name, self.hidden_size,
-            self.num_layers, self.bidirectional, batch_first, self.dropout, keep,
-            self.backend or "")
-        return y, finals
+        config = (self.cell.name, self.hidden_size, self.num_layers, self.bidirectional,
+                  batch_first, self.dropout)
+        return ops.forward(x, states, params, lengths, masks, config, keep, self.backend or "")
 
     def _dropout_masks(self, x, batch_first):
         """torch's dropout between layers: per layer but the last, a mask (T, B, D*H) from
