@@ -50,23 +50,68 @@ __device__ __forceinline__ T d_relu(T y) {
   return y > T(0) ? T(1) : T(0);
 }
 
-// The (b, j) this thread owns in a launch over B*H elements; false for the threads past the end
-// of the last block.
-__device__ __forceinline__ bool unit_of_thread(int B, int H, int& b, int& j) {
-  const long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-  if (k >= (long long)B * H) return false;
-  b = (int)(k / H);
-  j = (int)(k - (long long)b * H);
-  return true;
-}
-
 // Step t of sequence b is valid when t < lengths[b]; lengths == nullptr means every step is.
 __device__ __forceinline__ bool valid_step(const long long* lengths, int b, int t) {
   return lengths == nullptr || t < lengths[b];
 }
 
-// Offset of row b in a matrix whose rows are ld elements apart (ld >= the row's width).
-__device__ __forceinline__ long long row(int b, int ld) { return (long long)b * ld; }
+// The unit one thread owns in a launch over the B*H units of step t. Gate block k of a
+// [B, ld] matrix holds unit j of gate k at column k*H + j, so at(a, ld)[k * H] is this unit's
+// element of gate k.
+struct Unit {
+  int b, j;     // batch row and hidden unit
+  long long u;  // offset of (b, j) in a dense [B, H] matrix
+  bool valid;   // step t lies within sequence b (valid_step)
+
+  template <typename P>
+  __device__ __forceinline__ P* at(P* a, int ld) const {
+    return a + (long long)b * ld + j;
+  }
+};
+
+// Fills `me` for this thread and returns true; false for the threads past the end of the last
+// block, which own no unit. Kernels that apply no mask pass lengths = nullptr.
+__device__ __forceinline__ bool unit_of_thread(int B, int H, const long long* lengths, int t,
+                                               Unit& me) {
+  const long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (k >= (long long)B * H) return false;
+  me.b = (int)(k / H);
+  me.j = (int)(k - (long long)me.b * H);
+  me.u = k;  // == b * H + j
+  me.valid = valid_step(lengths, me.b, t);
+  return true;
+}
+
+// End of a forward step for the state h: an invalid step keeps the entering state and outputs
+// 0 (fastrnn/cells.py, lengths). h_next and h_prev are [B, H]; y is [B, ld_y].
+template <typename T>
+__device__ __forceinline__ void leave_step(const Unit& me, T h, const T* h_prev, T* h_next,
+                                           T* y, int ld_y) {
+  h_next[me.u] = me.valid ? h : h_prev[me.u];
+  *me.at(y, ld_y) = me.valid ? h : T(0);
+}
+
+// Start of a backward step: the gradient reaching the state that leaves step t. Besides dy it
+// has two parts, dh_carry (what bypassed W_hh: all of it after an invalid step, dh z for the
+// GRU) and dh_rec (the recurrent GEMM's output), both [B, H].
+// An invalid step passed its entering state through unchanged, so that gradient carries on
+// whole into dh_carry; the step's gate gradients, blocks [first, first + count) of the [B, ld]
+// row d_gx, are zero. Returns false then. A valid step adds dy ([B, ld_dy]) and returns true
+// with the sum in dh; the kernel then writes the gate gradients and the new carry.
+template <typename T>
+__device__ __forceinline__ bool gradient_leaving(const Unit& me, int H, const T* dy, int ld_dy,
+                                                 const T* dh_rec, T* dh_carry, T* d_gx, int ld_g,
+                                                 int first, int count, T& dh) {
+  const T dh_out = dh_carry[me.u] + dh_rec[me.u];
+  if (!me.valid) {
+    T* d = me.at(d_gx, ld_g);
+    for (int k = first; k < first + count; ++k) d[k * H] = T(0);
+    dh_carry[me.u] = dh_out;
+    return false;
+  }
+  dh = dh_out + *me.at(dy, ld_dy);
+  return true;
+}
 
 }  // namespace fastrnn
 

@@ -32,27 +32,24 @@ __global__ void gru_forward(
     T* __restrict__ hn,            // [B, H]     out: W_hn h_prev + b_hn; nullptr in inference
     int B, int H) {
   using namespace fastrnn;
-  int b, j;
-  if (!unit_of_thread(B, H, b, j)) return;
-  const T* x = x_proj + row(b, ld_x);
-  const T* q = gh + row(b, 3 * H);
-  const long long u = row(b, H) + j;
-  const T r = sigmoid(x[j] + (q[j] + b_hh[j]));
-  const T z = sigmoid(x[H + j] + (q[H + j] + b_hh[H + j]));
-  const T lin = q[2 * H + j] + b_hh[2 * H + j];
-  const T n = tanh_(x[2 * H + j] + r * lin);
-  const T hp = h_prev[u];
-  const T h = (T(1) - z) * n + z * hp;
+  Unit me;
+  if (!unit_of_thread(B, H, lengths, t, me)) return;
+  // gate k of this unit: x[k * H], q[k * H], bias[k * H]
+  const T* x = me.at(x_proj, ld_x);
+  const T* q = me.at(gh, 3 * H);
+  const T* bias = b_hh + me.j;
+  const T r = sigmoid(x[0] + (q[0] + bias[0]));
+  const T z = sigmoid(x[H] + (q[H] + bias[H]));
+  const T lin = q[2 * H] + bias[2 * H];
+  const T n = tanh_(x[2 * H] + r * lin);
   if (gates != nullptr) {
-    T* s = gates + row(b, 3 * H);
-    s[j] = r;
-    s[H + j] = z;
-    s[2 * H + j] = n;
-    hn[u] = lin;
+    T* s = me.at(gates, 3 * H);
+    s[0] = r;
+    s[H] = z;
+    s[2 * H] = n;
+    hn[me.u] = lin;
   }
-  const bool valid = valid_step(lengths, b, t);
-  h_next[u] = valid ? h : hp;
-  y[row(b, ld_y) + j] = valid ? h : T(0);
+  leave_step(me, (T(1) - z) * n + z * h_prev[me.u], h_prev, h_next, y, ld_y);
 }
 
 // Backward of step t, before the GEMM dh_rec = d_gh W_hh that the next (earlier) step reads.
@@ -75,29 +72,25 @@ __global__ void gru_backward(
     T* __restrict__ d_gh,          // [B, 3H]    out: dr, dz, dn * r
     int B, int H) {
   using namespace fastrnn;
-  int b, j;
-  if (!unit_of_thread(B, H, b, j)) return;
-  const long long u = row(b, H) + j;
-  const T dh_out = dh_carry[u] + dh_rec[u];
-  T* dx = d_gx + row(b, ld_g);
-  T* dq = d_gh + row(b, 3 * H);
-  if (!valid_step(lengths, b, t)) {
-    dx[j] = dx[H + j] = dx[2 * H + j] = T(0);
-    dq[j] = dq[H + j] = dq[2 * H + j] = T(0);
-    dh_carry[u] = dh_out;
+  Unit me;
+  if (!unit_of_thread(B, H, lengths, t, me)) return;
+  T* dq = me.at(d_gh, 3 * H);
+  T dh;
+  if (!gradient_leaving(me, H, dy, ld_dy, dh_rec, dh_carry, d_gx, ld_g, 0, 3, dh)) {
+    dq[0] = dq[H] = dq[2 * H] = T(0);
     return;
   }
-  const T* s = gates + row(b, 3 * H);
-  const T r = s[j], z = s[H + j], n = s[2 * H + j];
-  const T dh = dh_out + dy[row(b, ld_dy) + j];
+  const T* s = me.at(gates, 3 * H);
+  const T r = s[0], z = s[H], n = s[2 * H];
   const T dn = dh * (T(1) - z) * d_tanh(n);
-  const T dz = dh * (h_prev[u] - n) * d_sigmoid(z);
-  const T dr = dn * hn[u] * d_sigmoid(r);
-  dx[j] = dq[j] = dr;
-  dx[H + j] = dq[H + j] = dz;
-  dx[2 * H + j] = dn;
-  dq[2 * H + j] = dn * r;
-  dh_carry[u] = dh * z;
+  const T dz = dh * (h_prev[me.u] - n) * d_sigmoid(z);
+  const T dr = dn * hn[me.u] * d_sigmoid(r);
+  T* dx = me.at(d_gx, ld_g);
+  dx[0] = dq[0] = dr;
+  dx[H] = dq[H] = dz;
+  dx[2 * H] = dn;
+  dq[2 * H] = dn * r;
+  dh_carry[me.u] = dh * z;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -116,17 +109,16 @@ __global__ void gru_textbook_forward_gates(
     T* __restrict__ rh,            // [B, H]     out: r * h_prev
     int B, int H) {
   using namespace fastrnn;
-  int b, j;
-  if (!unit_of_thread(B, H, b, j)) return;
-  const T* x = x_proj + row(b, ld_x);
-  const T* q = gh_rz + row(b, 2 * H);
-  const long long u = row(b, H) + j;
-  const T r = sigmoid(x[j] + (q[j] + b_hh[j]));
-  const T z = sigmoid(x[H + j] + (q[H + j] + b_hh[H + j]));
-  T* s = gates + row(b, 3 * H);
-  s[j] = r;
-  s[H + j] = z;
-  rh[u] = r * h_prev[u];
+  Unit me;
+  if (!unit_of_thread(B, H, nullptr, 0, me)) return;  // no mask: the state kernel applies it
+  const T* x = me.at(x_proj, ld_x);
+  const T* q = me.at(gh_rz, 2 * H);
+  const T* bias = b_hh + me.j;
+  const T r = sigmoid(x[0] + (q[0] + bias[0]));
+  T* s = me.at(gates, 3 * H);
+  s[0] = r;
+  s[H] = sigmoid(x[H] + (q[H] + bias[H]));
+  rh[me.u] = r * h_prev[me.u];
 }
 
 // Forward, second half of step t: n and the new state, after gh_n = (r h) W_hn^T.
@@ -146,18 +138,13 @@ __global__ void gru_textbook_forward_state(
     T* __restrict__ gates,         // [B, 3H]    in: z (columns [H, 2H)); out: n (columns [2H, 3H))
     int B, int H) {
   using namespace fastrnn;
-  int b, j;
-  if (!unit_of_thread(B, H, b, j)) return;
-  const long long u = row(b, H) + j;
-  T* s = gates + row(b, 3 * H);
-  const T z = s[H + j];
-  const T n = tanh_(x_proj[row(b, ld_x) + 2 * H + j] + (gh_n[u] + b_hh[2 * H + j]));
-  const T hp = h_prev[u];
-  const T h = (T(1) - z) * n + z * hp;
-  s[2 * H + j] = n;
-  const bool valid = valid_step(lengths, b, t);
-  h_next[u] = valid ? h : hp;
-  y[row(b, ld_y) + j] = valid ? h : T(0);
+  Unit me;
+  if (!unit_of_thread(B, H, lengths, t, me)) return;
+  T* s = me.at(gates, 3 * H);
+  const T z = s[H];
+  const T n = tanh_(me.at(x_proj, ld_x)[2 * H] + (gh_n[me.u] + b_hh[2 * H + me.j]));
+  s[2 * H] = n;
+  leave_step(me, (T(1) - z) * n + z * h_prev[me.u], h_prev, h_next, y, ld_y);
 }
 
 // Backward, first half of step t: the z and n gradients and the direct part of dL/dh_prev.
@@ -177,22 +164,16 @@ __global__ void gru_textbook_backward_state(
     int ld_g,
     int B, int H) {
   using namespace fastrnn;
-  int b, j;
-  if (!unit_of_thread(B, H, b, j)) return;
-  const long long u = row(b, H) + j;
-  const T dh_out = dh_carry[u] + dh_rec[u];
-  T* dx = d_gx + row(b, ld_g);
-  if (!valid_step(lengths, b, t)) {
-    dx[H + j] = dx[2 * H + j] = T(0);
-    dh_carry[u] = dh_out;
-    return;
-  }
-  const T* s = gates + row(b, 3 * H);
-  const T z = s[H + j], n = s[2 * H + j];
-  const T dh = dh_out + dy[row(b, ld_dy) + j];
-  dx[H + j] = dh * (h_prev[u] - n) * d_sigmoid(z);
-  dx[2 * H + j] = dh * (T(1) - z) * d_tanh(n);
-  dh_carry[u] = dh * z;
+  Unit me;
+  if (!unit_of_thread(B, H, lengths, t, me)) return;
+  T dh;
+  if (!gradient_leaving(me, H, dy, ld_dy, dh_rec, dh_carry, d_gx, ld_g, 1, 2, dh)) return;
+  const T* s = me.at(gates, 3 * H);
+  const T z = s[H], n = s[2 * H];
+  T* dx = me.at(d_gx, ld_g);
+  dx[H] = dh * (h_prev[me.u] - n) * d_sigmoid(z);
+  dx[2 * H] = dh * (T(1) - z) * d_tanh(n);
+  dh_carry[me.u] = dh * z;
 }
 
 // Backward, second half of step t, after d_rh = dn W_hn: the r gradient, the r part of
@@ -210,18 +191,17 @@ __global__ void gru_textbook_backward_reset(
     T* __restrict__ rh,            // [B, H]     out: r * h_prev
     int B, int H) {
   using namespace fastrnn;
-  int b, j;
-  if (!unit_of_thread(B, H, b, j)) return;
-  const long long u = row(b, H) + j;
-  T* dx = d_gx + row(b, ld_g);
-  if (!valid_step(lengths, b, t)) {
-    dx[j] = T(0);
-    rh[u] = T(0);
+  Unit me;
+  if (!unit_of_thread(B, H, lengths, t, me)) return;
+  T* dr = me.at(d_gx, ld_g);
+  const long long u = me.u;
+  if (!me.valid) {
+    *dr = rh[u] = T(0);
     return;
   }
-  const T r = gates[row(b, 3 * H) + j];
+  const T r = *me.at(gates, 3 * H);
   const T hp = h_prev[u];
-  dx[j] = d_rh[u] * hp * d_sigmoid(r);
+  *dr = d_rh[u] * hp * d_sigmoid(r);
   dh_carry[u] += d_rh[u] * r;
   rh[u] = r * hp;
 }

@@ -26,28 +26,27 @@ __global__ void lstm_forward(
     T* __restrict__ gates,         // [B, 4H]    out: activated i, f, g, o; nullptr in inference
     int B, int H) {
   using namespace fastrnn;
-  int b, j;
-  if (!unit_of_thread(B, H, b, j)) return;
-  const T* x = x_proj + row(b, ld_x);
-  const T* r = gh + row(b, 4 * H);
-  const T i = sigmoid(x[j] + (r[j] + b_hh[j]));
-  const T f = sigmoid(x[H + j] + (r[H + j] + b_hh[H + j]));
-  const T g = tanh_(x[2 * H + j] + (r[2 * H + j] + b_hh[2 * H + j]));
-  const T o = sigmoid(x[3 * H + j] + (r[3 * H + j] + b_hh[3 * H + j]));
-  const long long u = row(b, H) + j;
+  Unit me;
+  if (!unit_of_thread(B, H, lengths, t, me)) return;
+  // gate k of this unit: x[k * H], r[k * H], bias[k * H]
+  const T* x = me.at(x_proj, ld_x);
+  const T* r = me.at(gh, 4 * H);
+  const T* bias = b_hh + me.j;
+  const T i = sigmoid(x[0] + (r[0] + bias[0]));
+  const T f = sigmoid(x[H] + (r[H] + bias[H]));
+  const T g = tanh_(x[2 * H] + (r[2 * H] + bias[2 * H]));
+  const T o = sigmoid(x[3 * H] + (r[3 * H] + bias[3 * H]));
+  const long long u = me.u;
   const T c = f * c_prev[u] + i * g;
-  const T h = o * tanh_(c);
   if (gates != nullptr) {
-    T* s = gates + row(b, 4 * H);
-    s[j] = i;
-    s[H + j] = f;
-    s[2 * H + j] = g;
-    s[3 * H + j] = o;
+    T* s = me.at(gates, 4 * H);
+    s[0] = i;
+    s[H] = f;
+    s[2 * H] = g;
+    s[3 * H] = o;
   }
-  const bool valid = valid_step(lengths, b, t);
-  h_next[u] = valid ? h : h_prev[u];
-  c_next[u] = valid ? c : c_prev[u];
-  y[row(b, ld_y) + j] = valid ? h : T(0);
+  leave_step(me, o * tanh_(c), h_prev, h_next, y, ld_y);
+  c_next[u] = me.valid ? c : c_prev[u];
 }
 
 // Backward of step t, before the GEMM dh_rec = d_gx W_hh that the next (earlier) step reads.
@@ -70,25 +69,20 @@ __global__ void lstm_backward(
     int ld_g,
     int B, int H) {
   using namespace fastrnn;
-  int b, j;
-  if (!unit_of_thread(B, H, b, j)) return;
-  const long long u = row(b, H) + j;
-  const T dh_out = dh_carry[u] + dh_rec[u];
-  T* d = d_gx + row(b, ld_g);
-  if (!valid_step(lengths, b, t)) {
-    d[j] = d[H + j] = d[2 * H + j] = d[3 * H + j] = T(0);
-    dh_carry[u] = dh_out;
-    return;
-  }
-  const T* s = gates + row(b, 4 * H);
-  const T i = s[j], f = s[H + j], g = s[2 * H + j], o = s[3 * H + j];
-  const T dh = dh_out + dy[row(b, ld_dy) + j];
+  Unit me;
+  if (!unit_of_thread(B, H, lengths, t, me)) return;
+  T dh;
+  if (!gradient_leaving(me, H, dy, ld_dy, dh_rec, dh_carry, d_gx, ld_g, 0, 4, dh)) return;
+  const T* s = me.at(gates, 4 * H);
+  const T i = s[0], f = s[H], g = s[2 * H], o = s[3 * H];
+  const long long u = me.u;
   const T tanh_c = tanh_(c_out[u]);
   const T dc = dc_carry[u] + dh * o * d_tanh(tanh_c);
-  d[j] = dc * g * d_sigmoid(i);
-  d[H + j] = dc * c_prev[u] * d_sigmoid(f);
-  d[2 * H + j] = dc * i * d_tanh(g);
-  d[3 * H + j] = dh * tanh_c * d_sigmoid(o);
+  T* d = me.at(d_gx, ld_g);
+  d[0] = dc * g * d_sigmoid(i);
+  d[H] = dc * c_prev[u] * d_sigmoid(f);
+  d[2 * H] = dc * i * d_tanh(g);
+  d[3 * H] = dh * tanh_c * d_sigmoid(o);
   dh_carry[u] = T(0);
   dc_carry[u] = dc * f;
 }

@@ -24,14 +24,10 @@ __global__ void rnn_forward(
     T* __restrict__ h_next,        // [B, H]     state leaving step t
     int B, int H) {
   using namespace fastrnn;
-  int b, j;
-  if (!unit_of_thread(B, H, b, j)) return;
-  const long long u = row(b, H) + j;
-  const T pre = x_proj[row(b, ld_x) + j] + (gh[u] + b_hh[j]);
-  const T h = Relu ? relu(pre) : tanh_(pre);
-  const bool valid = valid_step(lengths, b, t);
-  h_next[u] = valid ? h : h_prev[u];
-  y[row(b, ld_y) + j] = valid ? h : T(0);
+  Unit me;
+  if (!unit_of_thread(B, H, lengths, t, me)) return;
+  const T pre = *me.at(x_proj, ld_x) + (gh[me.u] + b_hh[me.j]);
+  leave_step(me, Relu ? relu(pre) : tanh_(pre), h_prev, h_next, y, ld_y);
 }
 
 // Backward of step t, before the GEMM dh_rec = d_gx W_hh that the next (earlier) step reads.
@@ -51,17 +47,11 @@ __global__ void rnn_backward(
     int ld_g,
     int B, int H) {
   using namespace fastrnn;
-  int b, j;
-  if (!unit_of_thread(B, H, b, j)) return;
-  const long long u = row(b, H) + j;
-  const T dh = dh_carry[u] + dh_rec[u];
-  T* g = d_gx + row(b, ld_g);
-  if (!valid_step(lengths, b, t)) {
-    g[j] = T(0);
-    dh_carry[u] = dh;
-    return;
-  }
-  const T d = dh + dy[row(b, ld_dy) + j];
-  g[j] = d * (Relu ? d_relu(h_out[u]) : d_tanh(h_out[u]));
-  dh_carry[u] = T(0);
+  Unit me;
+  if (!unit_of_thread(B, H, lengths, t, me)) return;
+  T dh;
+  if (!gradient_leaving(me, H, dy, ld_dy, dh_rec, dh_carry, d_gx, ld_g, 0, 1, dh)) return;
+  const T y_out = h_out[me.u];
+  *me.at(d_gx, ld_g) = dh * (Relu ? d_relu(y_out) : d_tanh(y_out));
+  dh_carry[me.u] = T(0);
 }
