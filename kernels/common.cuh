@@ -60,6 +60,7 @@ __device__ __forceinline__ bool valid_step(const long long* lengths, int b, int 
 // element of gate k.
 struct Unit {
   int b, j;     // batch row and hidden unit
+  int H;        // hidden units, the width of a gate block
   long long u;  // offset of (b, j) in a dense [B, H] matrix
   bool valid;   // step t lies within sequence b (valid_step)
 
@@ -77,9 +78,43 @@ __device__ __forceinline__ bool unit_of_thread(int B, int H, const long long* le
   if (k >= (long long)B * H) return false;
   me.b = (int)(k / H);
   me.j = (int)(k - (long long)me.b * H);
+  me.H = H;
   me.u = k;  // == b * H + j
   me.valid = valid_step(lengths, me.b, t);
   return true;
+}
+
+// This unit's inputs to its gates in a forward step: gate k's pre-activation is
+// input(k) + recurrent(k), the column k*H + j of x_proj (W_ih x_t + b_ih) plus that of the
+// recurrent GEMM (W_hh h_prev) and of b_hh, summed in this order.
+template <typename T>
+struct GateInputs {
+  const T* x;     // x_proj at (b, j)
+  const T* h;     // the recurrent GEMM's output at (b, j)
+  const T* bias;  // b_hh at j
+  int H;
+
+  __device__ __forceinline__ T input(int k) const { return x[k * H]; }
+  __device__ __forceinline__ T recurrent(int k) const { return h[k * H] + bias[k * H]; }
+  __device__ __forceinline__ T pre(int k) const { return input(k) + recurrent(k); }
+};
+
+// x_proj is [B, ld_x]; gh is [B, ld_h], ld_h = H times the gates it holds; b_hh holds at
+// least ld_h elements.
+template <typename T>
+__device__ __forceinline__ GateInputs<T> gate_inputs(const Unit& me, const T* x_proj, int ld_x,
+                                                     const T* gh, int ld_h, const T* b_hh) {
+  return GateInputs<T>{me.at(x_proj, ld_x), me.at(gh, ld_h), b_hh + me.j, me.H};
+}
+
+// What a training forward keeps of a step: the activated gates v..., in order, into the
+// [B, (number of gates) * H] matrix gates; nothing in inference (gates == nullptr).
+template <typename T, typename... V>
+__device__ __forceinline__ void keep_gates(const Unit& me, T* gates, V... v) {
+  if (gates == nullptr) return;
+  T* s = me.at(gates, (int)sizeof...(V) * me.H);
+  int k = 0;
+  ((s[k++ * me.H] = v), ...);
 }
 
 // End of a forward step for the state h: an invalid step keeps the entering state and outputs
@@ -99,13 +134,13 @@ __device__ __forceinline__ void leave_step(const Unit& me, T h, const T* h_prev,
 // row d_gx, are zero. Returns false then. A valid step adds dy ([B, ld_dy]) and returns true
 // with the sum in dh; the kernel then writes the gate gradients and the new carry.
 template <typename T>
-__device__ __forceinline__ bool gradient_leaving(const Unit& me, int H, const T* dy, int ld_dy,
+__device__ __forceinline__ bool gradient_leaving(const Unit& me, const T* dy, int ld_dy,
                                                  const T* dh_rec, T* dh_carry, T* d_gx, int ld_g,
                                                  int first, int count, T& dh) {
   const T dh_out = dh_carry[me.u] + dh_rec[me.u];
   if (!me.valid) {
     T* d = me.at(d_gx, ld_g);
-    for (int k = first; k < first + count; ++k) d[k * H] = T(0);
+    for (int k = first; k < first + count; ++k) d[k * me.H] = T(0);
     dh_carry[me.u] = dh_out;
     return false;
   }

@@ -11,6 +11,8 @@
 
 #include "common.cuh"
 
+using namespace fastrnn;
+
 // ---------------------------------------------------------------------------------------------
 // linear_before_reset=True
 
@@ -18,37 +20,24 @@
 // Valid: h_next = y = the new state. Invalid: h_next = h_prev, y = 0.
 template <typename T>
 __global__ void gru_forward(
-    const T* __restrict__ x_proj,  // [B, ld_x]  W_ih x_t + b_ih, columns [0, 3H): r, z, n
-    int ld_x,
+    const T* __restrict__ x_proj, int ld_x,  // [B, ld_x]  W_ih x_t + b_ih, columns [0, 3H): r, z, n
     const T* __restrict__ gh,      // [B, 3H]    h_prev W_hh^T
     const T* __restrict__ b_hh,    // [3H]
     const T* __restrict__ h_prev,  // [B, H]     state entering step t
-    const long long* __restrict__ lengths,  // [B] or nullptr (every step valid)
-    int t,
-    T* __restrict__ y,             // [B, ld_y]  output of step t, columns [0, H)
-    int ld_y,
+    const long long* __restrict__ lengths, int t,  // [B] or nullptr (every step valid)
+    T* __restrict__ y, int ld_y,  // [B, ld_y]  output of step t, columns [0, H)
     T* __restrict__ h_next,        // [B, H]     state leaving step t
     T* __restrict__ gates,         // [B, 3H]    out: r, z, n; nullptr in inference
     T* __restrict__ hn,            // [B, H]     out: W_hn h_prev + b_hn; nullptr in inference
     int B, int H) {
-  using namespace fastrnn;
   Unit me;
   if (!unit_of_thread(B, H, lengths, t, me)) return;
-  // gate k of this unit: x[k * H], q[k * H], bias[k * H]
-  const T* x = me.at(x_proj, ld_x);
-  const T* q = me.at(gh, 3 * H);
-  const T* bias = b_hh + me.j;
-  const T r = sigmoid(x[0] + (q[0] + bias[0]));
-  const T z = sigmoid(x[H] + (q[H] + bias[H]));
-  const T lin = q[2 * H] + bias[2 * H];
-  const T n = tanh_(x[2 * H] + r * lin);
-  if (gates != nullptr) {
-    T* s = me.at(gates, 3 * H);
-    s[0] = r;
-    s[H] = z;
-    s[2 * H] = n;
-    hn[me.u] = lin;
-  }
+  const GateInputs<T> in = gate_inputs(me, x_proj, ld_x, gh, 3 * H, b_hh);
+  const T r = sigmoid(in.pre(0)), z = sigmoid(in.pre(1));
+  const T lin = in.recurrent(2);
+  const T n = tanh_(in.input(2) + r * lin);
+  keep_gates(me, gates, r, z, n);
+  if (hn != nullptr) hn[me.u] = lin;  // null exactly when gates is
   leave_step(me, (T(1) - z) * n + z * h_prev[me.u], h_prev, h_next, y, ld_y);
 }
 
@@ -61,22 +50,18 @@ __global__ void gru_backward(
     const T* __restrict__ gates,   // [B, 3H]    r, z, n of step t
     const T* __restrict__ hn,      // [B, H]     W_hn h_prev + b_hn of step t
     const T* __restrict__ h_prev,  // [B, H]     state entering step t
-    const T* __restrict__ dy,      // [B, ld_dy] dL/dy of step t, columns [0, H)
-    int ld_dy,
-    const long long* __restrict__ lengths,  // [B] or nullptr
-    int t,
+    const T* __restrict__ dy, int ld_dy,  // [B, ld_dy] dL/dy of step t, columns [0, H)
+    const long long* __restrict__ lengths, int t,  // [B] or nullptr
     const T* __restrict__ dh_rec,  // [B, H]     d_gh of step t+1 (in time) times W_hh; 0 at first
     T* __restrict__ dh_carry,      // [B, H]     in: the rest of dL/dh_out; out: dL/dh_prev - dh_rec
-    T* __restrict__ d_gx,          // [B, ld_g]  out: dr, dz, dn (pre-activations), columns [0, 3H)
-    int ld_g,
+    T* __restrict__ d_gx, int ld_g,  // [B, ld_g]  out: dr, dz, dn of the pre-activations, [0, 3H)
     T* __restrict__ d_gh,          // [B, 3H]    out: dr, dz, dn * r
     int B, int H) {
-  using namespace fastrnn;
   Unit me;
   if (!unit_of_thread(B, H, lengths, t, me)) return;
   T* dq = me.at(d_gh, 3 * H);
   T dh;
-  if (!gradient_leaving(me, H, dy, ld_dy, dh_rec, dh_carry, d_gx, ld_g, 0, 3, dh)) {
+  if (!gradient_leaving(me, dy, ld_dy, dh_rec, dh_carry, d_gx, ld_g, 0, 3, dh)) {
     dq[0] = dq[H] = dq[2 * H] = T(0);
     return;
   }
@@ -100,24 +85,20 @@ __global__ void gru_backward(
 // Forward, first half of step t: r and z, and r * h_prev for the W_hn GEMM.
 template <typename T>
 __global__ void gru_textbook_forward_gates(
-    const T* __restrict__ x_proj,  // [B, ld_x]  W_ih x_t + b_ih, columns [0, 3H): r, z, n
-    int ld_x,
+    const T* __restrict__ x_proj, int ld_x,  // [B, ld_x]  W_ih x_t + b_ih, columns [0, 3H): r, z, n
     const T* __restrict__ gh_rz,   // [B, 2H]    h_prev W_hh[0:2H]^T
     const T* __restrict__ b_hh,    // [3H]
     const T* __restrict__ h_prev,  // [B, H]     state entering step t
     T* __restrict__ gates,         // [B, 3H]    out: r, z (columns [0, 2H))
     T* __restrict__ rh,            // [B, H]     out: r * h_prev
     int B, int H) {
-  using namespace fastrnn;
   Unit me;
   if (!unit_of_thread(B, H, nullptr, 0, me)) return;  // no mask: the state kernel applies it
-  const T* x = me.at(x_proj, ld_x);
-  const T* q = me.at(gh_rz, 2 * H);
-  const T* bias = b_hh + me.j;
-  const T r = sigmoid(x[0] + (q[0] + bias[0]));
+  const GateInputs<T> in = gate_inputs(me, x_proj, ld_x, gh_rz, 2 * H, b_hh);
+  const T r = sigmoid(in.pre(0));
   T* s = me.at(gates, 3 * H);
   s[0] = r;
-  s[H] = sigmoid(x[H] + (q[H] + bias[H]));
+  s[H] = sigmoid(in.pre(1));
   rh[me.u] = r * h_prev[me.u];
 }
 
@@ -125,19 +106,15 @@ __global__ void gru_textbook_forward_gates(
 // Valid: h_next = y = the new state. Invalid: h_next = h_prev, y = 0.
 template <typename T>
 __global__ void gru_textbook_forward_state(
-    const T* __restrict__ x_proj,  // [B, ld_x]  W_ih x_t + b_ih, columns [0, 3H): r, z, n
-    int ld_x,
+    const T* __restrict__ x_proj, int ld_x,  // [B, ld_x]  W_ih x_t + b_ih, columns [0, 3H): r, z, n
     const T* __restrict__ gh_n,    // [B, H]     (r h_prev) W_hh[2H:3H]^T
     const T* __restrict__ b_hh,    // [3H]
     const T* __restrict__ h_prev,  // [B, H]     state entering step t
-    const long long* __restrict__ lengths,  // [B] or nullptr (every step valid)
-    int t,
-    T* __restrict__ y,             // [B, ld_y]  output of step t, columns [0, H)
-    int ld_y,
+    const long long* __restrict__ lengths, int t,  // [B] or nullptr (every step valid)
+    T* __restrict__ y, int ld_y,  // [B, ld_y]  output of step t, columns [0, H)
     T* __restrict__ h_next,        // [B, H]     state leaving step t
     T* __restrict__ gates,         // [B, 3H]    in: z (columns [H, 2H)); out: n (columns [2H, 3H))
     int B, int H) {
-  using namespace fastrnn;
   Unit me;
   if (!unit_of_thread(B, H, lengths, t, me)) return;
   T* s = me.at(gates, 3 * H);
@@ -154,20 +131,16 @@ template <typename T>
 __global__ void gru_textbook_backward_state(
     const T* __restrict__ gates,   // [B, 3H]    r, z, n of step t
     const T* __restrict__ h_prev,  // [B, H]     state entering step t
-    const T* __restrict__ dy,      // [B, ld_dy] dL/dy of step t, columns [0, H)
-    int ld_dy,
-    const long long* __restrict__ lengths,  // [B] or nullptr
-    int t,
+    const T* __restrict__ dy, int ld_dy,  // [B, ld_dy] dL/dy of step t, columns [0, H)
+    const long long* __restrict__ lengths, int t,  // [B] or nullptr
     const T* __restrict__ dh_rec,  // [B, H]     d_rz of step t+1 (in time) times W_hh[0:2H]
     T* __restrict__ dh_carry,      // [B, H]     in: the rest of dL/dh_out; out: its z h_prev part
-    T* __restrict__ d_gx,          // [B, ld_g]  out: dz, dn (columns [H, 3H))
-    int ld_g,
+    T* __restrict__ d_gx, int ld_g,  // [B, ld_g]  out: dz, dn (columns [H, 3H))
     int B, int H) {
-  using namespace fastrnn;
   Unit me;
   if (!unit_of_thread(B, H, lengths, t, me)) return;
   T dh;
-  if (!gradient_leaving(me, H, dy, ld_dy, dh_rec, dh_carry, d_gx, ld_g, 1, 2, dh)) return;
+  if (!gradient_leaving(me, dy, ld_dy, dh_rec, dh_carry, d_gx, ld_g, 1, 2, dh)) return;
   const T* s = me.at(gates, 3 * H);
   const T z = s[H], n = s[2 * H];
   T* dx = me.at(d_gx, ld_g);
@@ -183,14 +156,11 @@ __global__ void gru_textbook_backward_reset(
     const T* __restrict__ gates,   // [B, 3H]    r, z, n of step t
     const T* __restrict__ h_prev,  // [B, H]     state entering step t
     const T* __restrict__ d_rh,    // [B, H]     dn W_hh[2H:3H], the gradient of r * h_prev
-    const long long* __restrict__ lengths,  // [B] or nullptr
-    int t,
+    const long long* __restrict__ lengths, int t,  // [B] or nullptr
     T* __restrict__ dh_carry,      // [B, H]     in/out: += d_rh * r
-    T* __restrict__ d_gx,          // [B, ld_g]  out: dr (columns [0, H))
-    int ld_g,
+    T* __restrict__ d_gx, int ld_g,  // [B, ld_g]  out: dr (columns [0, H))
     T* __restrict__ rh,            // [B, H]     out: r * h_prev
     int B, int H) {
-  using namespace fastrnn;
   Unit me;
   if (!unit_of_thread(B, H, lengths, t, me)) return;
   T* dr = me.at(d_gx, ld_g);
