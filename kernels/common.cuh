@@ -1,4 +1,7 @@
-// Device helpers shared by rnn.cu, lstm.cu and gru.cu.
+// Device helpers shared by rnn.cu, lstm.cu and gru.cu: the activations, the unit a thread owns
+// and its length mask, and the steps every cell takes around its own math (reading the gate
+// inputs, keeping the gates, writing the masked state and output, and the gradient that enters
+// a backward step). A cell's .cu file then holds only its equations.
 //
 // Every kernel of fastrnn runs one thread per (batch row b, hidden unit j) of one time step: the
 // thread reads the gate pre-activations of its unit, writes its unit's outputs and touches no
@@ -130,8 +133,8 @@ __device__ __forceinline__ void leave_step(const Unit& me, T h, const T* h_prev,
 // has two parts, dh_carry (what bypassed W_hh: all of it after an invalid step, dh z for the
 // GRU) and dh_rec (the recurrent GEMM's output), both [B, H].
 // An invalid step passed its entering state through unchanged, so that gradient carries on
-// whole into dh_carry; the step's gate gradients, blocks [first, first + count) of the [B, ld]
-// row d_gx, are zero. Returns false then. A valid step adds dy ([B, ld_dy]) and returns true
+// whole into dh_carry; the step's gate gradients, gate blocks [first, first + count) of d_gx
+// ([B, ld_g]), are zero. Returns false then. A valid step adds dy ([B, ld_dy]) and returns true
 // with the sum in dh; the kernel then writes the gate gradients and the new carry.
 template <typename T>
 __device__ __forceinline__ bool gradient_leaving(const Unit& me, const T* dy, int ld_dy,
