@@ -84,7 +84,6 @@ class Recurrence:
     def __init__(self, backend, cell, W_hh, b_hh, B):
         self.device = backend.device
         self.xp = backend.xp
-        self.cell = cell
         self.W_hh, self.b_hh = W_hh, b_hh
         self.dtype = W_hh.dtype
         self.B, self.H = B, W_hh.shape[1]
