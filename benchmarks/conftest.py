@@ -1,7 +1,7 @@
 """The pytest-benchmark suite's configuration: which cases and implementations it runs.
 
 The shapes, cells, FLOP counts and implementations are those of `fastrnn bench`
-(``fastrnn.presets``, ``fastrnn.bench``, ``fastrnn.runners``); only the timing differs: here
+(``fastrnn.tools.presets``, ``fastrnn.tools.bench``, ``fastrnn.tools.runners``); only the timing differs: here
 pytest-benchmark times each implementation on its own, `fastrnn bench` interleaves them.
 
     pytest benchmarks/ --benchmark-json out.json
@@ -14,13 +14,13 @@ from __future__ import annotations
 import os
 import sys
 
-if "numpy" not in sys.modules:  # OpenBLAS reads it when it loads (see fastrnn.bench.QUIET_BLAS)
+if "numpy" not in sys.modules:  # OpenBLAS reads it when it loads (see fastrnn.tools.bench.QUIET_BLAS)
     os.environ.update({"OPENBLAS_THREAD_TIMEOUT": "4"})
 
 import pytest  # noqa: E402
 
-from fastrnn import bench, presets  # noqa: E402
-from fastrnn.validate import cells_by_names  # noqa: E402
+from fastrnn.tools import bench, presets  # noqa: E402
+from fastrnn.tools.validate import cells_by_names  # noqa: E402
 
 
 def pytest_addoption(parser):

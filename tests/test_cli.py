@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 
 import fastrnn
-from fastrnn import bench, dispatch, presets, runners
-from fastrnn import validate as validation
-from fastrnn.cli import main
+from fastrnn import dispatch
 from fastrnn.cells import ALL_CELLS, Cell, cell_by_name
 from fastrnn.reference import NumpyBackend
+from fastrnn.tools import bench, presets, runners
+from fastrnn.tools import validate as validation
+from fastrnn.tools.cli import main
 
 TINY_BENCH = ["--rounds", "2", "--warmup", "0", "--threads", "1", "--sgemm-size", "128",
               "--min-sample-ms", "0.2", "--no-progress"]

@@ -35,8 +35,9 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from . import __version__, dispatch, presets, runners
-from .cells import ALL_CELLS, Cell, cell_by_name
+from .. import __version__, dispatch
+from ..cells import ALL_CELLS, Cell, cell_by_name
+from . import presets, runners
 from .presets import Shape
 
 DEFAULT_CELLS = ("rnn_tanh", "lstm", "gru")

@@ -15,7 +15,8 @@ import shutil
 import subprocess
 import sys
 
-from . import __version__, bench, dispatch, presets, runners
+from .. import __version__, dispatch
+from . import bench, presets, runners
 from . import validate as validation
 
 

@@ -21,9 +21,10 @@ from typing import Optional
 
 import numpy as np
 
-from . import dispatch, runners
-from .cells import ALL_CELLS, Cell
-from .reference import NumpyBackend
+from .. import dispatch
+from ..cells import ALL_CELLS, Cell
+from ..reference import NumpyBackend
+from . import runners
 
 TOLERANCES = {"float32": {"rtol": 1e-4, "atol": 1e-5}, "float64": {"rtol": 1e-10, "atol": 1e-10}}
 FD_RTOL = 1e-6
@@ -281,7 +282,7 @@ def _json_default(v):
 
 
 def cells_by_names(names: Optional[str]):
-    from .cells import cell_by_name
+    from ..cells import cell_by_name
 
     if names is None or names == "all":
         return ALL_CELLS

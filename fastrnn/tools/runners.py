@@ -16,8 +16,8 @@ import time
 
 import numpy as np
 
-from . import api
-from .cells import Cell
+from .. import api
+from ..cells import Cell
 
 FORWARD = {"rnn": api.rnn_forward, "lstm": api.lstm_forward, "gru": api.gru_forward}
 BACKWARD = {"rnn": api.rnn_backward, "lstm": api.lstm_backward, "gru": api.gru_backward}
@@ -88,7 +88,7 @@ def fastrnn_backward(cell: Cell, ctx, cotangents: dict):
 def fastrnn_runner(backend_name: str, cell: Cell, p: dict, mode: str):
     """A call running one forward (inference) or forward + backward with dy = ones (training)
     on fastrnn backend ``backend_name``; returns (call, sync, setup seconds). call() returns y."""
-    from . import dispatch
+    from .. import dispatch
 
     backend = dispatch.get_backend(backend_name)
     xp = backend.xp
