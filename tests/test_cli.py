@@ -279,8 +279,8 @@ def test_onnxruntime_model_matches_fastrnn(cell, reverse):
     session = runners.ort_session(runners.onnx_model(cell, p, reverse=reverse), threads=1)
     theirs = runners.ort_forward(cell, session, p)
     ours = runners.fastrnn_forward(cell, p, training=False, backend="numpy", reverse=reverse)
-    for k, name in enumerate(["y", "h_n"] + (["c_n"] if cell.has_cell_state else [])):
-        np.testing.assert_allclose(theirs[name], ours[k], rtol=1e-4, atol=1e-5, err_msg=name)
+    for name, a in runners.outputs(cell, ours).items():
+        np.testing.assert_allclose(theirs[name], a, rtol=1e-4, atol=1e-5, err_msg=name)
 
 
 def test_onnxruntime_model_without_bias_matches_fastrnn():
@@ -305,9 +305,8 @@ def test_torch_peer_matches_fastrnn_output_and_gradients(cell):
     # What the training call of the torch peer differentiates: output.sum()
     module = runners.torch_module(cell, p)
     x = torch.from_numpy(p["x"]).requires_grad_()
-    names = ("h0", "c0") if cell.has_cell_state else ("h0",)
-    states = [torch.from_numpy(p[n][None]).requires_grad_() for n in names]
-    module(x, tuple(states) if cell.has_cell_state else states[0])[0].sum().backward()
+    states = [torch.from_numpy(p[n][None]).requires_grad_() for n in cell.named("{}0")]
+    module(x, cell.as_hx(states))[0].sum().backward()
     theirs = {"dx": x.grad, "dW_ih": module.weight_ih_l0.grad,
               "dW_hh": module.weight_hh_l0.grad, "db_ih": module.bias_ih_l0.grad,
               "db_hh": module.bias_hh_l0.grad, "dh0": states[0].grad[0]}

@@ -37,6 +37,7 @@ import numpy as np
 
 from .. import __version__, dispatch
 from ..cells import ALL_CELLS, Cell, cell_by_name
+from ..tolerances import describe, tolerance
 from . import presets, runners
 from .presets import Shape
 
@@ -261,7 +262,7 @@ def _y_compare(y, baseline):
     if baseline is None:
         return None, None
     diff = float(np.max(np.abs(y.astype(np.float64) - baseline))) if y.size else 0.0
-    return diff, bool(np.allclose(y, baseline, rtol=1e-4, atol=1e-5))
+    return diff, bool(np.allclose(y, baseline, **tolerance(np.float32)))
 
 
 def time_case(case: Case, impls, *, threads, rounds, warmup, min_sample_s, reference_max_flops,
@@ -528,12 +529,12 @@ def markdown(report) -> str:
     compared = [r for r in report["results"] if r["y_allclose"] is not None]
     if compared and not mismatches:
         notes.append("Same results: every implementation's y agrees with the reference's (else "
-                     "the first implementation's) within rtol 1e-4, atol 1e-5; largest "
+                     f"the first implementation's) within {describe(report['dtype'], ', ')}; largest "
                      f"difference {max(r['y_max_abs_diff'] for r in compared):.2g}.")
     for r in mismatches:
         notes.append(f"WARNING: {r['label']} y differs from {r['y_compared_with']}'s by up to "
                      f"{r['y_max_abs_diff']:.3g} ({r['mode']} {r['cell']} {r['shape']}), "
-                     f"beyond rtol 1e-4 / atol 1e-5.")
+                     f"beyond {describe(report['dtype'], ' / ')}.")
     lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     load = (report["machine"]["load_average"], report["load_average_after"])
     lines += ["", f"Total time {report['elapsed_s']:.0f} s"
