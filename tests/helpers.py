@@ -73,7 +73,6 @@ def torch_run(cell, problem, cot, reverse=False):
         mod = torch.nn.GRU(**kw)
     suffix = "_reverse" if reverse else ""
     D = 2 if reverse else 1
-    G = cell.gates
     with torch.no_grad():
         for name, key in (("weight_ih", "W_ih"), ("weight_hh", "W_hh"), ("bias_ih", "b_ih"),
                           ("bias_hh", "b_hh")):

@@ -15,7 +15,7 @@ import fastrnn
 from fastrnn import dispatch
 from fastrnn.cells import ALL_CELLS, Cell, cell_by_name
 from fastrnn.reference import NumpyBackend
-from fastrnn.tools import bench, presets, runners
+from fastrnn.tools import bench, machine, presets, runners
 from fastrnn.tools import validate as validation
 from fastrnn.tools.cli import main
 
@@ -77,7 +77,7 @@ def test_command_line_bench_restarts_with_idle_blas_threads_asleep(tmp_path):
     report = json.loads((tmp_path / "bench.json").read_text())
     assert not any("OPENBLAS_THREAD_TIMEOUT" in n for n in report["notes"])
     assert {r["impl"] for r in report["results"]} >= {"numpy"}
-    if not bench.blas_quiet():
+    if not machine.blas_quiet():
         main(["bench", "--cells", "rnn_tanh", "--shapes", "3x2x3x4", "--modes", "inference",
               "--peers", "none", "--out", str(tmp_path / "in_process"), *TINY_BENCH])
         notes = json.loads((tmp_path / "in_process" / "bench.json").read_text())["notes"]

@@ -150,7 +150,7 @@ def torch_module(cell: Cell, p: dict):
 def torch_runner(cell: Cell, p: dict, mode: str, threads=None):
     """PyTorch's call: no_grad forward, or forward + output.sum().backward() with gradients for
     the input, the weights and the initial states. Returns (call, sync, setup seconds).
-    ``threads`` is ignored: torch's thread count is process-wide (``bench.thread_settings``)."""
+    ``threads`` is ignored: torch's thread count is process-wide (``machine.thread_settings``)."""
     if installed("torch"):
         import torch  # outside the setup time: importing torch is not building the module
     start = time.perf_counter()
