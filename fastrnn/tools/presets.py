@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from typing import NamedTuple, Optional
 
-from .cells import Cell
+from ..cells import Cell
 
 MODES = ("inference", "training")
 
