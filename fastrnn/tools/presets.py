@@ -32,10 +32,6 @@ class Shape(NamedTuple):
     cell: Optional[str] = None
     mode: Optional[str] = None
 
-    @property
-    def dims(self) -> str:
-        return f"T={self.T} B={self.B} I={self.I} H={self.H}"
-
 
 # (T, B, I, H)
 PRESETS = {

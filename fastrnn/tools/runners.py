@@ -101,7 +101,7 @@ def fastrnn_runner(backend_name: str, cell: Cell, p: dict, mode: str):
     on fastrnn backend ``backend_name``; returns (call, sync, setup seconds). call() returns y."""
     from .. import dispatch
 
-    backend = dispatch.get_backend(backend_name)
+    backend = dispatch.get_backend(backend_name)  # resolved once: every call passes it as is
     xp = backend.xp
     sync = None
     if backend.library != "numpy":
@@ -109,12 +109,12 @@ def fastrnn_runner(backend_name: str, cell: Cell, p: dict, mode: str):
         sync = xp.cuda.runtime.deviceSynchronize
     if mode == "inference":
         def call():
-            return fastrnn_forward(cell, p, training=False, backend=backend_name)[0]
+            return fastrnn_forward(cell, p, training=False, backend=backend)[0]
     else:
         ones = xp.ones((p["x"].shape[0], p["x"].shape[1], p["W_hh"].shape[1]), p["x"].dtype)
 
         def call():
-            out = fastrnn_forward(cell, p, training=True, backend=backend_name)
+            out = fastrnn_forward(cell, p, training=True, backend=backend)
             fastrnn_backward(cell, out[-1], {"dy": ones})
             return out[0]
     return call, sync, 0.0
