@@ -1,8 +1,9 @@
 """The pytest-benchmark suite's configuration: which cases and implementations it runs.
 
 The shapes, cells, FLOP counts and implementations are those of `fastrnn bench`
-(``fastrnn.presets``, ``fastrnn.bench``, ``fastrnn.runners``); only the timing differs: here
-pytest-benchmark times each implementation on its own, `fastrnn bench` interleaves them.
+(``fastrnn.tools.presets``, ``fastrnn.tools.bench``, ``fastrnn.tools.runners``); only the timing
+differs: here pytest-benchmark times each implementation on its own, `fastrnn bench`
+interleaves them.
 
     pytest benchmarks/ --benchmark-json out.json
     pytest benchmarks/ --fastrnn-shapes tiny,small,medium,large,xlarge
@@ -14,13 +15,14 @@ from __future__ import annotations
 import os
 import sys
 
-if "numpy" not in sys.modules:  # OpenBLAS reads it when it loads (see fastrnn.bench.QUIET_BLAS)
+# OpenBLAS reads it when it loads (see fastrnn.tools.machine.QUIET_BLAS)
+if "numpy" not in sys.modules:
     os.environ.update({"OPENBLAS_THREAD_TIMEOUT": "4"})
 
 import pytest  # noqa: E402
 
-from fastrnn import bench, presets  # noqa: E402
-from fastrnn.validate import cells_by_names  # noqa: E402
+from fastrnn.tools import bench, machine, presets  # noqa: E402
+from fastrnn.tools.validate import cells_by_names  # noqa: E402
 
 
 def pytest_addoption(parser):
@@ -76,8 +78,8 @@ def threads(request):
     """Every runtime set to --fastrnn-threads threads for the whole session."""
     n = request.config.getoption("--fastrnn-threads")
     impls, _ = _implementations()
-    bench.preload(impls)
-    with bench.thread_settings(n):
+    machine.preload(impls)
+    with machine.thread_settings(n):
         yield n
 
 

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from fastrnn import runners
+from fastrnn.tools import runners
 
 
 def test_rnn(benchmark, case, impl, threads, reference_shapes):

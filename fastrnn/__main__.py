@@ -1,5 +1,5 @@
 """`python -m fastrnn`: the same as the `fastrnn` command."""
 
-from .cli import main
+from .tools.cli import main
 
 raise SystemExit(main())

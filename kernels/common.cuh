@@ -1,4 +1,7 @@
-// Device helpers shared by rnn.cu, lstm.cu and gru.cu.
+// Device helpers shared by rnn.cu, lstm.cu and gru.cu: the activations, the unit a thread owns
+// and its length mask, and the steps every cell takes around its own math (reading the gate
+// inputs, keeping the gates, writing the masked state and output, and the gradient that enters
+// a backward step). A cell's .cu file then holds only its equations.
 //
 // Every kernel of fastrnn runs one thread per (batch row b, hidden unit j) of one time step: the
 // thread reads the gate pre-activations of its unit, writes its unit's outputs and touches no
@@ -50,23 +53,103 @@ __device__ __forceinline__ T d_relu(T y) {
   return y > T(0) ? T(1) : T(0);
 }
 
-// The (b, j) this thread owns in a launch over B*H elements; false for the threads past the end
-// of the last block.
-__device__ __forceinline__ bool unit_of_thread(int B, int H, int& b, int& j) {
-  const long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-  if (k >= (long long)B * H) return false;
-  b = (int)(k / H);
-  j = (int)(k - (long long)b * H);
-  return true;
-}
-
 // Step t of sequence b is valid when t < lengths[b]; lengths == nullptr means every step is.
 __device__ __forceinline__ bool valid_step(const long long* lengths, int b, int t) {
   return lengths == nullptr || t < lengths[b];
 }
 
-// Offset of row b in a matrix whose rows are ld elements apart (ld >= the row's width).
-__device__ __forceinline__ long long row(int b, int ld) { return (long long)b * ld; }
+// The unit one thread owns in a launch over the B*H units of step t. Gate block k of a
+// [B, ld] matrix holds unit j of gate k at column k*H + j, so at(a, ld)[k * H] is this unit's
+// element of gate k.
+struct Unit {
+  int b, j;     // batch row and hidden unit
+  int H;        // hidden units, the width of a gate block
+  long long u;  // offset of (b, j) in a dense [B, H] matrix
+  bool valid;   // step t lies within sequence b (valid_step)
+
+  template <typename P>
+  __device__ __forceinline__ P* at(P* a, int ld) const {
+    return a + (long long)b * ld + j;
+  }
+};
+
+// Fills `me` for this thread and returns true; false for the threads past the end of the last
+// block, which own no unit. Kernels that apply no mask pass lengths = nullptr.
+__device__ __forceinline__ bool unit_of_thread(int B, int H, const long long* lengths, int t,
+                                               Unit& me) {
+  const long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (k >= (long long)B * H) return false;
+  me.b = (int)(k / H);
+  me.j = (int)(k - (long long)me.b * H);
+  me.H = H;
+  me.u = k;  // == b * H + j
+  me.valid = valid_step(lengths, me.b, t);
+  return true;
+}
+
+// This unit's inputs to its gates in a forward step: gate k's pre-activation is
+// input(k) + recurrent(k), the column k*H + j of x_proj (W_ih x_t + b_ih) plus that of the
+// recurrent GEMM (W_hh h_prev) and of b_hh, summed in this order.
+template <typename T>
+struct GateInputs {
+  const T* x;     // x_proj at (b, j)
+  const T* h;     // the recurrent GEMM's output at (b, j)
+  const T* bias;  // b_hh at j
+  int H;
+
+  __device__ __forceinline__ T input(int k) const { return x[k * H]; }
+  __device__ __forceinline__ T recurrent(int k) const { return h[k * H] + bias[k * H]; }
+  __device__ __forceinline__ T pre(int k) const { return input(k) + recurrent(k); }
+};
+
+// x_proj is [B, ld_x]; gh is [B, ld_h], ld_h = H times the gates it holds; b_hh holds at
+// least ld_h elements.
+template <typename T>
+__device__ __forceinline__ GateInputs<T> gate_inputs(const Unit& me, const T* x_proj, int ld_x,
+                                                     const T* gh, int ld_h, const T* b_hh) {
+  return GateInputs<T>{me.at(x_proj, ld_x), me.at(gh, ld_h), b_hh + me.j, me.H};
+}
+
+// What a training forward keeps of a step: the activated gates v..., in order, into the
+// [B, (number of gates) * H] matrix gates; nothing in inference (gates == nullptr).
+template <typename T, typename... V>
+__device__ __forceinline__ void keep_gates(const Unit& me, T* gates, V... v) {
+  if (gates == nullptr) return;
+  T* s = me.at(gates, (int)sizeof...(V) * me.H);
+  int k = 0;
+  ((s[k++ * me.H] = v), ...);
+}
+
+// End of a forward step for the state h: an invalid step keeps the entering state and outputs
+// 0 (fastrnn/cells.py, lengths). h_next and h_prev are [B, H]; y is [B, ld_y].
+template <typename T>
+__device__ __forceinline__ void leave_step(const Unit& me, T h, const T* h_prev, T* h_next,
+                                           T* y, int ld_y) {
+  h_next[me.u] = me.valid ? h : h_prev[me.u];
+  *me.at(y, ld_y) = me.valid ? h : T(0);
+}
+
+// Start of a backward step: the gradient reaching the state that leaves step t. Besides dy it
+// has two parts, dh_carry (what bypassed W_hh: all of it after an invalid step, dh z for the
+// GRU) and dh_rec (the recurrent GEMM's output), both [B, H].
+// An invalid step passed its entering state through unchanged, so that gradient carries on
+// whole into dh_carry; the step's gate gradients, gate blocks [first, first + count) of d_gx
+// ([B, ld_g]), are zero. Returns false then. A valid step adds dy ([B, ld_dy]) and returns true
+// with the sum in dh; the kernel then writes the gate gradients and the new carry.
+template <typename T>
+__device__ __forceinline__ bool gradient_leaving(const Unit& me, const T* dy, int ld_dy,
+                                                 const T* dh_rec, T* dh_carry, T* d_gx, int ld_g,
+                                                 int first, int count, T& dh) {
+  const T dh_out = dh_carry[me.u] + dh_rec[me.u];
+  if (!me.valid) {
+    T* d = me.at(d_gx, ld_g);
+    for (int k = first; k < first + count; ++k) d[k * me.H] = T(0);
+    dh_carry[me.u] = dh_out;
+    return false;
+  }
+  dh = dh_out + *me.at(dy, ld_dy);
+  return true;
+}
 
 }  // namespace fastrnn
 

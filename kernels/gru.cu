@@ -11,6 +11,8 @@
 
 #include "common.cuh"
 
+using namespace fastrnn;
+
 // ---------------------------------------------------------------------------------------------
 // linear_before_reset=True
 
@@ -18,41 +20,25 @@
 // Valid: h_next = y = the new state. Invalid: h_next = h_prev, y = 0.
 template <typename T>
 __global__ void gru_forward(
-    const T* __restrict__ x_proj,  // [B, ld_x]  W_ih x_t + b_ih, columns [0, 3H): r, z, n
-    int ld_x,
+    const T* __restrict__ x_proj, int ld_x,  // [B, ld_x]  W_ih x_t + b_ih, columns [0, 3H): r, z, n
     const T* __restrict__ gh,      // [B, 3H]    h_prev W_hh^T
     const T* __restrict__ b_hh,    // [3H]
     const T* __restrict__ h_prev,  // [B, H]     state entering step t
-    const long long* __restrict__ lengths,  // [B] or nullptr (every step valid)
-    int t,
-    T* __restrict__ y,             // [B, ld_y]  output of step t, columns [0, H)
-    int ld_y,
+    const long long* __restrict__ lengths, int t,  // [B] or nullptr (every step valid)
+    T* __restrict__ y, int ld_y,  // [B, ld_y]  output of step t, columns [0, H)
     T* __restrict__ h_next,        // [B, H]     state leaving step t
     T* __restrict__ gates,         // [B, 3H]    out: r, z, n; nullptr in inference
     T* __restrict__ hn,            // [B, H]     out: W_hn h_prev + b_hn; nullptr in inference
     int B, int H) {
-  using namespace fastrnn;
-  int b, j;
-  if (!unit_of_thread(B, H, b, j)) return;
-  const T* x = x_proj + row(b, ld_x);
-  const T* q = gh + row(b, 3 * H);
-  const long long u = row(b, H) + j;
-  const T r = sigmoid(x[j] + (q[j] + b_hh[j]));
-  const T z = sigmoid(x[H + j] + (q[H + j] + b_hh[H + j]));
-  const T lin = q[2 * H + j] + b_hh[2 * H + j];
-  const T n = tanh_(x[2 * H + j] + r * lin);
-  const T hp = h_prev[u];
-  const T h = (T(1) - z) * n + z * hp;
-  if (gates != nullptr) {
-    T* s = gates + row(b, 3 * H);
-    s[j] = r;
-    s[H + j] = z;
-    s[2 * H + j] = n;
-    hn[u] = lin;
-  }
-  const bool valid = valid_step(lengths, b, t);
-  h_next[u] = valid ? h : hp;
-  y[row(b, ld_y) + j] = valid ? h : T(0);
+  Unit me;
+  if (!unit_of_thread(B, H, lengths, t, me)) return;
+  const GateInputs<T> in = gate_inputs(me, x_proj, ld_x, gh, 3 * H, b_hh);
+  const T r = sigmoid(in.pre(0)), z = sigmoid(in.pre(1));
+  const T lin = in.recurrent(2);
+  const T n = tanh_(in.input(2) + r * lin);
+  keep_gates(me, gates, r, z, n);
+  if (hn != nullptr) hn[me.u] = lin;  // null exactly when gates is
+  leave_step(me, (T(1) - z) * n + z * h_prev[me.u], h_prev, h_next, y, ld_y);
 }
 
 // Backward of step t, before the GEMM dh_rec = d_gh W_hh that the next (earlier) step reads.
@@ -64,40 +50,32 @@ __global__ void gru_backward(
     const T* __restrict__ gates,   // [B, 3H]    r, z, n of step t
     const T* __restrict__ hn,      // [B, H]     W_hn h_prev + b_hn of step t
     const T* __restrict__ h_prev,  // [B, H]     state entering step t
-    const T* __restrict__ dy,      // [B, ld_dy] dL/dy of step t, columns [0, H)
-    int ld_dy,
-    const long long* __restrict__ lengths,  // [B] or nullptr
-    int t,
+    const T* __restrict__ dy, int ld_dy,  // [B, ld_dy] dL/dy of step t, columns [0, H)
+    const long long* __restrict__ lengths, int t,  // [B] or nullptr
     const T* __restrict__ dh_rec,  // [B, H]     d_gh of step t+1 (in time) times W_hh; 0 at first
     T* __restrict__ dh_carry,      // [B, H]     in: the rest of dL/dh_out; out: dL/dh_prev - dh_rec
-    T* __restrict__ d_gx,          // [B, ld_g]  out: dr, dz, dn (pre-activations), columns [0, 3H)
-    int ld_g,
+    T* __restrict__ d_gx, int ld_g,  // [B, ld_g]  out: dr, dz, dn of the pre-activations, [0, 3H)
     T* __restrict__ d_gh,          // [B, 3H]    out: dr, dz, dn * r
     int B, int H) {
-  using namespace fastrnn;
-  int b, j;
-  if (!unit_of_thread(B, H, b, j)) return;
-  const long long u = row(b, H) + j;
-  const T dh_out = dh_carry[u] + dh_rec[u];
-  T* dx = d_gx + row(b, ld_g);
-  T* dq = d_gh + row(b, 3 * H);
-  if (!valid_step(lengths, b, t)) {
-    dx[j] = dx[H + j] = dx[2 * H + j] = T(0);
-    dq[j] = dq[H + j] = dq[2 * H + j] = T(0);
-    dh_carry[u] = dh_out;
+  Unit me;
+  if (!unit_of_thread(B, H, lengths, t, me)) return;
+  T* dq = me.at(d_gh, 3 * H);
+  T dh;
+  if (!gradient_leaving(me, dy, ld_dy, dh_rec, dh_carry, d_gx, ld_g, 0, 3, dh)) {
+    dq[0] = dq[H] = dq[2 * H] = T(0);
     return;
   }
-  const T* s = gates + row(b, 3 * H);
-  const T r = s[j], z = s[H + j], n = s[2 * H + j];
-  const T dh = dh_out + dy[row(b, ld_dy) + j];
+  const T* s = me.at(gates, 3 * H);
+  const T r = s[0], z = s[H], n = s[2 * H];
   const T dn = dh * (T(1) - z) * d_tanh(n);
-  const T dz = dh * (h_prev[u] - n) * d_sigmoid(z);
-  const T dr = dn * hn[u] * d_sigmoid(r);
-  dx[j] = dq[j] = dr;
-  dx[H + j] = dq[H + j] = dz;
-  dx[2 * H + j] = dn;
-  dq[2 * H + j] = dn * r;
-  dh_carry[u] = dh * z;
+  const T dz = dh * (h_prev[me.u] - n) * d_sigmoid(z);
+  const T dr = dn * hn[me.u] * d_sigmoid(r);
+  T* dx = me.at(d_gx, ld_g);
+  dx[0] = dq[0] = dr;
+  dx[H] = dq[H] = dz;
+  dx[2 * H] = dn;
+  dq[2 * H] = dn * r;
+  dh_carry[me.u] = dh * z;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -107,57 +85,43 @@ __global__ void gru_backward(
 // Forward, first half of step t: r and z, and r * h_prev for the W_hn GEMM.
 template <typename T>
 __global__ void gru_textbook_forward_gates(
-    const T* __restrict__ x_proj,  // [B, ld_x]  W_ih x_t + b_ih, columns [0, 3H): r, z, n
-    int ld_x,
+    const T* __restrict__ x_proj, int ld_x,  // [B, ld_x]  W_ih x_t + b_ih, columns [0, 3H): r, z, n
     const T* __restrict__ gh_rz,   // [B, 2H]    h_prev W_hh[0:2H]^T
     const T* __restrict__ b_hh,    // [3H]
     const T* __restrict__ h_prev,  // [B, H]     state entering step t
     T* __restrict__ gates,         // [B, 3H]    out: r, z (columns [0, 2H))
     T* __restrict__ rh,            // [B, H]     out: r * h_prev
     int B, int H) {
-  using namespace fastrnn;
-  int b, j;
-  if (!unit_of_thread(B, H, b, j)) return;
-  const T* x = x_proj + row(b, ld_x);
-  const T* q = gh_rz + row(b, 2 * H);
-  const long long u = row(b, H) + j;
-  const T r = sigmoid(x[j] + (q[j] + b_hh[j]));
-  const T z = sigmoid(x[H + j] + (q[H + j] + b_hh[H + j]));
-  T* s = gates + row(b, 3 * H);
-  s[j] = r;
-  s[H + j] = z;
-  rh[u] = r * h_prev[u];
+  Unit me;
+  if (!unit_of_thread(B, H, nullptr, 0, me)) return;  // no mask: the state kernel applies it
+  const GateInputs<T> in = gate_inputs(me, x_proj, ld_x, gh_rz, 2 * H, b_hh);
+  const T r = sigmoid(in.pre(0));
+  T* s = me.at(gates, 3 * H);
+  s[0] = r;
+  s[H] = sigmoid(in.pre(1));
+  rh[me.u] = r * h_prev[me.u];
 }
 
 // Forward, second half of step t: n and the new state, after gh_n = (r h) W_hn^T.
 // Valid: h_next = y = the new state. Invalid: h_next = h_prev, y = 0.
 template <typename T>
 __global__ void gru_textbook_forward_state(
-    const T* __restrict__ x_proj,  // [B, ld_x]  W_ih x_t + b_ih, columns [0, 3H): r, z, n
-    int ld_x,
+    const T* __restrict__ x_proj, int ld_x,  // [B, ld_x]  W_ih x_t + b_ih, columns [0, 3H): r, z, n
     const T* __restrict__ gh_n,    // [B, H]     (r h_prev) W_hh[2H:3H]^T
     const T* __restrict__ b_hh,    // [3H]
     const T* __restrict__ h_prev,  // [B, H]     state entering step t
-    const long long* __restrict__ lengths,  // [B] or nullptr (every step valid)
-    int t,
-    T* __restrict__ y,             // [B, ld_y]  output of step t, columns [0, H)
-    int ld_y,
+    const long long* __restrict__ lengths, int t,  // [B] or nullptr (every step valid)
+    T* __restrict__ y, int ld_y,  // [B, ld_y]  output of step t, columns [0, H)
     T* __restrict__ h_next,        // [B, H]     state leaving step t
     T* __restrict__ gates,         // [B, 3H]    in: z (columns [H, 2H)); out: n (columns [2H, 3H))
     int B, int H) {
-  using namespace fastrnn;
-  int b, j;
-  if (!unit_of_thread(B, H, b, j)) return;
-  const long long u = row(b, H) + j;
-  T* s = gates + row(b, 3 * H);
-  const T z = s[H + j];
-  const T n = tanh_(x_proj[row(b, ld_x) + 2 * H + j] + (gh_n[u] + b_hh[2 * H + j]));
-  const T hp = h_prev[u];
-  const T h = (T(1) - z) * n + z * hp;
-  s[2 * H + j] = n;
-  const bool valid = valid_step(lengths, b, t);
-  h_next[u] = valid ? h : hp;
-  y[row(b, ld_y) + j] = valid ? h : T(0);
+  Unit me;
+  if (!unit_of_thread(B, H, lengths, t, me)) return;
+  T* s = me.at(gates, 3 * H);
+  const T z = s[H];
+  const T n = tanh_(me.at(x_proj, ld_x)[2 * H] + (gh_n[me.u] + b_hh[2 * H + me.j]));
+  s[2 * H] = n;
+  leave_step(me, (T(1) - z) * n + z * h_prev[me.u], h_prev, h_next, y, ld_y);
 }
 
 // Backward, first half of step t: the z and n gradients and the direct part of dL/dh_prev.
@@ -167,32 +131,22 @@ template <typename T>
 __global__ void gru_textbook_backward_state(
     const T* __restrict__ gates,   // [B, 3H]    r, z, n of step t
     const T* __restrict__ h_prev,  // [B, H]     state entering step t
-    const T* __restrict__ dy,      // [B, ld_dy] dL/dy of step t, columns [0, H)
-    int ld_dy,
-    const long long* __restrict__ lengths,  // [B] or nullptr
-    int t,
+    const T* __restrict__ dy, int ld_dy,  // [B, ld_dy] dL/dy of step t, columns [0, H)
+    const long long* __restrict__ lengths, int t,  // [B] or nullptr
     const T* __restrict__ dh_rec,  // [B, H]     d_rz of step t+1 (in time) times W_hh[0:2H]
     T* __restrict__ dh_carry,      // [B, H]     in: the rest of dL/dh_out; out: its z h_prev part
-    T* __restrict__ d_gx,          // [B, ld_g]  out: dz, dn (columns [H, 3H))
-    int ld_g,
+    T* __restrict__ d_gx, int ld_g,  // [B, ld_g]  out: dz, dn (columns [H, 3H))
     int B, int H) {
-  using namespace fastrnn;
-  int b, j;
-  if (!unit_of_thread(B, H, b, j)) return;
-  const long long u = row(b, H) + j;
-  const T dh_out = dh_carry[u] + dh_rec[u];
-  T* dx = d_gx + row(b, ld_g);
-  if (!valid_step(lengths, b, t)) {
-    dx[H + j] = dx[2 * H + j] = T(0);
-    dh_carry[u] = dh_out;
-    return;
-  }
-  const T* s = gates + row(b, 3 * H);
-  const T z = s[H + j], n = s[2 * H + j];
-  const T dh = dh_out + dy[row(b, ld_dy) + j];
-  dx[H + j] = dh * (h_prev[u] - n) * d_sigmoid(z);
-  dx[2 * H + j] = dh * (T(1) - z) * d_tanh(n);
-  dh_carry[u] = dh * z;
+  Unit me;
+  if (!unit_of_thread(B, H, lengths, t, me)) return;
+  T dh;
+  if (!gradient_leaving(me, dy, ld_dy, dh_rec, dh_carry, d_gx, ld_g, 1, 2, dh)) return;
+  const T* s = me.at(gates, 3 * H);
+  const T z = s[H], n = s[2 * H];
+  T* dx = me.at(d_gx, ld_g);
+  dx[H] = dh * (h_prev[me.u] - n) * d_sigmoid(z);
+  dx[2 * H] = dh * (T(1) - z) * d_tanh(n);
+  dh_carry[me.u] = dh * z;
 }
 
 // Backward, second half of step t, after d_rh = dn W_hn: the r gradient, the r part of
@@ -202,26 +156,22 @@ __global__ void gru_textbook_backward_reset(
     const T* __restrict__ gates,   // [B, 3H]    r, z, n of step t
     const T* __restrict__ h_prev,  // [B, H]     state entering step t
     const T* __restrict__ d_rh,    // [B, H]     dn W_hh[2H:3H], the gradient of r * h_prev
-    const long long* __restrict__ lengths,  // [B] or nullptr
-    int t,
+    const long long* __restrict__ lengths, int t,  // [B] or nullptr
     T* __restrict__ dh_carry,      // [B, H]     in/out: += d_rh * r
-    T* __restrict__ d_gx,          // [B, ld_g]  out: dr (columns [0, H))
-    int ld_g,
+    T* __restrict__ d_gx, int ld_g,  // [B, ld_g]  out: dr (columns [0, H))
     T* __restrict__ rh,            // [B, H]     out: r * h_prev
     int B, int H) {
-  using namespace fastrnn;
-  int b, j;
-  if (!unit_of_thread(B, H, b, j)) return;
-  const long long u = row(b, H) + j;
-  T* dx = d_gx + row(b, ld_g);
-  if (!valid_step(lengths, b, t)) {
-    dx[j] = T(0);
-    rh[u] = T(0);
+  Unit me;
+  if (!unit_of_thread(B, H, lengths, t, me)) return;
+  T* dr = me.at(d_gx, ld_g);
+  const long long u = me.u;
+  if (!me.valid) {
+    *dr = rh[u] = T(0);
     return;
   }
-  const T r = gates[row(b, 3 * H) + j];
+  const T r = *me.at(gates, 3 * H);
   const T hp = h_prev[u];
-  dx[j] = d_rh[u] * hp * d_sigmoid(r);
+  *dr = d_rh[u] * hp * d_sigmoid(r);
   dh_carry[u] += d_rh[u] * r;
   rh[u] = r * hp;
 }

@@ -7,47 +7,33 @@
 
 #include "common.cuh"
 
+using namespace fastrnn;
+
 // Forward of step t: the recurrent GEMM gh = h_prev W_hh^T has already run.
 // Valid: h_next, c_next = the new state, y = h_next. Invalid: the state is kept, y = 0.
 template <typename T>
 __global__ void lstm_forward(
-    const T* __restrict__ x_proj,  // [B, ld_x]  W_ih x_t + b_ih, columns [0, 4H): i, f, g, o
-    int ld_x,
+    const T* __restrict__ x_proj, int ld_x,  // [B, ld_x]  W_ih x_t + b_ih, columns [0, 4H): i,f,g,o
     const T* __restrict__ gh,      // [B, 4H]    h_prev W_hh^T
     const T* __restrict__ b_hh,    // [4H]
     const T* __restrict__ h_prev,  // [B, H]     states entering step t
     const T* __restrict__ c_prev,  // [B, H]
-    const long long* __restrict__ lengths,  // [B] or nullptr (every step valid)
-    int t,
-    T* __restrict__ y,             // [B, ld_y]  output of step t, columns [0, H)
-    int ld_y,
+    const long long* __restrict__ lengths, int t,  // [B] or nullptr (every step valid)
+    T* __restrict__ y, int ld_y,  // [B, ld_y]  output of step t, columns [0, H)
     T* __restrict__ h_next,        // [B, H]     states leaving step t
     T* __restrict__ c_next,        // [B, H]
     T* __restrict__ gates,         // [B, 4H]    out: activated i, f, g, o; nullptr in inference
     int B, int H) {
-  using namespace fastrnn;
-  int b, j;
-  if (!unit_of_thread(B, H, b, j)) return;
-  const T* x = x_proj + row(b, ld_x);
-  const T* r = gh + row(b, 4 * H);
-  const T i = sigmoid(x[j] + (r[j] + b_hh[j]));
-  const T f = sigmoid(x[H + j] + (r[H + j] + b_hh[H + j]));
-  const T g = tanh_(x[2 * H + j] + (r[2 * H + j] + b_hh[2 * H + j]));
-  const T o = sigmoid(x[3 * H + j] + (r[3 * H + j] + b_hh[3 * H + j]));
-  const long long u = row(b, H) + j;
+  Unit me;
+  if (!unit_of_thread(B, H, lengths, t, me)) return;
+  const GateInputs<T> in = gate_inputs(me, x_proj, ld_x, gh, 4 * H, b_hh);
+  const T i = sigmoid(in.pre(0)), f = sigmoid(in.pre(1));
+  const T g = tanh_(in.pre(2)), o = sigmoid(in.pre(3));
+  const long long u = me.u;
   const T c = f * c_prev[u] + i * g;
-  const T h = o * tanh_(c);
-  if (gates != nullptr) {
-    T* s = gates + row(b, 4 * H);
-    s[j] = i;
-    s[H + j] = f;
-    s[2 * H + j] = g;
-    s[3 * H + j] = o;
-  }
-  const bool valid = valid_step(lengths, b, t);
-  h_next[u] = valid ? h : h_prev[u];
-  c_next[u] = valid ? c : c_prev[u];
-  y[row(b, ld_y) + j] = valid ? h : T(0);
+  keep_gates(me, gates, i, f, g, o);
+  leave_step(me, o * tanh_(c), h_prev, h_next, y, ld_y);
+  c_next[u] = me.valid ? c : c_prev[u];
 }
 
 // Backward of step t, before the GEMM dh_rec = d_gx W_hh that the next (earlier) step reads.
@@ -59,36 +45,27 @@ __global__ void lstm_backward(
     const T* __restrict__ gates,   // [B, 4H]    activated i, f, g, o of step t
     const T* __restrict__ c_prev,  // [B, H]     cell state entering step t
     const T* __restrict__ c_out,   // [B, H]     cell state leaving step t
-    const T* __restrict__ dy,      // [B, ld_dy] dL/dy of step t, columns [0, H)
-    int ld_dy,
-    const long long* __restrict__ lengths,  // [B] or nullptr
-    int t,
+    const T* __restrict__ dy, int ld_dy,  // [B, ld_dy] dL/dy of step t, columns [0, H)
+    const long long* __restrict__ lengths, int t,  // [B] or nullptr
     const T* __restrict__ dh_rec,  // [B, H]     d_gx of step t+1 (in time) times W_hh; 0 at first
     T* __restrict__ dh_carry,      // [B, H]     in: the rest of dL/dh_out; out: dL/dh_prev - dh_rec
     T* __restrict__ dc_carry,      // [B, H]     in: dL/dc_out; out: dL/dc_prev
-    T* __restrict__ d_gx,          // [B, ld_g]  out: gradients of i, f, g, o pre-activations
-    int ld_g,
+    T* __restrict__ d_gx, int ld_g,  // [B, ld_g]  out: gradients of i, f, g, o pre-activations
     int B, int H) {
-  using namespace fastrnn;
-  int b, j;
-  if (!unit_of_thread(B, H, b, j)) return;
-  const long long u = row(b, H) + j;
-  const T dh_out = dh_carry[u] + dh_rec[u];
-  T* d = d_gx + row(b, ld_g);
-  if (!valid_step(lengths, b, t)) {
-    d[j] = d[H + j] = d[2 * H + j] = d[3 * H + j] = T(0);
-    dh_carry[u] = dh_out;
-    return;
-  }
-  const T* s = gates + row(b, 4 * H);
-  const T i = s[j], f = s[H + j], g = s[2 * H + j], o = s[3 * H + j];
-  const T dh = dh_out + dy[row(b, ld_dy) + j];
+  Unit me;
+  if (!unit_of_thread(B, H, lengths, t, me)) return;
+  T dh;
+  if (!gradient_leaving(me, dy, ld_dy, dh_rec, dh_carry, d_gx, ld_g, 0, 4, dh)) return;
+  const long long u = me.u;
+  const T* s = me.at(gates, 4 * H);
+  const T i = s[0], f = s[H], g = s[2 * H], o = s[3 * H];
   const T tanh_c = tanh_(c_out[u]);
   const T dc = dc_carry[u] + dh * o * d_tanh(tanh_c);
-  d[j] = dc * g * d_sigmoid(i);
-  d[H + j] = dc * c_prev[u] * d_sigmoid(f);
-  d[2 * H + j] = dc * i * d_tanh(g);
-  d[3 * H + j] = dh * tanh_c * d_sigmoid(o);
+  T* d = me.at(d_gx, ld_g);
+  d[0] = dc * g * d_sigmoid(i);
+  d[H] = dc * c_prev[u] * d_sigmoid(f);
+  d[2 * H] = dc * i * d_tanh(g);
+  d[3 * H] = dh * tanh_c * d_sigmoid(o);
   dh_carry[u] = T(0);
   dc_carry[u] = dc * f;
 }

@@ -8,30 +8,24 @@
 
 #include "common.cuh"
 
+using namespace fastrnn;
+
 // Forward of step t: the recurrent GEMM gh = h_prev W_hh^T has already run.
 // Valid (t < lengths[b]): h_next = y = act(x_proj + gh + b_hh). Invalid: h_next = h_prev, y = 0.
 template <typename T, bool Relu>
 __global__ void rnn_forward(
-    const T* __restrict__ x_proj,  // [B, ld_x]  W_ih x_t + b_ih, columns [0, H)
-    int ld_x,
+    const T* __restrict__ x_proj, int ld_x,  // [B, ld_x]  W_ih x_t + b_ih, columns [0, H)
     const T* __restrict__ gh,      // [B, H]     h_prev W_hh^T
     const T* __restrict__ b_hh,    // [H]
     const T* __restrict__ h_prev,  // [B, H]     state entering step t
-    const long long* __restrict__ lengths,  // [B] or nullptr (every step valid)
-    int t,
-    T* __restrict__ y,             // [B, ld_y]  output of step t, columns [0, H)
-    int ld_y,
+    const long long* __restrict__ lengths, int t,  // [B] or nullptr (every step valid)
+    T* __restrict__ y, int ld_y,  // [B, ld_y]  output of step t, columns [0, H)
     T* __restrict__ h_next,        // [B, H]     state leaving step t
     int B, int H) {
-  using namespace fastrnn;
-  int b, j;
-  if (!unit_of_thread(B, H, b, j)) return;
-  const long long u = row(b, H) + j;
-  const T pre = x_proj[row(b, ld_x) + j] + (gh[u] + b_hh[j]);
-  const T h = Relu ? relu(pre) : tanh_(pre);
-  const bool valid = valid_step(lengths, b, t);
-  h_next[u] = valid ? h : h_prev[u];
-  y[row(b, ld_y) + j] = valid ? h : T(0);
+  Unit me;
+  if (!unit_of_thread(B, H, lengths, t, me)) return;
+  const T pre = *me.at(x_proj, ld_x) + (gh[me.u] + b_hh[me.j]);
+  leave_step(me, Relu ? relu(pre) : tanh_(pre), h_prev, h_next, y, ld_y);
 }
 
 // Backward of step t, before the GEMM dh_rec = d_gx W_hh that the next (earlier) step reads.
@@ -41,27 +35,17 @@ __global__ void rnn_forward(
 template <typename T, bool Relu>
 __global__ void rnn_backward(
     const T* __restrict__ h_out,   // [B, H]     state leaving step t (hs)
-    const T* __restrict__ dy,      // [B, ld_dy] dL/dy of step t, columns [0, H)
-    int ld_dy,
-    const long long* __restrict__ lengths,  // [B] or nullptr
-    int t,
+    const T* __restrict__ dy, int ld_dy,  // [B, ld_dy] dL/dy of step t, columns [0, H)
+    const long long* __restrict__ lengths, int t,  // [B] or nullptr
     const T* __restrict__ dh_rec,  // [B, H]     d_gx of step t+1 (in time) times W_hh; 0 at first
     T* __restrict__ dh_carry,      // [B, H]     in: the rest of dL/dh_out; out: dL/dh_prev - dh_rec
-    T* __restrict__ d_gx,          // [B, ld_g]  out: dL/d(pre-activation), columns [0, H)
-    int ld_g,
+    T* __restrict__ d_gx, int ld_g,  // [B, ld_g]  out: dL/d(pre-activation), columns [0, H)
     int B, int H) {
-  using namespace fastrnn;
-  int b, j;
-  if (!unit_of_thread(B, H, b, j)) return;
-  const long long u = row(b, H) + j;
-  const T dh = dh_carry[u] + dh_rec[u];
-  T* g = d_gx + row(b, ld_g);
-  if (!valid_step(lengths, b, t)) {
-    g[j] = T(0);
-    dh_carry[u] = dh;
-    return;
-  }
-  const T d = dh + dy[row(b, ld_dy) + j];
-  g[j] = d * (Relu ? d_relu(h_out[u]) : d_tanh(h_out[u]));
-  dh_carry[u] = T(0);
+  Unit me;
+  if (!unit_of_thread(B, H, lengths, t, me)) return;
+  T dh;
+  if (!gradient_leaving(me, dy, ld_dy, dh_rec, dh_carry, d_gx, ld_g, 0, 1, dh)) return;
+  const T y_out = h_out[me.u];
+  *me.at(d_gx, ld_g) = dh * (Relu ? d_relu(y_out) : d_tanh(y_out));
+  dh_carry[me.u] = T(0);
 }

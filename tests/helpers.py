@@ -2,69 +2,43 @@
 
 from __future__ import annotations
 
+from operator import attrgetter
+
 import numpy as np
 
-import fastrnn
 from fastrnn.cells import Cell
+from fastrnn.tolerances import tolerance
+from fastrnn.tools.runners import (BACKWARD, FORWARD, GRAD_NAMES, fastrnn_backward,
+                                   fastrnn_forward, gradients, make_cotangents, make_params,
+                                   outputs)
 
-FORWARD = {"rnn": fastrnn.rnn_forward, "lstm": fastrnn.lstm_forward, "gru": fastrnn.gru_forward}
-BACKWARD = {"rnn": fastrnn.rnn_backward, "lstm": fastrnn.lstm_backward, "gru": fastrnn.gru_backward}
-TOL = {np.float32: dict(rtol=1e-4, atol=1e-5), np.float64: dict(rtol=1e-10, atol=1e-10)}
-GRAD_NAMES = ("dx", "dW_ih", "dW_hh", "db_ih", "db_hh", "dh0", "dc0")
+__all__ = ["BACKWARD", "FORWARD", "GRAD_NAMES", "TOL", "assert_close", "make_cotangents",
+           "make_problem", "run", "torch_run", "variant_kwargs"]
 
-
-def variant_kwargs(cell: Cell) -> dict:
-    if cell.kind == "rnn":
-        return {"nonlinearity": cell.nonlinearity}
-    if cell.kind == "gru":
-        return {"linear_before_reset": cell.linear_before_reset}
-    return {}
+TOL = {dtype: tolerance(dtype) for dtype in (np.float32, np.float64)}
+variant_kwargs = attrgetter("options")  # variant_kwargs(cell) is cell.options
 
 
 def make_problem(cell: Cell, T, B, I, H, dtype=np.float64, seed=0, bias=True, states=True,
                  lengths=False, scale=0.5):
-    """Random inputs for one direction, as a dict of keyword arguments for *_forward."""
+    """Random inputs for one direction, as a dict of keyword arguments for *_forward: those of
+    ``make_params`` with weights in +-``scale``, then (``lengths=True``) sequence lengths from
+    the same generator."""
     rng = np.random.default_rng(seed)
-    G = cell.gates
-    p = {
-        "x": rng.standard_normal((T, B, I)),
-        "W_ih": rng.uniform(-scale, scale, (G * H, I)),
-        "W_hh": rng.uniform(-scale, scale, (G * H, H)),
-        "b_ih": rng.uniform(-scale, scale, G * H) if bias else None,
-        "b_hh": rng.uniform(-scale, scale, G * H) if bias else None,
-        "h0": rng.standard_normal((B, H)) * 0.5 if states else None,
-    }
-    if cell.has_cell_state:
-        p["c0"] = rng.standard_normal((B, H)) * 0.5 if states else None
+    p = make_params(cell, T, B, I, H, dtype, rng, bias=bias, states=states, scale=scale)
     if lengths:
         L = rng.integers(1, T + 1, B)
         L[0] = T  # one full-length sequence
         if B > 2:
             L[2] = L[1]  # a tie
         p["lengths"] = L
-    p = {k: (v.astype(dtype) if isinstance(v, np.ndarray) and v.dtype.kind == "f" else v)
-         for k, v in p.items()}
     return p
-
-
-def make_cotangents(cell, T, B, H, dtype=np.float64, seed=1):
-    rng = np.random.default_rng(seed)
-    g = {"dy": rng.standard_normal((T, B, H)).astype(dtype),
-         "dh_n": rng.standard_normal((B, H)).astype(dtype)}
-    if cell.has_cell_state:
-        g["dc_n"] = rng.standard_normal((B, H)).astype(dtype)
-    return g
 
 
 def run(cell, problem, cot, backend, reverse=False):
     """Forward and backward through the functional API; returns (outputs dict, grads dict)."""
-    out = FORWARD[cell.kind](**problem, **variant_kwargs(cell), reverse=reverse, backend=backend)
-    outs = {"y": out[0], "h_n": out[1]}
-    if cell.has_cell_state:
-        outs["c_n"] = out[2]
-    g = BACKWARD[cell.kind](out[-1], **cot)
-    grads = {n: getattr(g, n) for n in GRAD_NAMES if getattr(g, n) is not None}
-    return outs, grads
+    out = fastrnn_forward(cell, problem, reverse=reverse, backend=backend)
+    return outputs(cell, out), gradients(fastrnn_backward(cell, out[-1], cot))
 
 
 def assert_close(actual: dict, expected: dict, dtype, label=""):
@@ -99,7 +73,6 @@ def torch_run(cell, problem, cot, reverse=False):
         mod = torch.nn.GRU(**kw)
     suffix = "_reverse" if reverse else ""
     D = 2 if reverse else 1
-    G = cell.gates
     with torch.no_grad():
         for name, key in (("weight_ih", "W_ih"), ("weight_hh", "W_hh"), ("bias_ih", "b_ih"),
                           ("bias_hh", "b_hh")):
@@ -110,37 +83,28 @@ def torch_run(cell, problem, cot, reverse=False):
                 getattr(mod, f"{name}_l0").zero_()
     xt = torch.from_numpy(x.copy()).requires_grad_()
     zeros = np.zeros((B, H), x.dtype)
-    h0 = problem.get("h0")
-    h0 = zeros if h0 is None else h0
-    h0t = torch.from_numpy(np.stack([zeros, h0][-D:]).copy()).requires_grad_()
-    hx = h0t
-    if cell.has_cell_state:
-        c0 = problem.get("c0")
-        c0 = zeros if c0 is None else c0
-        c0t = torch.from_numpy(np.stack([zeros, c0][-D:]).copy()).requires_grad_()
-        hx = (h0t, c0t)
+    states = []  # h0 (and c0) as (D, B, H), the unused forward half zeros
+    for name in cell.named("{}0"):
+        s0 = zeros if problem.get(name) is None else problem[name]
+        states.append(torch.from_numpy(np.stack([zeros, s0][-D:]).copy()).requires_grad_())
     lengths = problem.get("lengths")
     inp = xt if lengths is None else pack_padded_sequence(
         xt, torch.as_tensor(lengths), enforce_sorted=False)
-    out, state = mod(inp, hx)
+    out, state = mod(inp, cell.as_hx(states))
     if lengths is not None:
         out, _ = pad_packed_sequence(out, total_length=T)
-    h_n = state[0] if cell.has_cell_state else state
-    c_n = state[1] if cell.has_cell_state else None
+    finals = [s[D - 1] for s in cell.from_hx(state)]  # h_n (and c_n) of this direction
     y = out[..., (D - 1) * H:]
-    loss = (y * torch.from_numpy(cot["dy"])).sum() + (h_n[D - 1] * torch.from_numpy(cot["dh_n"])).sum()
-    if cell.has_cell_state:
-        loss = loss + (c_n[D - 1] * torch.from_numpy(cot["dc_n"])).sum()
+    loss = (y * torch.from_numpy(cot["dy"])).sum()
+    for name, s in zip(cell.named("d{}_n"), finals):
+        loss = loss + (s * torch.from_numpy(cot[name])).sum()
     loss.backward()
-    outs = {"y": y.detach().numpy(), "h_n": h_n[D - 1].detach().numpy()}
-    if cell.has_cell_state:
-        outs["c_n"] = c_n[D - 1].detach().numpy()
+    outs = outputs(cell, [t.detach().numpy() for t in (y, *finals)])
     grads = {"dx": xt.grad.numpy(), "dW_ih": getattr(mod, f"weight_ih_l0{suffix}").grad.numpy(),
-             "dW_hh": getattr(mod, f"weight_hh_l0{suffix}").grad.numpy(),
-             "dh0": h0t.grad[D - 1].numpy()}
+             "dW_hh": getattr(mod, f"weight_hh_l0{suffix}").grad.numpy()}
     if bias:
         grads["db_ih"] = getattr(mod, f"bias_ih_l0{suffix}").grad.numpy()
         grads["db_hh"] = getattr(mod, f"bias_hh_l0{suffix}").grad.numpy()
-    if cell.has_cell_state:
-        grads["dc0"] = c0t.grad[D - 1].numpy()
+    for name, s0 in zip(cell.named("d{}0"), states):
+        grads[name] = s0.grad[D - 1].numpy()
     return outs, grads

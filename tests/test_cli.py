@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 
 import fastrnn
-from fastrnn import bench, dispatch, presets, runners
-from fastrnn import validate as validation
-from fastrnn.cli import main
+from fastrnn import dispatch
 from fastrnn.cells import ALL_CELLS, Cell, cell_by_name
 from fastrnn.reference import NumpyBackend
+from fastrnn.tools import bench, machine, presets, runners
+from fastrnn.tools import validate as validation
+from fastrnn.tools.cli import main
 
 TINY_BENCH = ["--rounds", "2", "--warmup", "0", "--threads", "1", "--sgemm-size", "128",
               "--min-sample-ms", "0.2", "--no-progress"]
@@ -76,7 +77,7 @@ def test_command_line_bench_restarts_with_idle_blas_threads_asleep(tmp_path):
     report = json.loads((tmp_path / "bench.json").read_text())
     assert not any("OPENBLAS_THREAD_TIMEOUT" in n for n in report["notes"])
     assert {r["impl"] for r in report["results"]} >= {"numpy"}
-    if not bench.blas_quiet():
+    if not machine.blas_quiet():
         main(["bench", "--cells", "rnn_tanh", "--shapes", "3x2x3x4", "--modes", "inference",
               "--peers", "none", "--out", str(tmp_path / "in_process"), *TINY_BENCH])
         notes = json.loads((tmp_path / "in_process" / "bench.json").read_text())["notes"]
@@ -278,8 +279,8 @@ def test_onnxruntime_model_matches_fastrnn(cell, reverse):
     session = runners.ort_session(runners.onnx_model(cell, p, reverse=reverse), threads=1)
     theirs = runners.ort_forward(cell, session, p)
     ours = runners.fastrnn_forward(cell, p, training=False, backend="numpy", reverse=reverse)
-    for k, name in enumerate(["y", "h_n"] + (["c_n"] if cell.has_cell_state else [])):
-        np.testing.assert_allclose(theirs[name], ours[k], rtol=1e-4, atol=1e-5, err_msg=name)
+    for name, a in runners.outputs(cell, ours).items():
+        np.testing.assert_allclose(theirs[name], a, rtol=1e-4, atol=1e-5, err_msg=name)
 
 
 def test_onnxruntime_model_without_bias_matches_fastrnn():
@@ -304,9 +305,8 @@ def test_torch_peer_matches_fastrnn_output_and_gradients(cell):
     # What the training call of the torch peer differentiates: output.sum()
     module = runners.torch_module(cell, p)
     x = torch.from_numpy(p["x"]).requires_grad_()
-    names = ("h0", "c0") if cell.has_cell_state else ("h0",)
-    states = [torch.from_numpy(p[n][None]).requires_grad_() for n in names]
-    module(x, tuple(states) if cell.has_cell_state else states[0])[0].sum().backward()
+    states = [torch.from_numpy(p[n][None]).requires_grad_() for n in cell.named("{}0")]
+    module(x, cell.as_hx(states))[0].sum().backward()
     theirs = {"dx": x.grad, "dW_ih": module.weight_ih_l0.grad,
               "dW_hh": module.weight_hh_l0.grad, "db_ih": module.bias_ih_l0.grad,
               "db_hh": module.bias_hh_l0.grad, "dh0": states[0].grad[0]}

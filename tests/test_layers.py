@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 import fastrnn
+from fastrnn.tolerances import tolerance
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
-TOL = {np.float32: dict(rtol=1e-4, atol=1e-5), np.float64: dict(rtol=1e-10, atol=1e-10)}
+TOL = {dtype: tolerance(dtype) for dtype in (np.float32, np.float64)}
 KINDS = ("rnn_tanh", "rnn_relu", "lstm", "gru")
 
 

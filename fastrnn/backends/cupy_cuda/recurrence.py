@@ -7,31 +7,19 @@ step in the opposite order: one fused pointwise kernel, then one GEMM ``d_gh @ W
 gradient flowing into the previous state. Every kernel runs one thread per (b, j) of the
 (B, H) state: ``threads_per_block`` threads per block, ceil(B*H / threads_per_block) blocks.
 
-What a training forward keeps (see fastrnn/cells.py) is a ``Saved``; the states hs/cs are
-(T+1, B, H) in time order, so step t reads its entering state and writes its leaving state in
-place. An inference forward alternates between two (B, H) buffers instead.
+What a training forward keeps (see fastrnn/cells.py) is a ``base.Saved``. The states are laid
+out in the slots of ``base.state_slots``: (T+1, B, H) in time order when training, so step t
+reads its entering state and writes its leaving state in place; two alternating (B, H) rows in
+inference.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
 import numpy as np
 
+from .. import base
+from ..base import Saved
 from . import loader
-
-
-@dataclass
-class Saved:
-    """What a training forward of one direction keeps for its backward."""
-
-    hs: Any  # (T+1, B, H)
-    cs: Any  # (T+1, B, H) or None
-    gates: Any  # (T, B, k*H) or None
-    hn: Any  # (T, B, H) or None
-    lengths: Any  # device int64 (B,) or None
-    reverse: bool
 
 
 class Step:
@@ -63,33 +51,23 @@ def row_stride(name, a):
     return np.int32(ld)
 
 
-def _order(T, reverse):
-    return range(T - 1, -1, -1) if reverse else range(T)
+def _state_buffer(xp, s0, T, reverse, training):
+    """The buffer of one state in the slot convention of ``base.state_slots`` (T+1 rows when
+    training, 2 otherwise), with the initial state s0 (B, H) in its first slot."""
+    rows = T + 1 if training else 2
+    states = xp.empty((rows,) + s0.shape, s0.dtype)
+    states[base.first_slot(T, reverse, training)] = s0
+    return states
 
 
-class _States:
-    """Entering and leaving state of each step: slices of (T+1, B, H) when training, else two
-    alternating (B, H) buffers (the first step reads the initial state, which is never written)."""
+def _kept_views(t, i, o, hs, cs, gates, hn):
+    """Step t's views of the states (entering slot i, leaving slot o) and of what a training
+    forward keeps; None for what the cell does not have."""
+    def pick(a, k):
+        return None if a is None else a[k]
 
-    def __init__(self, xp, s0, T, reverse, keep):
-        self.keep, self.reverse, self.s0 = keep, reverse, s0
-        if keep:
-            self.all = xp.empty((T + 1,) + s0.shape, s0.dtype)
-            self.all[T if reverse else 0] = s0
-        else:
-            self.pair = xp.empty((2,) + s0.shape, s0.dtype)
-        self.last = None
-
-    def step(self, n, t):
-        """(prev, next) for the n-th step run, which is time step t."""
-        if self.keep:
-            i, o = (t + 1, t) if self.reverse else (t, t + 1)
-            prev, nxt = self.all[i], self.all[o]
-        else:
-            prev = self.s0 if n == 0 else self.pair[(n - 1) % 2]
-            nxt = self.pair[n % 2]
-        self.last = nxt
-        return prev, nxt
+    return dict(h_prev=hs[i], h_next=hs[o], c_prev=pick(cs, i), c_next=pick(cs, o),
+                gates=pick(gates, t), hn=pick(hn, t))
 
 
 class Recurrence:
@@ -106,7 +84,6 @@ class Recurrence:
     def __init__(self, backend, cell, W_hh, b_hh, B):
         self.device = backend.device
         self.xp = backend.xp
-        self.cell = cell
         self.W_hh, self.b_hh = W_hh, b_hh
         self.dtype = W_hh.dtype
         self.B, self.H = B, W_hh.shape[1]
@@ -133,27 +110,24 @@ class Recurrence:
         H = self.H
         self.ld_x, self.ld_y = row_stride("x_proj", x_proj), row_stride("y", y)
         self.lengths = None if lengths is None else xp.asarray(np.asarray(lengths, np.int64))
-        h = _States(xp, h0, T, reverse, training)
-        c = _States(xp, c0, T, reverse, training) if c0 is not None else None
+        hs = _state_buffer(xp, h0, T, reverse, training)
+        cs = _state_buffer(xp, c0, T, reverse, training) if c0 is not None else None
         gates = hn = None
         if training and self.gate_blocks:
             gates = xp.empty((T, B, self.gate_blocks * H), self.dtype)
         if training and self.keeps_hn:
             hn = xp.empty((T, B, H), self.dtype)
         self.forward_buffers(training)
-        for n, t in enumerate(_order(T, reverse)):
-            h_prev, h_next = h.step(n, t)
-            c_prev, c_next = c.step(n, t) if c is not None else (None, None)
-            self.forward_step(Step(
-                t, x_proj=x_proj[t], y=y[t], h_prev=h_prev, h_next=h_next, c_prev=c_prev,
-                c_next=c_next, gates=None if gates is None else gates[t],
-                hn=None if hn is None else hn[t]))
-        h_n = h.last.copy()
-        c_n = c.last.copy() if c is not None else None
+        for n in range(T):
+            t, i, o = base.state_slots(n, T, reverse, training)
+            self.forward_step(Step(t, x_proj=x_proj[t], y=y[t],
+                                   **_kept_views(t, i, o, hs, cs, gates, hn)))
+        last = base.final_slot(T, reverse, training)
+        h_n = hs[last].copy()
+        c_n = cs[last].copy() if cs is not None else None
         if not training:
             return h_n, c_n, None
-        return h_n, c_n, Saved(h.all, None if c is None else c.all, gates, hn, self.lengths,
-                               reverse)
+        return h_n, c_n, Saved(hs, cs, gates, hn, self.lengths, reverse)
 
     def forward_buffers(self, training):
         """Allocate the per-step scratch of the forward (the recurrent GEMM's output)."""
@@ -173,16 +147,11 @@ class Recurrence:
         self.dh_carry = dh_n.copy()
         self.dc_carry = None if dc_n is None else dc_n.copy()
         self.backward_buffers(T)
-        hs, cs = saved.hs, saved.cs
-        for t in reversed(_order(T, saved.reverse)):
-            i, o = (t + 1, t) if saved.reverse else (t, t + 1)
-            self.backward_step(Step(
-                t, h_prev=hs[i], h_next=hs[o], c_prev=None if cs is None else cs[i],
-                c_next=None if cs is None else cs[o],
-                gates=None if saved.gates is None else saved.gates[t],
-                hn=None if saved.hn is None else saved.hn[t], dy=dy[t], d_gx=d_gx[t]))
-        h_in = hs[1:] if saved.reverse else hs[:-1]
-        return self.hh_terms(d_gx, h_in), self.dh_carry + self.dh_rec, self.dc_carry
+        for n in reversed(range(T)):
+            t, i, o = base.state_slots(n, T, saved.reverse, True)
+            self.backward_step(Step(t, dy=dy[t], d_gx=d_gx[t], **_kept_views(
+                t, i, o, saved.hs, saved.cs, saved.gates, saved.hn)))
+        return self.hh_terms(d_gx, saved.h_in), self.dh_carry + self.dh_rec, self.dc_carry
 
     def backward_buffers(self, T):
         """Allocate what the backward needs beyond dh_rec and the carries."""

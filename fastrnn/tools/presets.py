@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from typing import NamedTuple, Optional
 
-from .cells import Cell
+from ..cells import Cell
 
 MODES = ("inference", "training")
 
@@ -31,10 +31,6 @@ class Shape(NamedTuple):
     H: int
     cell: Optional[str] = None
     mode: Optional[str] = None
-
-    @property
-    def dims(self) -> str:
-        return f"T={self.T} B={self.B} I={self.I} H={self.H}"
 
 
 # (T, B, I, H)

@@ -5,12 +5,13 @@ full-length sequences, ``reverse``, given or zero initial states, with and witho
 backend runs a training forward, the backward with random dy, dh_n and dc_n, and an inference
 forward. Every output (y, h_n, c_n, training and inference) and every gradient is compared with
 the reference run in float64 on the same inputs: it passes when |actual - expected| <=
-atol + rtol * |expected| everywhere (numpy.allclose), with float32 rtol 1e-4, atol 1e-5 and
-float64 rtol = atol = 1e-10, and when its dtype and shape are right.
+atol + rtol * |expected| everywhere (numpy.allclose), with the tolerances of
+``fastrnn.tolerances`` (float32 rtol 1e-4, atol 1e-5; float64 rtol = atol = 1e-10), and when its
+dtype and shape are right.
 
 The reference itself in float64 has nothing to be compared with; its gradients are checked with
 central finite differences instead, along a random direction per gradient (relative error
-<= 1e-6).
+<= ``FD_RTOL``, 1e-6).
 """
 
 from __future__ import annotations
@@ -21,12 +22,12 @@ from typing import Optional
 
 import numpy as np
 
-from . import dispatch, runners
-from .cells import ALL_CELLS, Cell
-from .reference import NumpyBackend
+from .. import dispatch
+from ..cells import ALL_CELLS, Cell
+from ..reference import NumpyBackend
+from ..tolerances import FD_RTOL, TOLERANCES, describe, tolerance
+from . import runners
 
-TOLERANCES = {"float32": {"rtol": 1e-4, "atol": 1e-5}, "float64": {"rtol": 1e-10, "atol": 1e-10}}
-FD_RTOL = 1e-6
 FD_STEP = 1e-6
 DTYPES = tuple(TOLERANCES)
 
@@ -63,15 +64,9 @@ GRID = (
 
 def _problem(cell: Cell, case: GridCase, dtype, seed):
     """(params, cotangents) in ``dtype``, drawn in float64 and rounded once."""
-    p = runners.make_params(cell, case.T, case.B, case.I, case.H, np.float64, seed,
+    p = runners.make_params(cell, case.T, case.B, case.I, case.H, dtype, seed,
                             bias=case.bias, states=case.states)
-    rng = np.random.default_rng(seed + 1)
-    cot = {"dy": rng.standard_normal((case.T, case.B, case.H)),
-           "dh_n": rng.standard_normal((case.B, case.H))}
-    if cell.has_cell_state:
-        cot["dc_n"] = rng.standard_normal((case.B, case.H))
-    cast = {k: None if v is None else v.astype(dtype) for k, v in p.items()}
-    return cast, {k: v.astype(dtype) for k, v in cot.items()}
+    return p, runners.make_cotangents(cell, case.T, case.B, case.H, dtype, seed + 1)
 
 
 def _run(cell, case, backend, p, cot):
@@ -83,19 +78,11 @@ def _run(cell, case, backend, p, cot):
     lengths = case.make_lengths()
     out = runners.fastrnn_forward(cell, p, training=True, backend=backend, lengths=lengths,
                                   reverse=case.reverse)
-    result = {"y": out[0], "h_n": out[1]}
-    if cell.has_cell_state:
-        result["c_n"] = out[2]
-    grads = runners.fastrnn_backward(cell, out[-1], cot)
-    for name in runners.GRAD_NAMES:
-        if getattr(grads, name) is not None:
-            result[name] = getattr(grads, name)
+    result = runners.outputs(cell, out)
+    result.update(runners.gradients(runners.fastrnn_backward(cell, out[-1], cot)))
     inf = runners.fastrnn_forward(cell, p, training=False, backend=backend, lengths=lengths,
                                   reverse=case.reverse)
-    result["y (inference)"] = inf[0]
-    result["h_n (inference)"] = inf[1]
-    if cell.has_cell_state:
-        result["c_n (inference)"] = inf[2]
+    result.update((f"{k} (inference)", v) for k, v in runners.outputs(cell, inf).items())
     return {k: runners.to_numpy(v) for k, v in result.items()}
 
 
@@ -105,7 +92,7 @@ def compare(actual, expected, dtype: str) -> dict:
     max_rel is taken over the entries with |expected| > atol, where a relative error means
     something; ``worst`` is the largest |a - e| / (atol + rtol |e|), at most 1 to pass.
     """
-    tol = TOLERANCES[dtype]
+    tol = tolerance(dtype)
     if actual is None:
         return {"max_abs": None, "max_rel": None, "worst": None, "passed": False,
                 "problem": "missing"}
@@ -136,10 +123,7 @@ def _finite_differences(cell, case, p, cot, grads, seed) -> dict:
     def loss(q):
         out = runners.fastrnn_forward(cell, q, training=False, backend="numpy",
                                       lengths=lengths, reverse=case.reverse)
-        total = np.sum(out[0] * cot["dy"]) + np.sum(out[1] * cot["dh_n"])
-        if cell.has_cell_state:
-            total += np.sum(out[2] * cot["dc_n"])
-        return total
+        return sum(np.sum(a * cot["d" + k]) for k, a in runners.outputs(cell, out).items())
 
     rng = np.random.default_rng(seed + 2)
     results = {}
@@ -244,7 +228,7 @@ def format_text(records, backends, cells, dtypes, grid, verbose=False) -> str:
         f"grid ({len(grid)} cases per cell and dtype): "
         + "; ".join(f"{g.name} (T={g.T} B={g.B} I={g.I} H={g.H})" for g in grid),
         "tolerances: |actual - expected| <= atol + rtol |expected| against the float64 "
-        "reference, float32 rtol 1e-4 atol 1e-5, float64 rtol 1e-10 atol 1e-10; the reference "
+        "reference, " + ", ".join(f"{d} {describe(d)}" for d in TOLERANCES) + "; the reference "
         f"in float64: finite differences, relative error <= {FD_RTOL:g}. max rel err is over "
         "entries with |expected| > atol.",
         "",
@@ -281,7 +265,7 @@ def _json_default(v):
 
 
 def cells_by_names(names: Optional[str]):
-    from .cells import cell_by_name
+    from ..cells import cell_by_name
 
     if names is None or names == "all":
         return ALL_CELLS

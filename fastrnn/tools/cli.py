@@ -15,7 +15,8 @@ import shutil
 import subprocess
 import sys
 
-from . import __version__, bench, dispatch, presets, runners
+from .. import __version__, dispatch
+from . import bench, machine, presets, report, runners
 from . import validate as validation
 
 
@@ -53,23 +54,20 @@ def _parser():
     b.add_argument("--peers", default=",".join(bench.PEERS),
                    help="peers among torch, onnxruntime, or none (default: %(default)s, "
                    "those installed)")
-    b.add_argument("--threads", type=int, default=bench.default_threads(),
+    b.add_argument("--threads", type=int, default=machine.default_threads(),
                    help="threads for every implementation (default: the cores, %(default)s)")
     b.add_argument("--rounds", type=int, default=7, help="timed rounds (default %(default)s)")
     b.add_argument("--warmup", type=int, default=1,
                    help="untimed calls after the first call (default %(default)s)")
-    b.add_argument("--min-sample-ms", type=float, default=2.0,
-                   help="a sample repeats the call until it lasts this long (default "
-                   "%(default)s)")
-    b.add_argument("--reference-max-gflop", type=float, default=2.0,
-                   help="skip the slow NumPy reference above this many GFLOP per call "
-                   "(default %(default)s)")
-    b.add_argument("--reference-budget", type=float, default=2.0,
-                   help="seconds of rounds for the NumPy reference per case, at least 3 rounds "
-                   "(default %(default)s)")
-    b.add_argument("--t-scale", type=float, default=1.0,
-                   help="multiply every shape's T by this, e.g. 0.1 to run DeepBench's long "
-                   "sequences on a CPU (default %(default)s)")
+    for option, default, text in (
+            ("--min-sample-ms", 2.0, "a sample repeats the call until it lasts this long"),
+            ("--reference-max-gflop", 2.0,
+             "skip the slow NumPy reference above this many GFLOP per call"),
+            ("--reference-budget", 2.0,
+             "seconds of rounds for the NumPy reference per case, at least 3 rounds"),
+            ("--t-scale", 1.0, "multiply every shape's T by this, e.g. 0.1 to run DeepBench's "
+             "long sequences on a CPU")):
+        b.add_argument(option, type=float, default=default, help=f"{text} (default %(default)s)")
     b.add_argument("--sgemm-size", type=int, default=2048,
                    help="size of the square matmul that measures the sgemm peak "
                    "(default %(default)s)")
@@ -105,8 +103,8 @@ def main(argv=None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    if args.command == "bench" and from_command_line and not bench.blas_quiet():
-        _restart_with(bench.QUIET_BLAS, argv)
+    if args.command == "bench" and from_command_line and not machine.blas_quiet():
+        _restart_with(machine.QUIET_BLAS, argv)
     try:
         if args.command == "bench":
             return _bench(args, argv)
@@ -149,15 +147,15 @@ def _bench(args, argv) -> int:
     cases = bench.plan_cases(cells, shapes, modes)
     if not cases:
         raise ValueError("no cases: the chosen shapes fix cells that are not among --cells")
-    report = bench.run(
+    result = bench.run(
         cases, impls, threads=args.threads, rounds=args.rounds, warmup=args.warmup,
         min_sample_s=args.min_sample_ms / 1e3,
         reference_max_flops=args.reference_max_gflop * 1e9,
         reference_budget_s=args.reference_budget, sgemm_size=args.sgemm_size,
         progress=not args.no_progress, seed=args.seed, notes=notes,
         command=shlex.join(["fastrnn", *argv]))
-    paths = bench.write_report(report, args.out)
-    print(bench.markdown(report))
+    paths = report.write_report(result, args.out)
+    print(report.markdown(result))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
 
@@ -191,7 +189,7 @@ def _validate(args) -> int:
 
 def _distribution_version(*names):
     for name in names:
-        v = bench._version(name)
+        v = machine.version(name)
         if v is not None:
             return v
     return None
@@ -239,7 +237,7 @@ def info_data() -> dict:
         default = dispatch.select(None, "numpy").name
     except (dispatch.BackendUnavailable, ValueError, TypeError) as exc:
         default = f"none: {exc}"
-    threads = {"cores": bench.default_threads(), "cpu_count": os.cpu_count()}
+    threads = {"cores": machine.default_threads(), "cpu_count": os.cpu_count()}
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                 "NUMBA_NUM_THREADS"):
         if os.environ.get(var):
@@ -257,13 +255,13 @@ def info_data() -> dict:
     versions = {"python": platform.python_version(), "fastrnn": __version__}
     for dist in ("numpy", "scipy", "numba", "llvmlite", "threadpoolctl", "torch", "onnx",
                  "onnxruntime", "tqdm", "matplotlib", "pytest-benchmark"):
-        versions[dist] = bench._version(dist)
+        versions[dist] = machine.version(dist)
     versions["cupy"] = _distribution_version("cupy-cuda12x", "cupy-cuda13x", "cupy-cuda11x",
                                              "cupy")
-    machine = bench.machine_info(bench.default_threads())
+    host = machine.machine_info(machine.default_threads())
     return {
         "versions": versions,
-        "platform": machine["platform"], "cpu": machine["cpu"],
+        "platform": host["platform"], "cpu": host["cpu"],
         "backends": {"available": available, "unavailable": unavailable,
                      "default_for_numpy_arrays": default,
                      "process_default": dispatch.default_backend_name()},

@@ -16,8 +16,8 @@ import time
 
 import numpy as np
 
-from . import api
-from .cells import Cell
+from .. import api
+from ..cells import Cell
 
 FORWARD = {"rnn": api.rnn_forward, "lstm": api.lstm_forward, "gru": api.gru_forward}
 BACKWARD = {"rnn": api.rnn_backward, "lstm": api.lstm_backward, "gru": api.gru_backward}
@@ -39,45 +39,46 @@ def installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def variant_kwargs(cell: Cell) -> dict:
-    if cell.kind == "rnn":
-        return {"nonlinearity": cell.nonlinearity}
-    if cell.kind == "gru":
-        return {"linear_before_reset": cell.linear_before_reset}
-    return {}
-
-
-def make_params(cell: Cell, T, B, I, H, dtype=np.float32, seed=0, bias=True, states=True):
+def make_params(cell: Cell, T, B, I, H, dtype=np.float32, seed=0, bias=True, states=True,
+                scale=None):
     """Random inputs for one direction: x (T, B, I) standard normal, weights and biases uniform
-    in +-1/sqrt(H) (PyTorch's initialisation), h0/c0 (B, H) or None. A dict keyed like the
-    functional API's arguments."""
+    in +-``scale`` (default 1/sqrt(H), PyTorch's initialisation), h0/c0 (B, H) or None. A dict
+    keyed like the functional API's arguments. ``seed`` may be a numpy Generator, which then
+    draws them."""
     rng = np.random.default_rng(seed)
     G = cell.gates
-    k = 1 / np.sqrt(H)
+    k = 1 / np.sqrt(H) if scale is None else scale
     p = {
         "x": rng.standard_normal((T, B, I)),
         "W_ih": rng.uniform(-k, k, (G * H, I)),
         "W_hh": rng.uniform(-k, k, (G * H, H)),
         "b_ih": rng.uniform(-k, k, G * H) if bias else None,
         "b_hh": rng.uniform(-k, k, G * H) if bias else None,
-        "h0": rng.standard_normal((B, H)) * 0.5 if states else None,
     }
-    if cell.has_cell_state:
-        p["c0"] = rng.standard_normal((B, H)) * 0.5 if states else None
+    for name in cell.named("{}0"):
+        p[name] = rng.standard_normal((B, H)) * 0.5 if states else None
     return {n: None if a is None else a.astype(dtype) for n, a in p.items()}
+
+
+def make_cotangents(cell: Cell, T, B, H, dtype=np.float64, seed=1) -> dict:
+    """Random standard normal cotangents for one direction: dy (T, B, H), dh_n and (LSTM) dc_n
+    (B, H), keyed like the functional API's backward arguments."""
+    rng = np.random.default_rng(seed)
+    g = {"dy": rng.standard_normal((T, B, H))}
+    for name in cell.named("d{}_n"):
+        g[name] = rng.standard_normal((B, H))
+    return {n: a.astype(dtype) for n, a in g.items()}
 
 
 # ----------------------------------------------------------------------------------------------
 # fastrnn
 
 
-def fastrnn_forward(cell: Cell, p: dict, *, training, backend, lengths=None, reverse=False):
-    """The functional API's forward for ``cell``: returns its result tuple, ctx last."""
-    return FORWARD[cell.kind](
-        p["x"], p["W_ih"], p["W_hh"], p["b_ih"], p["b_hh"], p["h0"],
-        *((p.get("c0"),) if cell.has_cell_state else ()),
-        **variant_kwargs(cell), lengths=lengths, reverse=reverse, training=training,
-        backend=backend)
+def fastrnn_forward(cell: Cell, p: dict, **options):
+    """The functional API's forward for ``cell`` on the arguments in ``p`` (as ``make_params``
+    gives them), with ``options`` such as training, backend, lengths, reverse: returns its result
+    tuple, ctx last."""
+    return FORWARD[cell.kind](**p, **cell.options, **options)
 
 
 def fastrnn_backward(cell: Cell, ctx, cotangents: dict):
@@ -85,12 +86,22 @@ def fastrnn_backward(cell: Cell, ctx, cotangents: dict):
     return BACKWARD[cell.kind](ctx, **cotangents)
 
 
+def outputs(cell: Cell, result) -> dict:
+    """A forward's result by name: y, h_n and (LSTM) c_n."""
+    return dict(zip(("y", *cell.named("{}_n")), result))
+
+
+def gradients(grads) -> dict:
+    """The gradients a backward returned, by name (``GRAD_NAMES``), leaving out the Nones."""
+    return {n: getattr(grads, n) for n in GRAD_NAMES if getattr(grads, n) is not None}
+
+
 def fastrnn_runner(backend_name: str, cell: Cell, p: dict, mode: str):
     """A call running one forward (inference) or forward + backward with dy = ones (training)
     on fastrnn backend ``backend_name``; returns (call, sync, setup seconds). call() returns y."""
-    from . import dispatch
+    from .. import dispatch
 
-    backend = dispatch.get_backend(backend_name)
+    backend = dispatch.get_backend(backend_name)  # resolved once: every call passes it as is
     xp = backend.xp
     sync = None
     if backend.library != "numpy":
@@ -98,12 +109,12 @@ def fastrnn_runner(backend_name: str, cell: Cell, p: dict, mode: str):
         sync = xp.cuda.runtime.deviceSynchronize
     if mode == "inference":
         def call():
-            return fastrnn_forward(cell, p, training=False, backend=backend_name)[0]
+            return fastrnn_forward(cell, p, training=False, backend=backend)[0]
     else:
         ones = xp.ones((p["x"].shape[0], p["x"].shape[1], p["W_hh"].shape[1]), p["x"].dtype)
 
         def call():
-            out = fastrnn_forward(cell, p, training=True, backend=backend_name)
+            out = fastrnn_forward(cell, p, training=True, backend=backend)
             fastrnn_backward(cell, out[-1], {"dy": ones})
             return out[0]
     return call, sync, 0.0
@@ -139,7 +150,7 @@ def torch_module(cell: Cell, p: dict):
 def torch_runner(cell: Cell, p: dict, mode: str, threads=None):
     """PyTorch's call: no_grad forward, or forward + output.sum().backward() with gradients for
     the input, the weights and the initial states. Returns (call, sync, setup seconds).
-    ``threads`` is ignored: torch's thread count is process-wide (``bench.thread_settings``)."""
+    ``threads`` is ignored: torch's thread count is process-wide (``machine.thread_settings``)."""
     if installed("torch"):
         import torch  # outside the setup time: importing torch is not building the module
     start = time.perf_counter()
@@ -147,9 +158,8 @@ def torch_runner(cell: Cell, p: dict, mode: str, threads=None):
 
     training = mode == "training"
     x = torch.from_numpy(p["x"]).requires_grad_(training)
-    states = [torch.from_numpy(p[n][None]).requires_grad_(training)
-              for n in (("h0", "c0") if cell.has_cell_state else ("h0",))]
-    hx = tuple(states) if cell.has_cell_state else states[0]
+    states = [torch.from_numpy(p[n][None]).requires_grad_(training) for n in cell.named("{}0")]
+    hx = cell.as_hx(states)
     leaves = [x, *states, *module.parameters()]
     if not training:
         def call():
@@ -193,8 +203,8 @@ def onnx_model(cell: Cell, p: dict, reverse: bool = False):
     if p["b_ih"] is not None:
         b = np.concatenate([reorder(p["b_ih"]), reorder(p["b_hh"])], axis=1)
         initializers.append(numpy_helper.from_array(b, "B"))
-    state_names = ["initial_h"] + (["initial_c"] if cell.has_cell_state else [])
-    out_names = ["Y", "Y_h"] + (["Y_c"] if cell.has_cell_state else [])
+    state_names = list(cell.named("initial_{}"))
+    out_names = ["Y", *cell.named("Y_{}")]
     attrs = {"hidden_size": H, "direction": "reverse" if reverse else "forward"}
     if cell.kind == "rnn":
         attrs["activations"] = ["Tanh" if cell.nonlinearity == "tanh" else "Relu"]
@@ -233,19 +243,16 @@ def ort_session(model, threads: int):
 def ort_feeds(cell: Cell, p: dict) -> dict:
     B, H = p["x"].shape[1], p["W_hh"].shape[1]
     zeros = np.zeros((B, H), p["x"].dtype)
-    feeds = {"X": p["x"], "initial_h": (zeros if p["h0"] is None else p["h0"])[None]}
-    if cell.has_cell_state:
-        feeds["initial_c"] = (zeros if p.get("c0") is None else p["c0"])[None]
+    feeds = {"X": p["x"]}
+    for feed, state in zip(cell.named("initial_{}"), cell.named("{}0")):
+        feeds[feed] = (zeros if p.get(state) is None else p[state])[None]
     return feeds
 
 
 def ort_forward(cell: Cell, session, p: dict) -> dict:
     """Run the session on ``p``; returns y (T, B, H), h_n (B, H) and (LSTM) c_n (B, H)."""
-    outs = session.run(None, ort_feeds(cell, p))
-    result = {"y": outs[0][:, 0], "h_n": outs[1][0]}
-    if cell.has_cell_state:
-        result["c_n"] = outs[2][0]
-    return result
+    y, *states = session.run(None, ort_feeds(cell, p))
+    return outputs(cell, (y[:, 0], *(s[0] for s in states)))
 
 
 def ort_runner(cell: Cell, p: dict, mode: str, threads: int):
