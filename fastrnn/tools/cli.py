@@ -75,6 +75,10 @@ def _parser():
     b.add_argument("--out", default="fastrnn-bench",
                    help="directory for bench.json, bench.md, bench.png (default %(default)s)")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    b.add_argument("--torch-frontend", action="store_true",
+                   help="time the PyTorch front end instead: fastrnn.torch.X against torch.nn.X "
+                   "(inference, and a training step through autograd) and the modules' "
+                   "overhead over the stack call; writes torch_bench.md to --out")
 
     v = sub.add_parser(
         "validate", help="check every backend against the NumPy reference",
@@ -116,6 +120,19 @@ def main(argv=None) -> int:
         return 2
 
 
+def _bench_torch(args) -> int:
+    from . import torch_bench
+
+    cells = _names(args.cells) if args.cells else ["rnn_tanh", "lstm", "gru"]
+    table = torch_bench.run(cells, presets.select_shapes(args.shapes, args.t_scale),
+                            args.threads, args.rounds, args.min_sample_ms / 1e3)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "torch_bench.md"), "w") as f:
+        f.write(table)
+    print(table)
+    return 0
+
+
 def _restart_with(env, argv):
     """Run this command again in a fresh interpreter with ``env`` added to the environment
     (settings that libraries read only when they load). Does not return."""
@@ -131,6 +148,8 @@ def _bench(args, argv) -> int:
     for name in ("threads", "rounds", "sgemm_size"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+    if args.torch_frontend:
+        return _bench_torch(args)
     if args.warmup < 0:
         raise ValueError("--warmup must be >= 0")
     cells = None if args.cells is None else validation.cells_by_names(args.cells)
