@@ -75,3 +75,17 @@ def test_threads_follow_torch_unless_set():
         numba.set_num_threads(old_numba)
     assert seen == [1, numba.config.NUMBA_NUM_THREADS, 1]
     assert numba.get_num_threads() == old_numba
+
+
+def test_torch_frontend_bench_table():
+    from fastrnn.tools import torch_bench
+    from fastrnn.tools.presets import Shape
+
+    table = torch_bench.run(["gru"], [Shape("t", 3, 2, 4, 5)], threads=1, rounds=1,
+                            min_sample_s=0.001)
+    rows = [line for line in table.splitlines() if line.startswith("| gru |")]
+    assert len(rows) == 4  # inference and training, then the two overhead rows
+    assert all(float(cell.strip().rstrip("x")) > 0 for row in rows[:2]
+               for cell in row.split("|")[4:7])
+    with pytest.raises(ValueError, match="gru_textbook"):
+        torch_bench.run(["gru_textbook"], [], threads=1)
