@@ -210,6 +210,9 @@ def forward(x, states, params, lengths, masks, config, training, backend):
         y, finals, _ = stack_forward(x, states, params, lengths, masks, *config, training,
                                      backend)
         return y, finals
+    if not training:  # nothing to differentiate: no autograd node, nothing kept
+        y, finals, _ = _forward_impl(x, states, params, lengths, masks, *config, False, backend)
+        return y, finals
     y, *finals = _Eager.apply(tuple(config), training, backend,
                               (len(states), len(params)), lengths, x, *states, *params, *masks)
     return y, finals
