@@ -47,22 +47,19 @@ SPECS = {}
 
 
 def register(name, spec, forward, backward):
-    """Run cells named ``name`` as ``spec`` says, with ``forward`` and ``backward`` (compiled
-    row functions, signatures as forward_row / backward_row) for every instance of spec.cell's
-    class."""
+    """Run cells named ``name`` as ``spec`` says, with ``forward`` and ``backward`` (plain
+    Python functions, compiled as skeleton.forward_row / backward_row for every instance of
+    spec.cell's class)."""
     cls = type(spec.cell)
+    # Inlined: a row function runs per row and step, and as a call it would get every argument
+    # group by value, which at small sizes costs more than its arithmetic.
     if not any(type(s.cell) is cls for s in SPECS.values()):
-        @overload(forward_row, jit_options=KERNEL)
-        def _forward(cell, k, geo, pos, xp, b_hh, state, keep, work):
-            if getattr(cell, "instance_class", None) is cls:
-                return lambda cell, k, geo, pos, xp, b_hh, state, keep, work: forward(
-                    cell, k, geo, pos, xp, b_hh, state, keep, work)
-
-        @overload(backward_row, jit_options=KERNEL)
-        def _backward(cell, k, geo, pos, dgx, state, grads, keep, work):
-            if getattr(cell, "instance_class", None) is cls:
-                return lambda cell, k, geo, pos, dgx, state, grads, keep, work: backward(
-                    cell, k, geo, pos, dgx, state, grads, keep, work)
+        overload(forward_row, jit_options=KERNEL, inline="always")(
+            lambda cell, k, geo, pos, xp, b_hh, state, keep, work:
+            forward if getattr(cell, "instance_class", None) is cls else None)
+        overload(backward_row, jit_options=KERNEL, inline="always")(
+            lambda cell, k, geo, pos, dgx, state, grads, keep, work:
+            backward if getattr(cell, "instance_class", None) is cls else None)
     SPECS[name] = spec
 
 

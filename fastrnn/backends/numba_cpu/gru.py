@@ -27,7 +27,6 @@ class Gru(NamedTuple):
     pass
 
 
-@njit(**KERNEL)
 def _forward(cell, k, geo, pos, xp, b_hh, state, keep, work):
     g, n, nu, H, u0, xo, gbuf, hs = pos.g, pos.n, geo.nu, geo.H, pos.u0, pos.io, work.out, \
         state[0]
@@ -61,7 +60,6 @@ def dn_dz(dh, h0, gs, g0, H, hs, i_in, dn, n0, dz, z0, n):
         dh[U(h0 + u)] *= gs[U(g0 + H + u)]
 
 
-@njit(**KERNEL)
 def _backward(cell, k, geo, pos, dgx, state, grads, keep, work):
     H, n, nu, d, d0, go = geo.H, pos.n, geo.nu, work.d, pos.g, pos.io
     gates, hn, tmp, d_gh = keep[0], keep[1], work.mid, work.terms

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from numba import njit
 
 from .gru import G, dn_dz
 from .packed import panel_width
-from .scalars import KERNEL, U
+from .scalars import U
 from .driver import Spec, register
 from .vectors import add_into, copy_row, sigmoid_row, tanh_row
 
@@ -26,7 +25,6 @@ class GruTextbook(NamedTuple):
     pass
 
 
-@njit(**KERNEL)
 def _forward(cell, k, geo, pos, xp, b_hh, state, keep, work):
     g, n, nu, H, u0, xo, hs = pos.g, pos.n, geo.nu, geo.H, pos.u0, pos.io, state[0]
     out = work.out
@@ -46,7 +44,6 @@ def _forward(cell, k, geo, pos, xp, b_hh, state, keep, work):
             hs[U(pos.i_out + u)] = v + out[U(rz + nu + u)] * (hs[U(pos.i_in + u)] - v)
 
 
-@njit(**KERNEL)
 def _backward(cell, k, geo, pos, dgx, state, grads, keep, work):
     H, n, nu, go, hs, gates = geo.H, pos.n, geo.nu, pos.io, state[0], keep[0]
     hb = pos.b * H + pos.u0

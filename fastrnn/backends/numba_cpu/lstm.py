@@ -38,7 +38,6 @@ def _cell_row(g, g0, nu, n, cs, c_in, c_out, hs):
         hs[U(c_out + u)] *= g[U(g0 + 3 * nu + u)]
 
 
-@njit(**KERNEL)
 def _forward(cell, k, geo, pos, xp, b_hh, state, keep, work):
     g, n, nu, H, gbuf = pos.g, pos.n, geo.nu, geo.H, work.out
     for j in range(G):
@@ -49,7 +48,6 @@ def _forward(cell, k, geo, pos, xp, b_hh, state, keep, work):
     _cell_row(gbuf, g, nu, n, state[1], pos.i_in, pos.i_out, state[0])
 
 
-@njit(**KERNEL)
 def _backward(cell, k, geo, pos, dgx, state, grads, keep, work):
     H, n, nu, d, d0, gs, cs, dh, dc = (geo.H, pos.n, geo.nu, work.d, pos.g, keep[0], state[1],
                                        grads[0], grads[1])

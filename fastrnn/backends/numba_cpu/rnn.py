@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from numba import njit
 
-from .scalars import KERNEL, U
+from .scalars import U
 from .driver import Spec, register
 from .vectors import add_into, copy_row, tanh_of, zero_row
 
@@ -20,7 +19,6 @@ class Rnn(NamedTuple):
     relu: bool
 
 
-@njit(**KERNEL)
 def _forward(cell, k, geo, pos, xp, b_hh, state, keep, work):
     g, n, gbuf, hs = pos.g, pos.n, work.out, state[0]
     add_into(gbuf, g, xp, pos.io, b_hh, pos.u0, n)
@@ -33,7 +31,6 @@ def _forward(cell, k, geo, pos, xp, b_hh, state, keep, work):
         tanh_of(hs, pos.i_out, gbuf, g, n)
 
 
-@njit(**KERNEL)
 def _backward(cell, k, geo, pos, dgx, state, grads, keep, work):
     d, g, n, dh, hs, ho = work.d, pos.g, pos.n, grads[0], state[0], pos.i_out
     hb = pos.b * geo.H + pos.u0

@@ -318,7 +318,7 @@ def _phases(work):
     raise TypeError("compiled code only")
 
 
-@overload(_phases, jit_options=KERNEL)
+@overload(_phases, jit_options=KERNEL, inline="always")
 def _phases_impl(work):
     if len(work) == len(FWork._fields):
         return lambda work: FWork(*work).ph.shape[0]
