@@ -157,9 +157,9 @@ def forward(cell, x_proj, y, weights, b_hh, h0, c0, lengths, reverse, training):
         st[base.first_slot(T, reverse, training)] = s0
     gates = gate_store(x_proj, training, G, H) if spec.gates else None
     hn = np.empty((T, B, H), dtype) if training and spec.hn else None
-    panels = [weights.forward(g) for g in spec.forward]
+    W, _ = weights.forward(spec.forward)
     ph, out, mid = _forward_layout(name, B, H, plan, dtype.itemsize)
-    work = (_joined(panels), np.empty(out, dtype), np.empty(mid, dtype), ph)  # a skeleton.FWork
+    work = (W, np.empty(out, dtype), np.empty(mid, dtype), ph)  # a skeleton.FWork
     geo = (T, B, H, G, plan.rows, plan.units, plan.size, reverse, training)  # a Geometry
     time_loop(spec.cell, geo, flat_input(x_proj), flat(y), lengths, b_hh,
               tuple([st.reshape(-1) for st in states]),

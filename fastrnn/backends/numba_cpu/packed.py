@@ -228,18 +228,21 @@ def pack_forward(W_hh, gates, plan):
 
 
 class Packed:
-    """W_hh of one call (``array``, C-contiguous), its Plan, and its forward panels,
-    packed on first use and kept for every chunk of the call."""
+    """W_hh of one call (``array``, C-contiguous), its Plan, and its forward panels, packed on
+    first use and kept for every chunk of the call."""
 
     def __init__(self, W_hh, plan):
         self.array, self.plan = W_hh, plan
         self._panels = {}
 
-    def forward(self, gates):
-        """pack_forward(W_hh, gates, plan), packed once."""
-        key = tuple(gates)
+    def forward(self, phases):
+        """The forward panels of each product in ``phases`` (the gates of each), pack_forward
+        one after the other in one flat array, packed once; and the P of each."""
+        key = tuple(tuple(g) for g in phases)
         if key not in self._panels:
-            self._panels[key] = pack_forward(self.array, key, self.plan)
+            parts = [pack_forward(self.array, g, self.plan) for g in key]
+            W = parts[0][0] if len(parts) == 1 else np.concatenate([w for w, _ in parts])
+            self._panels[key] = W, [P for _, P in parts]
         return self._panels[key]
 
 

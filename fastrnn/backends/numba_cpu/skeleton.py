@@ -49,6 +49,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import numpy as np
 from numba import njit, prange
 from numba.extending import overload
 
@@ -342,10 +343,13 @@ def time_loop(cell, geo, src, dst, lengths, extra, state, keep, work):
         for c in prange(rows):
             for s in range(T):
                 for k in range(phases):
-                    _block(cell, k, geo, c, s, src, dst, lengths, extra, state, keep, work)
+                    # int64, as in the serial call: prange's uint64 would compile the block twice
+                    _block(cell, k, geo, np.int64(c), s, src, dst, lengths, extra, state, keep,
+                           work)
     else:
         for s in range(T):
             for k in range(phases):
                 for c in prange(rows * units):
-                    _block(cell, k, geo, c, s, src, dst, lengths, extra, state, keep, work)
+                    _block(cell, k, geo, np.int64(c), s, src, dst, lengths, extra, state, keep,
+                           work)
     _finish(geo, extra, work)
