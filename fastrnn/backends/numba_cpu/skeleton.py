@@ -162,23 +162,29 @@ def receive(dh, part, p, b0, b1, u0, n, B, H, units, Hp):
 
 
 @njit(**KERNEL)
+def _span(geo, c):
+    """Block c of the plan: rows b0..b1, unit chunk u (units u0..u0+n), and the block's first
+    row in the block buffers."""
+    b0, b1, u = block_of(c, geo.rows, geo.units, geo.B)
+    u0 = u * geo.nu
+    return b0, b1, u, u0, min(geo.nu, geo.H - u0), b0 * geo.units + u * (b1 - b0)
+
+
+@njit(**KERNEL)
 def _forward_block(cell, k, geo, c, s, x, y, lengths, b_hh, state, keep, work):
     """Phase k of step s (in processing order) for block c: the product, then every row."""
     geo, work = Geometry(*geo), FWork(*work)
-    T, B, H, nu, units = geo.T, geo.B, geo.H, geo.nu, geo.units
-    b0, b1, u = block_of(c, geo.rows, units, B)
+    T, B, H = geo.T, geo.B, geo.H
+    b0, b1, u, u0, n, first = _span(geo, c)
+    nb = b1 - b0
     xp, xs_t, xs_b = x
     yf, ys_t, ys_b = y
     hs, W = state[0], work.W
     w0, P, o0 = work.ph[k, 0], work.ph[k, 1], work.ph[k, 3]
     NR = panel_width(W)
     Np = P * NR
-    nb = b1 - b0
-    u0 = u * nu
-    n = min(nu, H - u0)
     last = k == work.ph.shape[0] - 1
     t, r_in, r_out = slots(s, T, geo.reverse, geo.training)
-    first = b0 * units + u * nb
     if count_valid(lengths, t, b0, b1) > 0:
         if k == 0:
             gemm(hs, (r_in * B + b0) * H, H, nb, W, w0 + u * P * H * NR, P, work.out,
@@ -203,7 +209,7 @@ def _forward_block(cell, k, geo, c, s, x, y, lengths, b_hh, state, keep, work):
         if last:
             copy_row(yf, yo, hs, i_out, n)
             if geo.training and keep[0].size > 0:
-                _keep_gates(keep[0], (t * B + b) * geo.G * H + u0, H, nu, n, row, work)
+                _keep_gates(keep[0], (t * B + b) * geo.G * H + u0, H, geo.nu, n, row, work)
 
 
 @njit(**KERNEL)
@@ -223,16 +229,14 @@ def _backward_block(cell, k, geo, c, s, dy, dgx, lengths, state, grads, keep, wo
     shares, every row, then the block's share of d[k] @ W_hh."""
     geo, work = Geometry(*geo), BWork(*work)
     T, B, H, nu, units = geo.T, geo.B, geo.H, geo.nu, geo.units
-    b0, b1, u = block_of(c, geo.rows, units, B)
+    b0, b1, u, u0, n, first = _span(geo, c)
+    nb = b1 - b0
     dyf, ds_t, ds_b = dy
     dgf, gs_t, gs_b = dgx
     dh, WT, P = grads[0], work.WT, work.P
     w0, K, d0 = work.ph[k, 0], work.ph[k, 1] * nu, work.ph[k, 2]
     NR = panel_width(WT)
     Hp = P * NR
-    nb = b1 - b0
-    u0 = u * nu
-    n = min(nu, H - u0)
     last = k == work.ph.shape[0] - 1
     t, r_in, r_out = slots(T - 1 - s, T, geo.reverse, True)
     if k == 0:
@@ -242,7 +246,6 @@ def _backward_block(cell, k, geo, c, s, dy, dgx, lengths, state, grads, keep, wo
         for b in range(b0, b1):
             zero_row(work.mid, b * H + u0, n)
         receive(work.mid, work.q, 0, b0, b1, u0, n, B, H, units, Hp)
-    first = b0 * units + u * nb
     for b in range(b0, b1):
         go = t * gs_t + b * gs_b + u0
         row = first + b - b0
