@@ -187,7 +187,7 @@ def test_inputs_not_modified(cell, knobs):
 def test_activations_at_extreme_inputs(dtype):
     """sigmoid and tanh of the kernels: within a few ulp of exact for ordinary inputs, correct
     limits for huge and infinite ones, NaN for NaN, and no floating-point warning."""
-    from fastrnn.backends.numba_cpu.common import sigmoid_row, tanh_row
+    from fastrnn.backends.numba_cpu.vectors import sigmoid_row, tanh_row
 
     rng = np.random.default_rng(0)
     special = [0.0, -0.0, 1e-30, -1e-30, 1e-8, 0.24, 0.25, 0.26, 20.0, -20.0, 87.0, -87.0, 88.5,
@@ -279,7 +279,7 @@ def test_matmul_with_bias_on_every_path(dtype, layout, biased):
     """The GEMMs above the recurrence (rows split over threads with the bias added per thread,
     a transposed left factor with the output rows split, plain call) give a @ b + bias, the same
     numbers as NumPy's product followed by the bias add."""
-    from fastrnn.backends.numba_cpu import common
+    from fastrnn.backends.numba_cpu import blas
 
     rng = np.random.default_rng(3)
     a = rng.standard_normal((37, 19)).astype(dtype)
@@ -288,7 +288,7 @@ def test_matmul_with_bias_on_every_path(dtype, layout, biased):
         a = np.asfortranarray(a)
     bias = rng.standard_normal(45).astype(dtype) if biased else None
     threads = 1 if layout == "plain" else 2
-    got = common.matmul(a, b, threads, 0, bias)
+    got = blas.matmul(a, b, threads, 0, bias)
     want = a @ b
     if biased:
         want += bias
@@ -319,18 +319,19 @@ def test_packed_panels_hold_the_blocks(dtype, threads_share, H, units, G, gates,
     """The forward panels hold the transpose of each chunk's block of W_hh and the backward panels
     the block itself, NR columns at a time, zero-padded, exactly; whether or not the threads
     share the packing."""
-    from fastrnn.backends.numba_cpu import common
+    from fastrnn.backends import tuning
+    from fastrnn.backends.numba_cpu import packed
 
-    monkeypatch.setattr(common, "PACK_PARALLEL_MIN", 0 if threads_share else NEVER)
+    monkeypatch.setattr(tuning, "PACK_PARALLEL_MIN", 0 if threads_share else NEVER)
     W = np.random.default_rng(H).standard_normal((G * H, H)).astype(dtype)
-    plan = common.make_plan(H, 1, units)
+    plan = packed.make_plan(H, 1, units)
     assert plan.units == units
     NR = 256 // np.dtype(dtype).itemsize
     blocks = _blocks(W, gates, plan)
     N = blocks.shape[1]
     with _threads(2):
-        fwd, P = common.pack_forward(W, gates, plan)
-        bwd, Pb = common.pack_backward(W, gates, plan)
+        fwd, P = packed.pack_forward(W, gates, plan)
+        bwd, Pb = packed.pack_backward(W, gates, plan)
     rows = np.zeros((units, P * NR, H), dtype)
     rows[:, :N] = blocks
     want = rows.reshape(units, P, NR, H).transpose(0, 1, 3, 2)
@@ -348,7 +349,7 @@ def test_gradients_in_the_saved_gates_memory(cell, path, knobs, monkeypatch):
     writes the projection's gradient over them; the gradients are bitwise those computed with
     separate buffers."""
     from fastrnn.backends.base import FusedBackend
-    from fastrnn.backends.numba_cpu import gru, lstm
+    from fastrnn.backends.numba_cpu import driver
 
     knobs(path)
     p = make_problem(cell, 6, 5, 7, 33, np.float64, lengths=True)
@@ -366,10 +367,9 @@ def test_gradients_in_the_saved_gates_memory(cell, path, knobs, monkeypatch):
         monkeypatch.setattr(type(BACKEND), "gate_gradients", spy)
         shared = run(cell, p, cot, "numba")
         monkeypatch.setattr(type(BACKEND), "gate_gradients", FusedBackend.gate_gradients)
-        for module in (lstm, gru):
-            monkeypatch.setattr(module, "gate_store", lambda x_proj, training, G, H: np.empty(
-                (x_proj.shape[0], x_proj.shape[1], G * H) if training else (1, 1, 1),
-                x_proj.dtype))
+        monkeypatch.setattr(driver, "gate_store", lambda x_proj, training, G, H: np.empty(
+            (x_proj.shape[0], x_proj.shape[1], G * H) if training else (1, 1, 1),
+            x_proj.dtype))
         separate = run(cell, p, cot, "numba")
     assert kinds == [cell.kind != "rnn"]
     for got, want in zip(shared, separate):

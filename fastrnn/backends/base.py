@@ -20,6 +20,7 @@ from typing import Any, Optional
 import numpy as np
 
 from ..cells import Cell
+from . import tuning
 
 
 class BackendUnavailable(RuntimeError):
@@ -174,7 +175,7 @@ class FusedBackend(Backend):
 
     # Inference projects the input in chunks of time steps above this many elements, so memory
     # does not grow with T beyond the output.
-    chunk_elements = 1 << 22
+    chunk_elements = tuning.chunk_elements
 
     def recurrence_forward(self, cell, x_proj, W_hh, b_hh, h0, c0, lengths, reverse, y, training):
         raise NotImplementedError

@@ -1,31 +1,44 @@
 """The Numba CPU backend: the time loop of every cell compiled and fused.
 
-    common.py   activations, the recurrent product (a hand-written gemm on packed panels), the
-                GEMMs above the recurrence, row loops, flat views, the BLAS thread limit
-    rnn.py, lstm.py, gru.py   one cell each: its forward and backward time loops
+    skeleton.py   the time loop, the thread split and the plumbing of states and strides, once
+                  for every cell; its docstring lists the kernels' argument groups
+    driver.py     one call through the skeleton: buffers, flat views, the registry of cells
+    rnn.py, lstm.py, gru.py, gru_textbook.py   one cell variant each: its step's row math and
+                  its registration (``driver.register``)
+    packed.py     the recurrent product (a hand-written gemm on packed panels) and the Plan
+    vectors.py    64-byte vectors and row loops;  scalars.py  activations and compile flags
+    blas.py       the GEMMs above the recurrence, the BLAS thread limit
+    ../tuning.py  every threshold, with how it was chosen
 
 ``FusedBackend`` (backends/base.py) does the input projection before the loop and the weight
 gradients after it as GEMMs over all T*B rows; this backend runs ``recurrence_forward`` and
 ``recurrence_backward``. Importing this package does not import Numba; constructing
 ``NumbaBackend()`` does.
 
-Threads split the batch or the hidden units (common.Plan). The rows of a batch are independent
+Threads split the batch or the hidden units (packed.Plan). The rows of a batch are independent
 sequences, so with row groups each thread runs its rows through every step on its own, with no
 synchronisation between steps. Very large steps, or large ones with few rows per thread, split
 the hidden units instead: each thread multiplies every row by its chunk of W_hh (packed once
 per call), so each core streams half of W_hh per step, at the price of a barrier per step
-(NumbaBackend gives the measurements). Within a block each step is one product (common.gemm
-on the packed panels) followed by the cell's pointwise work.
+(tuning.py gives the measurements). Within a block each step is one product (packed.gemm on
+the packed panels) followed by the cell's pointwise work, per phase.
+
+Note for development: Numba's cache of a compiled function is keyed on its own file, not on the
+files of the functions it calls (the cells' row functions, gemm, tuning.KC), so after editing
+any module of this package, clear the __pycache__ of this package.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+import importlib
 
 import numpy as np
 
+from .. import tuning
 from ..base import FusedBackend
+
+# The cell variants, one module each; importing one registers it with the skeleton.
+CELL_MODULES = ("rnn", "lstm", "gru", "gru_textbook")
 
 _requested_threads = None  # what the user last passed to set_num_threads (None: never called)
 
@@ -59,54 +72,35 @@ def get_num_threads() -> int:
     return numba.get_num_threads()
 
 
-@dataclass
-class Saved:
-    """What one direction's training forward keeps (layout in cells.py)."""
-
-    hs: Any
-    cs: Any
-    gates: Any
-    hn: Any
-    lengths: Any
-    reverse: bool
-
-
 class NumbaBackend(FusedBackend):
     """Fused recurrences compiled with Numba for NumPy arrays.
 
-    Knobs (instance attributes; the defaults come from measurements on a 2-core AVX-512
-    machine): a call uses several threads when it has at least ``parallel_min_work``
-    multiply-adds in its recurrent products (T*B*G*H*H); the threads split the hidden units
-    when one step's product has at least ``unit_split_min`` multiply-adds (B*G*H*H), or at
-    least ``few_rows_unit_split_min`` when the batch has fewer than ``few_rows`` rows per thread,
-    else the batch rows, at least ``parallel_min_rows`` per thread. The GEMMs above the
-    recurrence run on the threads when they have at least ``matmul_min_work`` multiply-adds.
-
-    Why: split by rows, every thread streams all of W_hh through its cache each step for its
-    own rows, with no barrier between steps; split by units, a thread streams half of W_hh for
-    all rows, and the threads meet at a barrier every step. Measured on an AMD EPYC with 1 MB
-    of L2 cache per core (ms, forward, rows vs units): LSTM (50, 4, 1024, 1024) 57 vs 33, (50,
-    8, 512, 512) 11.8 vs 12.1, (100, 32, 256, 256) 21.9 vs 23.0; training, (100, 32, 256, 256)
-    96 vs 108 and (100, 64, 512, 512) 500 vs 526; at (50, 64, 1024, 1024) either way within the
-    noise (LSTM training 1095 vs 1074, GRU inference 311 vs 292).
+    Knobs (instance attributes, defaults and their reasons in backends/tuning.py): a call uses
+    several threads when it has at least ``parallel_min_work`` multiply-adds in its recurrent
+    products (T*B*G*H*H); the threads split the hidden units when one step's product has at
+    least ``unit_split_min`` multiply-adds (B*G*H*H), or at least ``few_rows_unit_split_min``
+    when the batch has fewer than ``few_rows`` rows per thread, else the batch rows, at least
+    ``parallel_min_rows`` per thread. The GEMMs above the recurrence run on the threads when
+    they have at least ``matmul_min_work`` multiply-adds.
     """
 
     name = "numba"
     library = "numpy"
     xp = np
-    parallel_min_work = 1 << 20
-    parallel_min_rows = 1
-    unit_split_min = 1 << 27
-    few_rows_unit_split_min = 1 << 23
-    few_rows = 4
-    matmul_min_work = 1 << 21
+    parallel_min_work = tuning.parallel_min_work
+    parallel_min_rows = tuning.parallel_min_rows
+    unit_split_min = tuning.unit_split_min
+    few_rows_unit_split_min = tuning.few_rows_unit_split_min
+    few_rows = tuning.few_rows
+    matmul_min_work = tuning.matmul_min_work
 
     def __init__(self):
-        from . import common, gru, lstm, rnn
+        from . import blas, driver, packed
 
-        self._common = common
-        self._kernels = {"rnn": rnn, "lstm": lstm, "gru": gru}
-        self._blas = common.BlasThreads()
+        for name in CELL_MODULES:
+            importlib.import_module(f".{name}", __name__)
+        self._blas_lib, self._packed, self._driver = blas, packed, driver
+        self._blas = blas.BlasThreads()
 
     # BLAS runs one thread at a time inside this backend (forward and backward hold the limit
     # around everything they run): the GEMMs above the recurrence go through ``matmul`` on
@@ -132,11 +126,11 @@ class NumbaBackend(FusedBackend):
         return super().gate_gradients(saved, T, B, N)
 
     def matmul(self, a, b, bias=None):
-        return self._common.matmul(a, b, self._common.threads(), self.matmul_min_work, bias)
+        return self._blas_lib.matmul(a, b, self._blas_lib.threads(), self.matmul_min_work, bias)
 
     def _plan(self, cell, T, B, H):
-        """The common.Plan of a call."""
-        threads = self._common.threads()
+        """The packed.Plan of a call."""
+        threads = self._blas_lib.threads()
         rows = units = 1
         step = B * cell.gates * H * H
         if threads > 1 and T * step >= self.parallel_min_work:
@@ -147,7 +141,7 @@ class NumbaBackend(FusedBackend):
                 units = threads
             else:
                 rows = max(1, min(threads, B // max(1, self.parallel_min_rows)))
-        return self._common.make_plan(H, rows, units)
+        return self._packed.make_plan(H, rows, units)
 
     @staticmethod
     def _lengths(lengths, T, B):
@@ -157,16 +151,16 @@ class NumbaBackend(FusedBackend):
 
     def prepare_hh(self, cell, W_hh, T, B):
         """W_hh with the call's plan; its panels are packed when first used, once per call."""
-        return self._common.Packed(np.ascontiguousarray(W_hh),
+        return self._packed.Packed(np.ascontiguousarray(W_hh),
                                    self._plan(cell, T, B, W_hh.shape[1]))
 
     def recurrence_forward(self, cell, x_proj, W_hh, b_hh, h0, c0, lengths, reverse, y,
                            training):
         T, B, _ = x_proj.shape
-        if not isinstance(W_hh, self._common.Packed):
+        if not isinstance(W_hh, self._packed.Packed):
             W_hh = self.prepare_hh(cell, W_hh, T, B)
-        y_out = y if self._common.flat(y) is not None else np.empty(y.shape, y.dtype)
-        h_n, c_n, saved = self._kernels[cell.kind].forward(
+        y_out = y if self._driver.flat(y) is not None else np.empty(y.shape, y.dtype)
+        h_n, c_n, saved = self._driver.forward(
             cell, x_proj, y_out, W_hh, np.ascontiguousarray(b_hh), h0, c0,
             self._lengths(lengths, T, B), bool(reverse), bool(training))
         if y_out is not y:
@@ -176,8 +170,8 @@ class NumbaBackend(FusedBackend):
     def recurrence_backward(self, cell, saved, W_hh, dy, dh_n, dc_n, d_gx):
         T, B, H = dy.shape
         plan = self._plan(cell, T, B, H)
-        g_out = d_gx if self._common.flat(d_gx) is not None else np.empty(d_gx.shape, d_gx.dtype)
-        hh_terms, dh0, dc0 = self._kernels[cell.kind].backward(
+        g_out = d_gx if self._driver.flat(d_gx) is not None else np.empty(d_gx.shape, d_gx.dtype)
+        hh_terms, dh0, dc0 = self._driver.backward(
             cell, saved, np.ascontiguousarray(W_hh), dy, dh_n, dc_n, g_out, plan)
         if g_out is not d_gx:
             d_gx[...] = g_out

@@ -1,0 +1,194 @@
+"""One call of a cell variant through the skeleton: its buffers, flat views and the registry.
+
+``register`` is how a cell file adds its variant: the Spec (below) tells ``forward`` and
+``backward`` which products each phase runs and which buffers the call needs, and the cell's
+compiled row functions are attached to the stubs skeleton.forward_row / backward_row for the
+cell's NamedTuple class.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from itertools import accumulate
+from typing import Any, Callable, NamedTuple
+
+import numpy as np
+from numba.extending import overload
+
+from .. import base
+from .packed import pack_backward
+from .scalars import KERNEL
+from .skeleton import backward_row, forward_row, time_loop
+
+
+class Spec(NamedTuple):
+    """How the skeleton runs one cell variant (a cells.Cell name).
+
+    cell      the NamedTuple instance the kernels get (its type selects the row functions)
+    forward   the gates (indices into W_hh's G blocks) of each forward phase's product
+    backward  the gates of each backward phase's share d @ W_hh
+    states    1 (h) or 2 (h, c)
+    gates     whether training keeps the activated gates; hn: whether it keeps W_hn h + b_hn
+    kt        gates of the terms operand backward writes (0: none)
+    hh_terms  (d_gx, terms, h_in) -> the (d_block, h_in) pairs whose products make dW_hh
+    """
+
+    cell: Any
+    forward: tuple
+    backward: tuple
+    states: int
+    gates: bool
+    hn: bool
+    kt: int
+    hh_terms: Callable
+
+
+SPECS = {}
+
+
+def register(name, spec, forward, backward):
+    """Run cells named ``name`` as ``spec`` says, with ``forward`` and ``backward`` (plain
+    Python functions, compiled as skeleton.forward_row / backward_row for every instance of
+    spec.cell's class)."""
+    cls = type(spec.cell)
+    # Inlined: a row function runs per row and step, and as a call it would get every argument
+    # group by value, which at small sizes costs more than its arithmetic.
+    if not any(type(s.cell) is cls for s in SPECS.values()):
+        overload(forward_row, jit_options=KERNEL, inline="always")(
+            lambda cell, k, geo, pos, xp, b_hh, state, keep, work:
+            forward if getattr(cell, "instance_class", None) is cls else None)
+        overload(backward_row, jit_options=KERNEL, inline="always")(
+            lambda cell, k, geo, pos, dgx, state, grads, keep, work:
+            backward if getattr(cell, "instance_class", None) is cls else None)
+    SPECS[name] = spec
+
+
+def flat(a):
+    """(a 1-D view over the memory of a (T, B, N) array with unit last stride, stride_t,
+    stride_b) in elements, or None when the strides do not allow it."""
+    T, B, N = a.shape
+    if a.flags.c_contiguous:
+        return a.reshape(-1), B * N, N
+    item = a.itemsize
+    st, sb, sn = a.strides
+    if sn != item or st % item or sb % item or st < 0 or sb < 0:
+        return None
+    span = (T - 1) * (st // item) + (B - 1) * (sb // item) + N
+    view = np.lib.stride_tricks.as_strided(a, shape=(span,), strides=(item,),
+                                           writeable=a.flags.writeable)
+    return view, st // item, sb // item
+
+
+def flat_input(a):
+    """flat() of an input array; copies when the strides do not allow a view or the array is
+    read-only (so the kernels see one array type)."""
+    f = flat(a) if a.flags.writeable else None
+    return f if f is not None else flat(np.array(a, order="C"))
+
+
+def gate_store(x_proj, training, G, H):
+    """Where a training forward keeps the activated gates (T, B, G*H) for backward: x_proj's own
+    memory when it is C-contiguous and writeable (each step reads its row of x_proj before it
+    writes that row's gates, so nothing is read after it is overwritten; this saves a buffer of
+    x_proj's size and the page faults of filling it), else a new array. A placeholder in
+    inference."""
+    T, B, _ = x_proj.shape
+    if not training:
+        return np.empty((1, 1, 1), x_proj.dtype)
+    if x_proj.flags.c_contiguous and x_proj.flags.writeable:
+        return x_proj
+    return np.empty((T, B, G * H), x_proj.dtype)
+
+
+def _offsets(sizes):
+    return list(accumulate(sizes[:-1], initial=0))
+
+
+def _joined(panels):
+    """The panels of every phase's product in one flat array (no copy for one phase)."""
+    return panels[0][0] if len(panels) == 1 else np.concatenate([W for W, _ in panels])
+
+
+@lru_cache(maxsize=256)
+def _forward_layout(name, B, H, plan, itemsize):
+    """FWork.ph of a call, and the sizes of FWork.out and FWork.mid (the same for every call of
+    one shape and plan, so kept)."""
+    spec = SPECS[name]
+    nr = 4 * 64 // itemsize
+    Ps = [-(-len(g) * plan.size // nr) for g in spec.forward]
+    panels = [plan.units * P * H * nr for P in Ps]
+    sizes = [B * plan.units * P * nr for P in Ps]
+    ph = np.array([(w, P, len(g), o) for w, P, g, o in zip(_offsets(panels), Ps, spec.forward,
+                                                           _offsets(sizes))], np.int64)
+    ph.flags.writeable = False
+    return ph, sum(sizes), B * H if len(Ps) > 1 else 0
+
+
+@lru_cache(maxsize=256)
+def _backward_layout(name, B, H, plan, itemsize):
+    """BWork.ph of a call, the size of BWork.d, of one slot of BWork.part, and BWork.P."""
+    spec = SPECS[name]
+    nr = 4 * 64 // itemsize
+    P = -(-H // nr)
+    panels = [plan.units * P * len(g) * plan.size * nr for g in spec.backward]
+    sizes = [B * plan.units * len(g) * plan.size for g in spec.backward]
+    ph = np.array([(w, len(g), o) for w, g, o in zip(_offsets(panels), spec.backward,
+                                                     _offsets(sizes))], np.int64)
+    ph.flags.writeable = False
+    return ph, sum(sizes), plan.units * B * P * nr, P
+
+
+def _flat_or_empty(a, dtype):
+    return np.empty(0, dtype) if a is None else a.reshape(-1)
+
+
+def forward(cell, x_proj, y, weights, b_hh, h0, c0, lengths, reverse, training):
+    """One direction of a cells.Cell; weights a packed.Packed; y (T, B, H) is filled. Returns
+    (h_n, c_n or None, base.Saved or None)."""
+    name = cell.name
+    spec = SPECS[name]
+    T, B, _ = x_proj.shape
+    H = weights.array.shape[1]
+    plan = weights.plan
+    dtype = x_proj.dtype
+    G = cell.gates
+    states = [np.empty((T + 1 if training else 2, B, H), dtype) for _ in range(spec.states)]
+    for st, s0 in zip(states, (h0, c0)):
+        st[base.first_slot(T, reverse, training)] = s0
+    gates = gate_store(x_proj, training, G, H) if spec.gates else None
+    hn = np.empty((T, B, H), dtype) if training and spec.hn else None
+    W, _ = weights.forward(spec.forward)
+    ph, out, mid = _forward_layout(name, B, H, plan, dtype.itemsize)
+    work = (W, np.empty(out, dtype), np.empty(mid, dtype), ph)  # a skeleton.FWork
+    geo = (T, B, H, G, plan.rows, plan.units, plan.size, reverse, training)  # a Geometry
+    time_loop(spec.cell, geo, flat_input(x_proj), flat(y), lengths, b_hh,
+              tuple([st.reshape(-1) for st in states]),
+              (_flat_or_empty(gates, dtype), _flat_or_empty(hn, dtype)), work)
+    last = base.final_slot(T, reverse, training)
+    hs, cs = (states + [None])[:2]
+    saved = base.Saved(hs, cs, gates, hn, lengths, reverse) if training else None
+    return hs[last].copy(), None if cs is None else cs[last].copy(), saved
+
+
+def backward(cell, saved, W_hh, dy, dh_n, dc_n, d_gx, plan):
+    """Fills d_gx (T, B, G*H); returns (hh_terms, dh0, dc0 or None)."""
+    name = cell.name
+    spec = SPECS[name]
+    T, B, H = dy.shape
+    dtype = dy.dtype
+    k, size = plan.units, plan.size
+    grads = tuple([np.array(g, dtype, order="C") for g in (dh_n, dc_n)[:spec.states]])
+    panels = [pack_backward(W_hh, g, plan) for g in spec.backward]
+    ph, d, q, P = _backward_layout(name, B, H, plan, dtype.itemsize)
+    terms = np.empty((T, B, spec.kt * H), dtype) if spec.kt else None
+    work = (_joined(panels), np.zeros(d, dtype), np.empty(2 * q, dtype),
+            np.empty(q if len(panels) > 1 else 0, dtype), np.empty(B * H, dtype),
+            _flat_or_empty(terms, dtype), ph, P, spec.kt)  # a skeleton.BWork
+    geo = (T, B, H, cell.gates, plan.rows, k, size, saved.reverse, True)  # a Geometry
+    state = (saved.hs, saved.cs)[:spec.states]
+    time_loop(spec.cell, geo, flat_input(dy), flat(d_gx), saved.lengths,
+              tuple([g.reshape(-1) for g in grads]), tuple([st.reshape(-1) for st in state]),
+              (_flat_or_empty(saved.gates, dtype), _flat_or_empty(saved.hn, dtype)), work)
+    h_in = base.entering_states(saved.hs, saved.reverse)
+    return (spec.hh_terms(d_gx, terms, h_in), grads[0],
+            grads[1] if spec.states == 2 else None)

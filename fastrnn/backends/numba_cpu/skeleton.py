@@ -1,0 +1,358 @@
+"""The time loop of every cell, written once: steps, the thread split, states and strides.
+
+A cell is a sequence of phases per step; each phase is one product followed by per-row
+pointwise work. Most cells have one phase. The textbook GRU has two: r, z from h @ W_rz^T (which
+also writes r*h), then n from (r*h) @ W_hn^T. Backward runs the phases' mirror images in the
+same order: its phase k shares d @ W_hh with the next phase (or, from the last, with the step
+processed next).
+
+Threads split the call by a Plan (packed.py): with one unit chunk, each thread runs its group of
+batch rows through every step with no barrier between steps; with several, every step is one
+parallel region per phase over blocks of (rows, unit chunk), since every chunk's product reads
+the whole state.
+
+Adding a cell variant: a NamedTuple class whose type selects the variant's compiled row
+functions at compile time, the two row functions, and a driver.Spec, passed to
+driver.register (see rnn.py, the smallest). Numba caches neither closures nor functions that
+take compiled functions as arguments, so ``time_loop`` takes the cell as a NamedTuple
+instance: each class is its own Numba type, and the @overload-ed ``forward_row`` /
+``backward_row`` pick the cell's functions while the loop is compiled for that type (one
+specialisation per cell, cached like any other; a cell's first call compiles only its own).
+
+Argument groups of the compiled functions (all arrays flat, 1-D, addressed by offset):
+
+  cell     the cell's NamedTuple (its fields are the variant switches, e.g. Rnn.relu)
+  geo      Geometry (a plain tuple for time_loop, in this order): T steps, B batch rows, H
+           units, G gates; the plan's ``rows`` row groups times ``units`` unit chunks of ``nu``
+           units (the last may be shorter); ``reverse`` (steps run T-1 down to 0);
+           ``training`` (keep every state, else two rows alternate)
+  x, y     forward (array, time stride, batch stride) triples, strides in elements, unit last
+           stride: x_proj (T, B, G*H) and the output y (T, B, H)
+  dy, dgx  backward triples: dy (T, B, H) and d_gx (T, B, G*H), the gradient of x_proj
+  lengths  (B,) int64: step t of row b is valid when t < lengths[b]
+  b_hh     (G*H,)
+  state    the state buffers (S, B, H), (hs,) or (hs, cs): S = T+1 in time order (training and
+           backward) or 2 (inference), rows as base.state_slots says
+  grads    backward: the gradients reaching the states, (B, H) each: (dh,) or (dh, dc)
+  keep     (gates, hn): gates (T, B, G*H) the activated gates in cell order, hn (T, B, H) the
+           GRU's W_hn h + b_hn; each empty where the call keeps none
+  work     FWork (forward) / BWork (backward) below, plain tuples for time_loop: the panels of
+           each phase's product and the step buffers
+  pos      Pos below: where the row that a row function works on stands
+
+Block buffers hold a block's rows one after the other: block (b0..b1, chunk u) starts at row
+b0*units + u*(b1-b0). The shares of dh of slot p (two, alternating by step) from chunk v sit at
+((p*units + v)*B + b)*Hp, Hp = H padded to whole panels.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+from numba import njit, prange
+from numba.extending import overload
+
+from .. import base
+from .packed import gemm, panel_width
+from .scalars import KERNEL
+from .vectors import add_to, copy_row, zero_row
+
+slots = njit(**KERNEL)(base.state_slots)
+
+
+class Geometry(NamedTuple):
+    T: int
+    B: int
+    H: int
+    G: int
+    rows: int
+    units: int
+    nu: int
+    reverse: bool
+    training: bool
+
+
+class FWork(NamedTuple):
+    """Phase k's product: its panels (units, P, H, NR) at W[ph[k, 0]:], P = ph[k, 1], of the
+    ph[k, 2] gates it computes (in cell order); its output at out[ph[k, 3]:], block rows of
+    P*NR. mid (B, H): the input of the product of phase k > 0, which phase k-1 writes (empty
+    with one phase). (Parallel loops take no tuples nested in tuples: hence one array each.)"""
+
+    W: Any
+    out: Any
+    mid: Any
+    ph: Any
+
+
+class BWork(NamedTuple):
+    """Backward phase k's share d @ W_hh: panels (units, P, K, NR) at WT[ph[k, 0]:], K =
+    ph[k, 1]*nu (gates times units), d (its gate gradients) at d[ph[k, 2]:], block rows of K.
+    part (2, units, B, Hp): the shares for dh of the step processed next; q (units, B, Hp): the
+    shares of a phase k < last, which phase k+1 receives into mid (B, H), also the rows'
+    scratch; terms (T, B, kt*H): an operand of dW_hh that backward writes (empty when
+    kt = 0)."""
+
+    WT: Any
+    d: Any
+    part: Any
+    q: Any
+    mid: Any
+    terms: Any
+    ph: Any
+    P: int
+    kt: int
+
+
+class Pos(NamedTuple):
+    """Where one row of a block stands: step t, batch row b, units u0..u0+n of the chunk; the
+    state row entering (i_in) and leaving (i_out) at unit u0; the row's index in the block
+    buffers, its offset g in the phase's buffer (out[k] or d[k]); io, its offset in x_proj
+    (forward) or d_gx (backward) at gate 0, unit u0."""
+
+    t: int
+    b: int
+    u0: int
+    n: int
+    i_in: int
+    i_out: int
+    row: int
+    g: int
+    io: int
+
+
+def forward_row(cell, k, geo, pos, xp, b_hh, state, keep, work):
+    """Phase k of the cell's forward step on one valid row: fill the new states (last phase)
+    or work.mid (earlier phases) from work.out[k], the phase's product. Compiled code gets the
+    cell's own function (``register``)."""
+    raise TypeError(f"no Numba cell registered for {type(cell).__name__}")
+
+
+def backward_row(cell, k, geo, pos, dgx, state, grads, keep, work):
+    """Phase k of the cell's backward step on one valid row, with grads[0] at the row already
+    holding dh + dy: write the phase's gate gradients at work.d[k] (the share's input) and
+    d_gx, and update grads. Compiled code gets the cell's own function (``register``)."""
+    raise TypeError(f"no Numba cell registered for {type(cell).__name__}")
+
+
+@njit(**KERNEL)
+def block_of(c, R, U_, B):
+    """Block c of a plan with R row groups and U_ unit chunks: (b0, b1, u), rows [b0, b1) of
+    the batch and unit chunk u."""
+    r = c // U_
+    return r * B // R, (r + 1) * B // R, c % U_
+
+
+@njit(**KERNEL)
+def count_valid(lengths, t, b0, b1):
+    k = 0
+    for b in range(b0, b1):
+        if t < lengths[b]:
+            k += 1
+    return k
+
+
+@njit(**KERNEL)
+def receive(dh, part, p, b0, b1, u0, n, B, H, units, Hp):
+    """dh[b0:b1, u0:u0+n] += every unit chunk's share of slot p, in chunk order."""
+    for v in range(units):
+        q0 = ((p * units + v) * B) * Hp
+        for b in range(b0, b1):
+            add_to(dh, b * H + u0, part, q0 + b * Hp + u0, n)
+
+
+@njit(**KERNEL)
+def _span(geo, c):
+    """Block c of the plan: rows b0..b1, unit chunk u (units u0..u0+n), and the block's first
+    row in the block buffers."""
+    b0, b1, u = block_of(c, geo.rows, geo.units, geo.B)
+    u0 = u * geo.nu
+    return b0, b1, u, u0, min(geo.nu, geo.H - u0), b0 * geo.units + u * (b1 - b0)
+
+
+@njit(**KERNEL)
+def _forward_block(cell, k, geo, c, s, x, y, lengths, b_hh, state, keep, work):
+    """Phase k of step s (in processing order) for block c: the product, then every row."""
+    geo, work = Geometry(*geo), FWork(*work)
+    T, B, H = geo.T, geo.B, geo.H
+    b0, b1, u, u0, n, first = _span(geo, c)
+    nb = b1 - b0
+    xp, xs_t, xs_b = x
+    yf, ys_t, ys_b = y
+    hs, W = state[0], work.W
+    w0, P, o0 = work.ph[k, 0], work.ph[k, 1], work.ph[k, 3]
+    NR = panel_width(W)
+    Np = P * NR
+    last = k == work.ph.shape[0] - 1
+    t, r_in, r_out = slots(s, T, geo.reverse, geo.training)
+    if count_valid(lengths, t, b0, b1) > 0:
+        if k == 0:
+            gemm(hs, (r_in * B + b0) * H, H, nb, W, w0 + u * P * H * NR, P, work.out,
+                 o0 + first * Np)
+        else:
+            gemm(work.mid, b0 * H, H, nb, W, w0 + u * P * H * NR, P, work.out, o0 + first * Np)
+    for b in range(b0, b1):
+        i_in = (r_in * B + b) * H + u0
+        i_out = (r_out * B + b) * H + u0
+        yo = t * ys_t + b * ys_b + u0
+        if t >= lengths[b]:  # the states carry, y is 0
+            if last:
+                for st in state:
+                    copy_row(st, i_out, st, i_in, n)
+                zero_row(yf, yo, n)
+            else:
+                zero_row(work.mid, b * H + u0, n)
+            continue
+        row = first + b - b0
+        forward_row(cell, k, geo, Pos(t, b, u0, n, i_in, i_out, row, o0 + row * Np,
+                                      t * xs_t + b * xs_b + u0), xp, b_hh, state, keep, work)
+        if last:
+            copy_row(yf, yo, hs, i_out, n)
+            if geo.training and keep[0].size > 0:
+                _keep_gates(keep[0], (t * B + b) * geo.G * H + u0, H, geo.nu, n, row, work)
+
+
+@njit(**KERNEL)
+def _keep_gates(gates, go, H, nu, n, row, work):
+    """Copy the row's activated gates from every phase's output to gates[go + j*H:]."""
+    j = 0
+    for p in range(work.ph.shape[0]):
+        g = work.ph[p, 3] + row * work.ph[p, 1] * panel_width(work.out)
+        for i in range(work.ph[p, 2]):
+            copy_row(gates, go + j * H, work.out, g + i * nu, n)
+            j += 1
+
+
+@njit(**KERNEL)
+def _backward_block(cell, k, geo, c, s, dy, dgx, lengths, state, grads, keep, work):
+    """Backward phase k of step s (in reverse processing order) for block c: receive the
+    shares, every row, then the block's share of d[k] @ W_hh."""
+    geo, work = Geometry(*geo), BWork(*work)
+    T, B, H, nu, units = geo.T, geo.B, geo.H, geo.nu, geo.units
+    b0, b1, u, u0, n, first = _span(geo, c)
+    nb = b1 - b0
+    dyf, ds_t, ds_b = dy
+    dgf, gs_t, gs_b = dgx
+    dh, WT, P = grads[0], work.WT, work.P
+    w0, K, d0 = work.ph[k, 0], work.ph[k, 1] * nu, work.ph[k, 2]
+    NR = panel_width(WT)
+    Hp = P * NR
+    last = k == work.ph.shape[0] - 1
+    t, r_in, r_out = slots(T - 1 - s, T, geo.reverse, True)
+    if k == 0:
+        if s > 0:
+            receive(dh, work.part, 1 - s % 2, b0, b1, u0, n, B, H, units, Hp)
+    else:
+        for b in range(b0, b1):
+            zero_row(work.mid, b * H + u0, n)
+        receive(work.mid, work.q, 0, b0, b1, u0, n, B, H, units, Hp)
+    for b in range(b0, b1):
+        go = t * gs_t + b * gs_b + u0
+        row = first + b - b0
+        if t >= lengths[b]:  # dh passes on; the step's gradients are 0
+            if k == 0:
+                _zero_step(dgf, go, (t * B + b) * work.kt * H + u0, H, geo.G, n, nu, row,
+                           work)
+            continue
+        hb = b * H + u0
+        if k == 0:
+            add_to(dh, hb, dyf, t * ds_t + b * ds_b + u0, n)
+        backward_row(cell, k, geo, Pos(t, b, u0, n, (r_in * B + b) * H + u0,
+                                       (r_out * B + b) * H + u0, row, d0 + row * K, go),
+                     dgf, state, grads, keep, work)
+    if last:
+        to, at = work.part, (((s % 2) * units + u) * B + b0) * Hp
+    else:
+        to, at = work.q, (u * B + b0) * Hp
+    if count_valid(lengths, t, b0, b1) > 0:
+        gemm(work.d, d0 + first * K, K, nb, WT, w0 + u * P * K * NR, P, to, at)
+    else:
+        zero_row(to, at, Hp * nb)
+
+
+@njit(**KERNEL)
+def _zero_step(dgf, go, to, H, G, n, nu, row, work):
+    """An invalid row's gradients: every phase's d row, d_gx's G gates, the terms' gates."""
+    for p in range(work.ph.shape[0]):
+        K = work.ph[p, 1] * nu
+        zero_row(work.d, work.ph[p, 2] + row * K, K)
+    for g in range(G):
+        zero_row(dgf, go + g * H, n)
+    for g in range(work.kt):
+        zero_row(work.terms, to + g * H, n)
+
+
+def _block(cell, k, geo, c, s, src, dst, lengths, extra, state, keep, work):
+    """_forward_block or _backward_block, chosen while compiling by the type of ``work`` (a
+    plain tuple: an FWork has 4 fields, a BWork 9)."""
+    raise TypeError("compiled code only")
+
+
+@overload(_block, jit_options=KERNEL)
+def _block_impl(cell, k, geo, c, s, src, dst, lengths, extra, state, keep, work):
+    if len(work) == len(FWork._fields):
+        return lambda cell, k, geo, c, s, src, dst, lengths, extra, state, keep, work: (
+            _forward_block(cell, k, geo, c, s, src, dst, lengths, extra, state, keep, work))
+    return lambda cell, k, geo, c, s, src, dst, lengths, extra, state, keep, work: (
+        _backward_block(cell, k, geo, c, s, src, dst, lengths, state, extra, keep, work))
+
+
+def _finish(geo, extra, work):
+    """After the backward loop: dh receives the shares of the last step processed."""
+    raise TypeError("compiled code only")
+
+
+@overload(_finish, jit_options=KERNEL)
+def _finish_impl(geo, extra, work):
+    if len(work) == len(FWork._fields):
+        return lambda geo, extra, work: None
+
+    def finish(geo, extra, work):
+        geo, work = Geometry(*geo), BWork(*work)
+        Hp = work.P * panel_width(work.WT)
+        for c in range(geo.rows):
+            b0, b1, _ = block_of(c, geo.rows, 1, geo.B)
+            receive(extra[0], work.part, (geo.T - 1) % 2, b0, b1, 0, geo.H, geo.B, geo.H,
+                    geo.units, Hp)
+    return finish
+
+
+def _phases(work):
+    """Phases of a plain-tuple FWork or BWork."""
+    raise TypeError("compiled code only")
+
+
+@overload(_phases, jit_options=KERNEL, inline="always")
+def _phases_impl(work):
+    if len(work) == len(FWork._fields):
+        return lambda work: FWork(*work).ph.shape[0]
+    return lambda work: BWork(*work).ph.shape[0]
+
+
+@njit(parallel=True, **KERNEL)
+def time_loop(cell, geo, src, dst, lengths, extra, state, keep, work):
+    """Every step of one direction, forward (work an FWork: src x, dst y, extra b_hh) or
+    backward (work a BWork: src dy, dst d_gx, extra grads, which end as the gradients of the
+    initial states); groups in the module docstring. geo and work come as plain tuples: Numba
+    types them faster than NamedTuples on every call, and its parallel loops cannot take
+    NamedTuples defined here."""
+    T, rows, units = geo[0], geo[4], geo[5]  # Geometry's T, rows, units
+    phases = _phases(work)
+    if rows * units == 1:
+        for s in range(T):
+            for k in range(phases):
+                _block(cell, k, geo, 0, s, src, dst, lengths, extra, state, keep, work)
+    elif units == 1:  # independent row groups: no barrier between steps
+        for c in prange(rows):
+            for s in range(T):
+                for k in range(phases):
+                    # int64, as in the serial call: prange's uint64 would compile the block twice
+                    _block(cell, k, geo, np.int64(c), s, src, dst, lengths, extra, state, keep,
+                           work)
+    else:
+        for s in range(T):
+            for k in range(phases):
+                for c in prange(rows * units):
+                    _block(cell, k, geo, np.int64(c), s, src, dst, lengths, extra, state, keep,
+                           work)
+    _finish(geo, extra, work)
