@@ -140,6 +140,17 @@ class PendingForward:
         if self._previous is not None and self._previous() is earlier:
             self._previous = None
 
+    @staticmethod
+    def checked(handle, layer):
+        """``handle`` itself when it is a ``last_forward`` of ``layer`` not yet consumed."""
+        if not isinstance(handle, PendingForward) or handle.layer is not layer:
+            raise TypeError(f"handle must be a last_forward of this layer, got "
+                            f"{type(handle).__name__}")
+        if handle.consumed:
+            raise RuntimeError("this handle's state was already consumed by a backward "
+                               "call; run the forward again to backpropagate again")
+        return handle
+
     def consume(self):
         saved, self.saved = self.saved, None
         return saved
@@ -263,13 +274,7 @@ class _RecurrentLayer(_Parameters):
 
     def _pending(self, handle):
         if handle is not None:
-            if not isinstance(handle, PendingForward) or handle.layer is not self:
-                raise TypeError(f"handle must be a last_forward of this layer, got "
-                                f"{type(handle).__name__}")
-            if handle.consumed:
-                raise RuntimeError("this handle's state was already consumed by a backward "
-                                   "call; run the forward again to backpropagate again")
-            return handle
+            return PendingForward.checked(handle, self)
         if self._saved is None:
             raise RuntimeError(f"backward needs the state of a forward in training mode, but "
                                f"{self._why_no_saved}")

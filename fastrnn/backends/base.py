@@ -15,7 +15,7 @@ rows after it. A fused backend only supplies the time loop, ``recurrence_forward
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -204,18 +204,6 @@ class FusedBackend(Backend):
             out += bias
         return out
 
-    def _input_bias(self, dirs):
-        """b_ih of the directions side by side (zeros for a direction without), or None when no
-        direction has one."""
-        if all(d.b_ih is None for d in dirs):
-            return None
-        xp = self.xp
-        return xp.concatenate([xp.zeros(d.W_ih.shape[0], d.W_ih.dtype) if d.b_ih is None
-                               else d.b_ih for d in dirs])
-
-    def _hh_bias(self, d: Direction):
-        return d.b_hh if d.b_hh is not None else self.xp.zeros(d.W_hh.shape[0], d.W_hh.dtype)
-
     def forward(self, cell, x, dirs, lengths, training):
         xp = self.xp
         T, B, I = x.shape
@@ -228,7 +216,7 @@ class FusedBackend(Backend):
         chunked = not training and T * B * D * GH > self.chunk_elements
         if not chunked:
             x_proj = self.matmul(x.reshape(T * B, I), W_cat.T,
-                                 self._input_bias(dirs)).reshape(T, B, D * GH)
+                                 _input_bias(xp, dirs)).reshape(T, B, D * GH)
         saved = []
         for k, d in enumerate(dirs):
             y_k = y[..., k * H:(k + 1) * H]
@@ -238,7 +226,7 @@ class FusedBackend(Backend):
             else:
                 h, c, s = self.recurrence_forward(
                     cell, x_proj[..., k * GH:(k + 1) * GH], self.prepare_hh(cell, d.W_hh, T, B),
-                    self._hh_bias(d),
+                    _hh_bias(xp, d),
                     d.h0, d.c0, lengths, d.reverse, y_k, training)
             h_n[k] = h
             if c_n is not None:
@@ -257,7 +245,7 @@ class FusedBackend(Backend):
         steps = max(1, self.chunk_elements // (B * GH))
         starts = list(range(0, T, steps))
         h, c = d.h0, d.c0
-        b_hh = self._hh_bias(d)
+        b_hh = _hh_bias(xp, d)
         W_hh = self.prepare_hh(cell, d.W_hh, T, B)
         for t0 in reversed(starts) if d.reverse else starts:
             t1 = min(T, t0 + steps)
@@ -304,3 +292,16 @@ class FusedBackend(Backend):
             if not has_b_hh:
                 g.db_hh = None
         return dx, grads
+
+
+def _input_bias(xp, dirs):
+    """b_ih of the directions side by side (zeros for a direction without), or None when no
+    direction has one."""
+    if all(d.b_ih is None for d in dirs):
+        return None
+    return xp.concatenate([xp.zeros(d.W_ih.shape[0], d.W_ih.dtype) if d.b_ih is None
+                           else d.b_ih for d in dirs])
+
+
+def _hh_bias(xp, d: Direction):
+    return d.b_hh if d.b_hh is not None else xp.zeros(d.W_hh.shape[0], d.W_hh.dtype)
