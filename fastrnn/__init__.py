@@ -21,7 +21,8 @@ from .dispatch import (
     register_backend,
     use_backend,
 )
-from .layers import GRU, LSTM, RNN, clip_grad_norm
+from .layers import GRU, LSTM, RNN
+from .training import clip_grad_norm
 
 __version__ = "0.1.0"
 

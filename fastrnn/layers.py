@@ -8,17 +8,14 @@ composition in stack.py, which the module doc there describes.
 
 from __future__ import annotations
 
-import numbers
 import weakref
-from collections.abc import Mapping
 
 import numpy as np
 
 from . import dispatch, params, stack
 from .backends.base import Backend
 from .cells import Cell
-from .checks import (array_library, check_array, check_dtype, check_flag, check_probability,
-                     check_size, xp_of)
+from .checks import check_dtype, check_flag, check_probability, check_size, xp_of
 from .stack import Stack
 
 
@@ -180,6 +177,7 @@ class _RecurrentLayer(_Parameters):
         except (TypeError, ValueError) as exc:
             raise TypeError(f"seed must be None or a non-negative int, got {seed!r}") from exc
         self._device_rng = None
+        self._step_weights = None  # (backend, its step_weights of the parameter arrays)
         self.training = True
         self._drop_saved("no forward has run yet")
         self._init_parameters(Stack(cell, self.input_size, self.hidden_size, self.num_layers,
@@ -201,6 +199,7 @@ class _RecurrentLayer(_Parameters):
     def _moved(self, library):
         if library != self.library:
             self._device_rng = None
+        self._step_weights = None
         self._drop_saved("the layer was moved with to()")
 
     def _drop_saved(self, why):
@@ -246,6 +245,30 @@ class _RecurrentLayer(_Parameters):
                                          or previous.consumed else previous)
         else:
             self._drop_saved("the last forward ran in eval mode, which keeps nothing for backward")
+        return y, self.cell.as_hx(finals)
+
+    def step(self, x, hx=None):
+        """One time step through every layer, for decoding: x (B, input_size), hx as forward
+        takes it (None: zeros); returns (y (B, hidden_size), hx after the step).
+
+        In eval mode the step is one compiled call on the Numba backend, with the weights read
+        as they are (an in-place update is seen by the next step), and keeps nothing for
+        backward. In training mode it is ``forward`` over a sequence of one step (dropout
+        included), whose backward takes dy of shape (1, B, H) (or (B, 1, H) with batch_first).
+        A bidirectional layer has no step: its reverse direction starts from the sequence's end.
+        """
+        if self.training:
+            y, hx = self.forward(x[:, None] if self.batch_first else x[None], hx)
+            return (y[:, 0] if self.batch_first else y[0]), hx
+        states = stack.check_step(self._stack, x, hx, self.library, self.dtype)
+        backend = self._chosen_backend()
+        if self._step_weights is None or self._step_weights[0] is not backend:
+            self._step_weights = (backend, backend.step_weights(self.cell, [
+                tuple(self._params.get(f"{kind}_l{k}") for kind in stack.PARAM_KINDS)
+                for k in range(self.num_layers)]))
+        self._drop_saved("the last call was a step in eval mode, which keeps nothing for "
+                         "backward")
+        y, finals = stack.step(self._stack, backend, self._step_weights[1], x, states)
         return y, self.cell.as_hx(finals)
 
     def backward(self, dy=None, dh_n=None, handle=None):
@@ -358,40 +381,3 @@ class GRU(_RecurrentLayer):
 
     def _variant_repr(self):
         return [] if self.linear_before_reset else ["linear_before_reset=False"]
-
-
-# ----------------------------------------------------------------------------------------------
-# Training-loop helpers
-
-
-def clip_grad_norm(grads, max_norm, norm_type=2.0) -> float:
-    """Scale gradients IN PLACE so that their total norm is at most ``max_norm``.
-
-    ``grads`` is a mapping name -> array (such as ``layer.grads``; None values are skipped) or an
-    iterable of arrays. As ``torch.nn.utils.clip_grad_norm_`` does: the total norm is the
-    ``norm_type`` norm of all the gradients together; when ``max_norm / (total + 1e-6)`` is below
-    1, every array is multiplied by it in place (the arrays given are modified, which is the
-    point: the layer's own ``grads`` are clipped). Returns the total norm before scaling.
-    """
-    if (not isinstance(max_norm, numbers.Real) or isinstance(max_norm, (bool, np.bool_))
-            or not max_norm >= 0):
-        raise ValueError(f"max_norm must be a non-negative number, got {max_norm!r}")
-    if (not isinstance(norm_type, numbers.Real) or isinstance(norm_type, (bool, np.bool_))
-            or not norm_type > 0):
-        raise ValueError(f"norm_type must be a positive number or inf, got {norm_type!r}")
-    if isinstance(grads, Mapping):
-        named = [(f"grads[{n!r}]", g) for n, g in grads.items() if g is not None]
-    else:
-        named = [(f"grads[{i}]", g) for i, g in enumerate(grads)]
-    for name, g in named:
-        check_array(name, g)
-    norms = []
-    for _, g in named:
-        xp = xp_of(array_library(g))
-        norms.append(float(xp.linalg.norm(g.ravel(), ord=norm_type)) if g.size else 0.0)
-    total = float(np.linalg.norm(np.asarray(norms, np.float64), ord=norm_type)) if norms else 0.0
-    coef = max_norm / (total + 1e-6)
-    if coef < 1:
-        for _, g in named:
-            g *= g.dtype.type(coef)
-    return total

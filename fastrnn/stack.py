@@ -30,6 +30,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from .backends.base import Direction
 from .cells import Cell
 from .checks import check_array, check_lengths, check_shape
@@ -120,6 +122,47 @@ def check_call(stack: Stack, x, hx, lengths, batch_first, library, dtype):
         if s is not None:
             check_input(name, s, stack.state_shape(B), STATE_LABELS, library, dtype)
     return states, check_lengths(lengths, T, B)
+
+
+def check_step(stack: Stack, x, hx, library, dtype):
+    """The arguments of a step: x (B, input_size) and ``hx`` as for ``check_call``. Returns the
+    states tuple, each None or C-contiguous."""
+    if stack.bidirectional:
+        raise ValueError("step runs a unidirectional stack: the reverse direction of a "
+                         "bidirectional layer starts from the end of the sequence, which a "
+                         "step does not have; run forward over the whole sequence instead")
+    I = stack.input_size
+    if not (type(x) is np.ndarray and x.dtype == dtype and x.ndim == 2 and x.shape[1] == I
+            and library == "numpy"):  # the usual case in one test; the checks say what is wrong
+        lib = check_array("x", x)
+        if x.ndim != 2:
+            raise ValueError(f"x must have shape (B, input_size) for a step, got shape "
+                             f"{tuple(x.shape)}")
+        _check_placement("x", x, lib, library, dtype)
+        check_shape("x", x, (x.shape[0], I), "(B, input_size)")
+    B = x.shape[0]
+    if stack.cell.has_cell_state and hx is not None and (
+            not isinstance(hx, (tuple, list)) or len(hx) != 2):
+        raise TypeError(f"hx for the LSTM must be a pair (h, c), got {type(hx).__name__}")
+    states = stack.cell.from_hx(hx)
+    names = ("hx[0] (h)", "hx[1] (c)") if stack.cell.has_cell_state else ("hx",)
+    for name, s in zip(names, states):
+        if s is not None and not (type(s) is np.ndarray and s.dtype == dtype
+                                  and s.shape == (stack.num_layers, B, stack.hidden_size)):
+            check_input(name, s, stack.state_shape(B), STATE_LABELS, library, dtype)
+    return states
+
+
+def step(stack: Stack, backend, weights, x, states):
+    """One time step of every layer (the stack is unidirectional): x (B, I) and ``states``
+    checked, ``weights`` what ``backend.step_weights`` gave for the stack's parameters.
+    Returns (y (B, H), the states after the step)."""
+    xp = backend.xp
+    shape = stack.state_shape(x.shape[0])
+    states = tuple([xp.zeros(shape, x.dtype) if s is None else
+                    s if s.flags.c_contiguous else xp.ascontiguousarray(s) for s in states])
+    return backend.step(stack.cell, weights,
+                        x if x.flags.c_contiguous else xp.ascontiguousarray(x), states)
 
 
 def check_cotangents(saved: "StackSaved", dy, dh_n, library, dtype):

@@ -24,12 +24,15 @@ NEVER = 1 << 62
 
 # Every way the backend can run a call; the shapes below are small, so each path is forced.
 # Threaded paths also split every GEMM above the recurrence (matmul) over the threads.
-PATHS = {
+# Each split runs its products on packed panels or on W_hh as it is (direct).
+SPLITS = {
     "serial": dict(parallel_min_work=NEVER, matmul_min_work=NEVER),
     "rows": dict(parallel_min_work=0, unit_split_min=NEVER, few_rows_unit_split_min=NEVER,
                  matmul_min_work=0),
     "units": dict(parallel_min_work=0, unit_split_min=0, matmul_min_work=0),
 }
+PATHS = {f"{split}-{products}": dict(knobs, direct_max_rows=NEVER if products == "direct" else 0)
+         for split, knobs in SPLITS.items() for products in ("packed", "direct")}
 
 # (T, B, I, H) and make_problem flags; together they cover T = B = H = 1, odd sizes, lengths with
 # ties and full-length rows, reverse, given and zero initial states, and no bias.
@@ -57,9 +60,9 @@ def test_paths_are_distinct(knobs):
         knobs(path)
         with _threads(2):
             plan = BACKEND._plan(Cell("lstm"), 4, 4, 32)
-        plans.add((plan.rows, plan.units))
-    two = numba.config.NUMBA_NUM_THREADS >= 2
-    assert plans == ({(1, 1), (2, 1), (1, 2)} if two else {(1, 1)})
+            plans.add((plan.rows, plan.units, BACKEND._direct(4, 4, plan)))
+    splits = {(1, 1), (2, 1), (1, 2)} if numba.config.NUMBA_NUM_THREADS >= 2 else {(1, 1)}
+    assert plans == {split + (direct,) for split in splits for direct in (False, True)}
 
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 Numba threads")
@@ -111,7 +114,8 @@ def test_bidirectional_views(cell, dtype, knobs):
     dh_n = rng.standard_normal((2, B, H)).astype(dtype)
     dc_n = rng.standard_normal((2, B, H)).astype(dtype) if cell.has_cell_state else None
     results = []
-    for name, path in (("numpy", None), ("numba", "rows"), ("numba", "units")):
+    paths = ("rows-packed", "units-packed", "rows-direct", "units-direct")
+    for name, path in (("numpy", None),) + tuple(("numba", p) for p in paths):
         if path:
             knobs(path)
         backend = fastrnn.get_backend(name)
@@ -126,8 +130,8 @@ def test_bidirectional_views(cell, dtype, knobs):
                                                               "dh0", "dc0")
                         if getattr(g, n) is not None})
         results.append(out)
-    assert_close(results[1], results[0], dtype, f"{cell.name} bidirectional rows")
-    assert_close(results[2], results[0], dtype, f"{cell.name} bidirectional units")
+    for path, result in zip(paths, results[1:]):
+        assert_close(result, results[0], dtype, f"{cell.name} bidirectional {path}")
 
 
 @pytest.mark.parametrize("cell", ALL_CELLS, ids=CELL_IDS)
@@ -150,7 +154,7 @@ def test_inference_equals_training_and_chunks(cell, monkeypatch):
                      f"{cell.name} chunked inference")
 
 
-@pytest.mark.parametrize("path", ["serial", "rows", "units"])
+@pytest.mark.parametrize("path", list(PATHS))
 @pytest.mark.parametrize("cell", ALL_CELLS, ids=CELL_IDS)
 def test_repeatable_and_thread_counts_agree(cell, path, knobs):
     """Identical bits on repeated calls at a fixed thread count; 1 and 2 threads agree."""
@@ -171,8 +175,9 @@ def test_repeatable_and_thread_counts_agree(cell, path, knobs):
 
 
 @pytest.mark.parametrize("cell", ALL_CELLS, ids=CELL_IDS)
-def test_inputs_not_modified(cell, knobs):
-    knobs("rows")
+@pytest.mark.parametrize("path", ["rows-packed", "rows-direct"])
+def test_inputs_not_modified(cell, path, knobs):
+    knobs(path)
     problem = make_problem(cell, 4, 3, 2, 5, np.float32, seed=4, lengths=True)
     cot = make_cotangents(cell, 4, 3, 5, np.float32)
     before = {k: v.copy() for k, v in {**problem, **cot}.items() if isinstance(v, np.ndarray)}
@@ -343,7 +348,7 @@ def test_packed_panels_hold_the_blocks(dtype, threads_share, H, units, G, gates,
 
 
 @pytest.mark.parametrize("cell", ALL_CELLS, ids=CELL_IDS)
-@pytest.mark.parametrize("path", ["serial", "units"])
+@pytest.mark.parametrize("path", ["serial-packed", "units-packed", "units-direct"])
 def test_gradients_in_the_saved_gates_memory(cell, path, knobs, monkeypatch):
     """A one-direction training forward keeps the gates in the projection's memory and backward
     writes the projection's gradient over them; the gradients are bitwise those computed with
@@ -376,3 +381,12 @@ def test_gradients_in_the_saved_gates_memory(cell, path, knobs, monkeypatch):
         assert set(got) == set(want)
         for name in want:
             np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+
+@pytest.mark.parametrize("T, B, direct", [(1, 1, True), (4, 1, True), (1, 4, True), (2, 3, False),
+                                          (5, 1, False), (100, 16, False)])
+def test_few_rows_read_the_weights_unpacked(T, B, direct):
+    """Calls with few rows per block in all (decoding steps) skip packing W_hh."""
+    with _threads(2):
+        plan = BACKEND._plan(Cell("lstm"), T, B, 64)
+        assert BACKEND._direct(T, B, plan) is direct

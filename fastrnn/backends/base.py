@@ -142,6 +142,28 @@ class Backend:
     def backward(self, cell: Cell, saved, dy, dh_n, dc_n):
         raise NotImplementedError
 
+    # One time step of a unidirectional stack (the decoding step), in inference. Front ends
+    # keep what ``step_weights`` returns for as long as their parameter arrays stay the same
+    # objects; a backend must not copy the weights into it, so that in-place updates are seen.
+
+    def step_weights(self, cell: Cell, layers):
+        """What ``step`` takes as the weights: from ``layers``, a list of (W_ih, W_hh, b_ih,
+        b_hh) per layer, C-contiguous, biases None where absent. Here the list itself."""
+        return layers
+
+    def step(self, cell: Cell, weights, x, hx):
+        """One time step of every layer: x (B, I) and hx (one (L, B, H) per state of the cell)
+        C-contiguous. Returns (y (B, H), hy, the new states like hx). Here one inference
+        forward of one step per layer."""
+        y, hy = x[None], tuple(self.xp.empty_like(h) for h in hx)
+        for k, (W_ih, W_hh, b_ih, b_hh) in enumerate(weights):
+            states = [h[k] for h in hx] + [None]
+            y, h_n, c_n, _ = self.forward(cell, y, [Direction(
+                W_ih, W_hh, b_ih, b_hh, states[0], states[1], False)], None, False)
+            for new, value in zip(hy, (h_n, c_n)):
+                new[k] = value[0]
+        return y[0], hy
+
 
 @dataclass
 class _FusedSaved:

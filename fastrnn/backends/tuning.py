@@ -40,6 +40,11 @@ few_rows = 4
 # plain call is faster than starting the threads.
 matmul_min_work = 1 << 21
 
+# The recurrent products read W_hh as it is, unpacked (numba_cpu/direct.py), when a block of
+# the call's plan runs at most this many rows in all (T times its batch rows): packing costs a
+# pass over W_hh per call, which only pays when the packed panels serve many rows.
+direct_max_rows = 4
+
 # Above this many elements of W_hh (a 256 x 256 matrix), the threads share the packing of the
 # panels; below it the packing takes less than starting them.
 PACK_PARALLEL_MIN = 1 << 16

@@ -14,6 +14,7 @@ traces them as any module.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import warnings
@@ -23,10 +24,13 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from ..cells import Cell
+from .. import stack
 from ..stack import Stack
 from . import ops
+from .devices import adapter_for, backend_for
 
 _SUPPORTED = (torch.float32, torch.float64)
+_SERIAL = contextlib.nullcontext()
 
 
 class _RecurrentModule(nn.Module):
@@ -99,6 +103,65 @@ class _RecurrentModule(nn.Module):
         y, finals = self._run(input.unsqueeze(batch_dim), [s.unsqueeze(1) for s in states],
                               None, self.batch_first)
         return y.squeeze(batch_dim), self.cell.as_hx(f.squeeze(1) for f in finals)
+
+    def step(self, input, hx=None):
+        """One time step through every layer, for decoding: input (N, H_in) (or (H_in,)
+        unbatched), hx as forward takes it, None for zeros. Returns (output (N, H), hx after the
+        step), for the LSTM (output, (h, c)).
+
+        In eval mode, or under torch.no_grad / inference_mode (without dropout to apply), the
+        step is inference: on the CPU one compiled call that reads the parameters' memory as it is
+        (so optimizer steps and writes through ``.data`` are seen), whose outputs carry no
+        autograd history. In training mode with gradients enabled it is ``forward`` over one
+        step, dropout and autograd included. A bidirectional module has no step."""
+        if self.bidirectional:
+            raise ValueError("step runs a unidirectional stack: the reverse direction of a "
+                             "bidirectional module starts from the end of the sequence; run "
+                             "forward over the whole sequence instead")
+        if not isinstance(input, torch.Tensor) or input.dim() not in (1, 2):
+            raise ValueError(f"{type(self).__name__}.step: expected input (N, H_in) or (H_in,), "
+                             f"got {getattr(input, 'dim', lambda: type(input).__name__)()}D")
+        if self.training and (torch.is_grad_enabled() or (self.dropout > 0
+                                                          and self.num_layers > 1)):
+            time_dim = 1 if self.batch_first and input.dim() == 2 else 0
+            y, hx = self.forward(input.unsqueeze(time_dim), hx)
+            return y.squeeze(time_dim), hx
+        batched = input.dim() == 2
+        x = input if batched else input.unsqueeze(0)
+        states = self._states(hx, x, x.shape[0], batched=batched)
+        if not batched:
+            states = [s.unsqueeze(1) for s in states]
+        params = list(self._parameters.values())
+        device, dtype = params[0].device, params[0].dtype
+        if not all(t.dtype == dtype and t.device == device for t in (x, *states)):
+            for name, t in (("input", x), *zip(self.cell.named("hx ({}_0)"), states)):
+                _check_dtype(name, t, params[0])
+        adapter = adapter_for(device)
+        backend = backend_for(device, self.backend)
+        # The numba step is one serial call: it needs no thread setting (the CuPy one needs
+        # torch's stream)
+        with adapter.running(backend, device) if adapter.library != "numpy" else _SERIAL:
+            y, finals = stack.step(self._stack, backend, self._step_weights(backend, params),
+                                   adapter.array(x), [adapter.array(s) for s in states])
+        finals = [adapter.tensor(f) for f in finals]
+        if not batched:
+            y, finals = y[0], [f[:, 0] for f in finals]
+        return adapter.tensor(y), self.cell.as_hx(finals)
+
+    def _step_weights(self, backend, params):
+        """backend.step_weights of the parameters' arrays, kept while the same parameters hold
+        the same memory (an assignment to ``.data`` or a move makes it again). The arrays keep
+        the old memory alive, so an id and address seen again are the same parameter."""
+        key = tuple((id(p), p.data_ptr(), p.dtype, p.shape) for p in params)
+        cached = self.__dict__.get("_step_cache")
+        if cached is None or cached[0] is not backend or cached[1] != key:
+            adapter, per_layer = adapter_for(params[0].device), len(params) // self.num_layers
+            arrays = [adapter.array(p) for p in params]
+            layers = [tuple(arrays[k * per_layer:(k + 1) * per_layer]) + (None, None)
+                      for k in range(self.num_layers)]
+            cached = (backend, key, backend.step_weights(self.cell, [lay[:4] for lay in layers]))
+            self.__dict__["_step_cache"] = cached
+        return cached[2]
 
     def _forward_packed(self, packed, hx):
         """Packed input as padded + lengths. pad_packed_sequence gives the batch in its original

@@ -93,14 +93,16 @@ class NumbaBackend(FusedBackend):
     few_rows_unit_split_min = tuning.few_rows_unit_split_min
     few_rows = tuning.few_rows
     matmul_min_work = tuning.matmul_min_work
+    direct_max_rows = tuning.direct_max_rows
 
     def __init__(self):
-        from . import blas, driver, packed
+        from . import blas, driver, packed, step
 
         for name in CELL_MODULES:
             importlib.import_module(f".{name}", __name__)
         self._blas_lib, self._packed, self._driver = blas, packed, driver
         self._blas = blas.BlasThreads()
+        self._stepper = step.Stepper()
 
     # BLAS runs one thread at a time inside this backend (forward and backward hold the limit
     # around everything they run): the GEMMs above the recurrence go through ``matmul`` on
@@ -125,6 +127,13 @@ class NumbaBackend(FusedBackend):
                 return gates
         return super().gate_gradients(saved, T, B, N)
 
+    def step_weights(self, cell, layers):
+        return self._stepper.weights(layers)
+
+    def step(self, cell, weights, x, hx):
+        """One compiled call for the whole stack (step.py): it calls no BLAS."""
+        return self._stepper(cell, weights, x, hx)
+
     def matmul(self, a, b, bias=None):
         return self._blas_lib.matmul(a, b, self._blas_lib.threads(), self.matmul_min_work, bias)
 
@@ -143,6 +152,11 @@ class NumbaBackend(FusedBackend):
                 rows = max(1, min(threads, B // max(1, self.parallel_min_rows)))
         return self._packed.make_plan(H, rows, units)
 
+    def _direct(self, T, B, plan):
+        """Whether a call's products read W_hh as it is rather than packed (direct.py): when
+        each block runs few rows in all (T times its batch rows)."""
+        return T * -(-B // plan.rows) <= self.direct_max_rows
+
     @staticmethod
     def _lengths(lengths, T, B):
         if lengths is None:
@@ -151,8 +165,8 @@ class NumbaBackend(FusedBackend):
 
     def prepare_hh(self, cell, W_hh, T, B):
         """W_hh with the call's plan; its panels are packed when first used, once per call."""
-        return self._packed.Packed(np.ascontiguousarray(W_hh),
-                                   self._plan(cell, T, B, W_hh.shape[1]))
+        plan = self._plan(cell, T, B, W_hh.shape[1])
+        return self._packed.Packed(np.ascontiguousarray(W_hh), plan, self._direct(T, B, plan))
 
     def recurrence_forward(self, cell, x_proj, W_hh, b_hh, h0, c0, lengths, reverse, y,
                            training):
@@ -172,7 +186,8 @@ class NumbaBackend(FusedBackend):
         plan = self._plan(cell, T, B, H)
         g_out = d_gx if self._driver.flat(d_gx) is not None else np.empty(d_gx.shape, d_gx.dtype)
         hh_terms, dh0, dc0 = self._driver.backward(
-            cell, saved, np.ascontiguousarray(W_hh), dy, dh_n, dc_n, g_out, plan)
+            cell, saved, np.ascontiguousarray(W_hh), dy, dh_n, dc_n, g_out, plan,
+            self._direct(T, B, plan))
         if g_out is not d_gx:
             d_gx[...] = g_out
         return hh_terms, dh0, dc0

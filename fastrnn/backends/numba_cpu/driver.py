@@ -109,8 +109,16 @@ def _joined(panels):
     return panels[0][0] if len(panels) == 1 else np.concatenate([W for W, _ in panels])
 
 
+def _weight_offsets(phases, H, panels, direct):
+    """Where each phase's weights start: in the packed panels, or (direct) in W_hh itself, at
+    the phase's first gate (a phase's gates are consecutive)."""
+    if direct:
+        return [g[0] * H * H for g in phases]
+    return _offsets(panels)
+
+
 @lru_cache(maxsize=256)
-def _forward_layout(name, B, H, plan, itemsize):
+def forward_layout(name, B, H, plan, itemsize, direct):
     """FWork.ph of a call, and the sizes of FWork.out and FWork.mid (the same for every call of
     one shape and plan, so kept)."""
     spec = SPECS[name]
@@ -118,22 +126,24 @@ def _forward_layout(name, B, H, plan, itemsize):
     Ps = [-(-len(g) * plan.size // nr) for g in spec.forward]
     panels = [plan.units * P * H * nr for P in Ps]
     sizes = [B * plan.units * P * nr for P in Ps]
-    ph = np.array([(w, P, len(g), o) for w, P, g, o in zip(_offsets(panels), Ps, spec.forward,
-                                                           _offsets(sizes))], np.int64)
+    ph = np.array([(w, P, len(g), o) for w, P, g, o in zip(
+        _weight_offsets(spec.forward, H, panels, direct), Ps, spec.forward, _offsets(sizes))],
+        np.int64)
     ph.flags.writeable = False
     return ph, sum(sizes), B * H if len(Ps) > 1 else 0
 
 
 @lru_cache(maxsize=256)
-def _backward_layout(name, B, H, plan, itemsize):
+def _backward_layout(name, B, H, plan, itemsize, direct):
     """BWork.ph of a call, the size of BWork.d, of one slot of BWork.part, and BWork.P."""
     spec = SPECS[name]
     nr = 4 * 64 // itemsize
     P = -(-H // nr)
     panels = [plan.units * P * len(g) * plan.size * nr for g in spec.backward]
     sizes = [B * plan.units * len(g) * plan.size for g in spec.backward]
-    ph = np.array([(w, len(g), o) for w, g, o in zip(_offsets(panels), spec.backward,
-                                                     _offsets(sizes))], np.int64)
+    ph = np.array([(w, len(g), o) for w, g, o in zip(
+        _weight_offsets(spec.backward, H, panels, direct), spec.backward, _offsets(sizes))],
+        np.int64)
     ph.flags.writeable = False
     return ph, sum(sizes), plan.units * B * P * nr, P
 
@@ -157,8 +167,8 @@ def forward(cell, x_proj, y, weights, b_hh, h0, c0, lengths, reverse, training):
         st[base.first_slot(T, reverse, training)] = s0
     gates = gate_store(x_proj, training, G, H) if spec.gates else None
     hn = np.empty((T, B, H), dtype) if training and spec.hn else None
-    W, _ = weights.forward(spec.forward)
-    ph, out, mid = _forward_layout(name, B, H, plan, dtype.itemsize)
+    W = weights.forward(spec.forward)
+    ph, out, mid = forward_layout(name, B, H, plan, dtype.itemsize, weights.direct)
     work = (W, np.empty(out, dtype), np.empty(mid, dtype), ph)  # a skeleton.FWork
     geo = (T, B, H, G, plan.rows, plan.units, plan.size, reverse, training)  # a Geometry
     time_loop(spec.cell, geo, flat_input(x_proj), flat(y), lengths, b_hh,
@@ -170,19 +180,20 @@ def forward(cell, x_proj, y, weights, b_hh, h0, c0, lengths, reverse, training):
     return hs[last].copy(), None if cs is None else cs[last].copy(), saved
 
 
-def backward(cell, saved, W_hh, dy, dh_n, dc_n, d_gx, plan):
-    """Fills d_gx (T, B, G*H); returns (hh_terms, dh0, dc0 or None)."""
+def backward(cell, saved, W_hh, dy, dh_n, dc_n, d_gx, plan, direct):
+    """Fills d_gx (T, B, G*H); returns (hh_terms, dh0, dc0 or None). ``direct``: the products
+    read W_hh as it is (direct.py) instead of packed panels."""
     name = cell.name
     spec = SPECS[name]
     T, B, H = dy.shape
     dtype = dy.dtype
     k, size = plan.units, plan.size
     grads = tuple([np.array(g, dtype, order="C") for g in (dh_n, dc_n)[:spec.states]])
-    panels = [pack_backward(W_hh, g, plan) for g in spec.backward]
-    ph, d, q, P = _backward_layout(name, B, H, plan, dtype.itemsize)
+    ph, d, q, P = _backward_layout(name, B, H, plan, dtype.itemsize, direct)
     terms = np.empty((T, B, spec.kt * H), dtype) if spec.kt else None
-    work = (_joined(panels), np.zeros(d, dtype), np.empty(2 * q, dtype),
-            np.empty(q if len(panels) > 1 else 0, dtype), np.empty(B * H, dtype),
+    WT = W_hh if direct else _joined([pack_backward(W_hh, g, plan) for g in spec.backward])
+    work = (WT, np.zeros(d, dtype), np.empty(2 * q, dtype),
+            np.empty(q if len(spec.backward) > 1 else 0, dtype), np.empty(B * H, dtype),
             _flat_or_empty(terms, dtype), ph, P, spec.kt)  # a skeleton.BWork
     geo = (T, B, H, cell.gates, plan.rows, k, size, saved.reverse, True)  # a Geometry
     state = (saved.hs, saved.cs)[:spec.states]

@@ -229,20 +229,23 @@ def pack_forward(W_hh, gates, plan):
 
 class Packed:
     """W_hh of one call (``array``, C-contiguous), its Plan, and its forward panels, packed on
-    first use and kept for every chunk of the call."""
+    first use and kept for every chunk of the call; or, when ``direct``, W_hh itself, which the
+    products then read as it is (direct.py)."""
 
-    def __init__(self, W_hh, plan):
-        self.array, self.plan = W_hh, plan
+    def __init__(self, W_hh, plan, direct=False):
+        self.array, self.plan, self.direct = W_hh, plan, direct
         self._panels = {}
 
     def forward(self, phases):
-        """The forward panels of each product in ``phases`` (the gates of each), pack_forward
-        one after the other in one flat array, packed once; and the P of each."""
+        """What the forward products read: the forward panels of each product in ``phases``
+        (the gates of each), pack_forward one after the other in one flat array, packed once;
+        W_hh itself when direct."""
+        if self.direct:
+            return self.array
         key = tuple(tuple(g) for g in phases)
         if key not in self._panels:
-            parts = [pack_forward(self.array, g, self.plan) for g in key]
-            W = parts[0][0] if len(parts) == 1 else np.concatenate([w for w, _ in parts])
-            self._panels[key] = W, [P for _, P in parts]
+            parts = [pack_forward(self.array, g, self.plan)[0] for g in key]
+            self._panels[key] = parts[0] if len(parts) == 1 else np.concatenate(parts)
         return self._panels[key]
 
 

@@ -54,6 +54,7 @@ from numba import njit, prange
 from numba.extending import overload
 
 from .. import base
+from .direct import axpys, dots
 from .packed import gemm, panel_width
 from .scalars import KERNEL
 from .vectors import add_to, copy_row, zero_row
@@ -135,6 +136,47 @@ def backward_row(cell, k, geo, pos, dgx, state, grads, keep, work):
     raise TypeError(f"no Numba cell registered for {type(cell).__name__}")
 
 
+def phase_product(W, w0, u, u0, n, nu, P, ng, H, a, a0, rows, out, o, ldo):
+    """A phase's product for one block: ``rows`` rows of a (at a0, row stride H) times the ng
+    gates of unit chunk u (units u0..u0+n) of W_hh, gate i at columns i*nu.. of out's rows (row
+    stride ldo). W is the packed panels (1-D; w0 the phase's panels) or W_hh itself (2-D,
+    direct.py; w0 the offset of the phase's first gate): each is compiled for its own."""
+    raise TypeError("compiled code only")
+
+
+@overload(phase_product, jit_options=KERNEL, inline="always")
+def _phase_product_impl(W, w0, u, u0, n, nu, P, ng, H, a, a0, rows, out, o, ldo):
+    if W.ndim == 1:
+        return (lambda W, w0, u, u0, n, nu, P, ng, H, a, a0, rows, out, o, ldo:
+                gemm(a, a0, H, rows, W, w0 + u * P * H * panel_width(W), P, out, o))
+
+    def direct(W, w0, u, u0, n, nu, P, ng, H, a, a0, rows, out, o, ldo):
+        w = W.reshape(-1)
+        for i in range(ng):
+            dots(a, a0, H, H, rows, w, w0 + (i * H + u0) * H, n, out, o + i * nu, ldo)
+    return direct
+
+
+def phase_share(W, w0, u, u0, n, nu, P, ng, H, d, d0, K, rows, out, o, ldo):
+    """A backward phase's share for one block: ``rows`` rows of the gate gradients d (at d0,
+    row stride K = ng*nu, gate i at columns i*nu..) times the same rows of W_hh, H columns per
+    row of out (row stride ldo). W as in ``phase_product``."""
+    raise TypeError("compiled code only")
+
+
+@overload(phase_share, jit_options=KERNEL, inline="always")
+def _phase_share_impl(W, w0, u, u0, n, nu, P, ng, H, d, d0, K, rows, out, o, ldo):
+    if W.ndim == 1:
+        return (lambda W, w0, u, u0, n, nu, P, ng, H, d, d0, K, rows, out, o, ldo:
+                gemm(d, d0, K, rows, W, w0 + u * P * K * panel_width(W), P, out, o))
+
+    def direct(W, w0, u, u0, n, nu, P, ng, H, d, d0, K, rows, out, o, ldo):
+        w = W.reshape(-1)
+        for i in range(ng):
+            axpys(d, d0 + i * nu, K, n, rows, w, w0 + (i * H + u0) * H, H, out, o, ldo, i > 0)
+    return direct
+
+
 @njit(**KERNEL)
 def block_of(c, R, U_, B):
     """Block c of a plan with R row groups and U_ unit chunks: (b0, b1, u), rows [b0, b1) of
@@ -174,7 +216,7 @@ def _span(geo, c):
 def _forward_block(cell, k, geo, c, s, x, y, lengths, b_hh, state, keep, work):
     """Phase k of step s (in processing order) for block c: the product, then every row."""
     geo, work = Geometry(*geo), FWork(*work)
-    T, B, H = geo.T, geo.B, geo.H
+    T, B, H, nu = geo.T, geo.B, geo.H, geo.nu
     b0, b1, u, u0, n, first = _span(geo, c)
     nb = b1 - b0
     xp, xs_t, xs_b = x
@@ -186,11 +228,9 @@ def _forward_block(cell, k, geo, c, s, x, y, lengths, b_hh, state, keep, work):
     last = k == work.ph.shape[0] - 1
     t, r_in, r_out = slots(s, T, geo.reverse, geo.training)
     if count_valid(lengths, t, b0, b1) > 0:
-        if k == 0:
-            gemm(hs, (r_in * B + b0) * H, H, nb, W, w0 + u * P * H * NR, P, work.out,
-                 o0 + first * Np)
-        else:
-            gemm(work.mid, b0 * H, H, nb, W, w0 + u * P * H * NR, P, work.out, o0 + first * Np)
+        a, a0 = (hs, (r_in * B + b0) * H) if k == 0 else (work.mid, b0 * H)
+        phase_product(W, w0, u, u0, n, nu, P, work.ph[k, 2], H, a, a0, nb, work.out,
+                      o0 + first * Np, Np)
     for b in range(b0, b1):
         i_in = (r_in * B + b) * H + u0
         i_out = (r_out * B + b) * H + u0
@@ -265,7 +305,8 @@ def _backward_block(cell, k, geo, c, s, dy, dgx, lengths, state, grads, keep, wo
     else:
         to, at = work.q, (u * B + b0) * Hp
     if count_valid(lengths, t, b0, b1) > 0:
-        gemm(work.d, d0 + first * K, K, nb, WT, w0 + u * P * K * NR, P, to, at)
+        phase_share(WT, w0, u, u0, n, nu, P, work.ph[k, 1], H, work.d, d0 + first * K, K, nb,
+                    to, at, Hp)
     else:
         zero_row(to, at, Hp * nb)
 
