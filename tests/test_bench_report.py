@@ -31,6 +31,7 @@ def test_row_flags_spread_and_peak():
     assert quality.row_flags(_row(4.7, 1600.0, gflops=142.0), peak_gflops=100.0) == [
         "noisy: max/min 340.43x", "above the sgemm peak: 142 %"]
     assert quality.row_flags(_row(1.0, 1.1, gflops=100.0), peak_gflops=100.0) == []
+    assert quality.row_flags(_row(0.0, 0.001), peak_gflops=100.0) == ["noisy: max/min infx"]
     # A GPU row is not measured against the CPU's sgemm peak.
     assert quality.row_flags(_row(1.0, 1.1, gflops=5000.0, host=False), 100.0) == []
 

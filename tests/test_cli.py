@@ -35,6 +35,7 @@ def test_no_command_prints_help_and_exits_2(capsys):
 @pytest.mark.parametrize("args, message", [
     (["bench", "--rounds", "0"], "fastrnn bench: error: --rounds must be >= 1"),
     (["bench", "--retry-budget", "-1"], "fastrnn bench: error: --retry-budget must be >= 0"),
+    (["bench", "--t-scale", "0"], "fastrnn bench: error: --t-scale must be > 0"),
     (["bench", "--cells", "gru", "--shapes", "deepbench-device"],
      "fastrnn bench: error: no cases: the chosen shapes fix cells that are not among --cells"),
 ])

@@ -198,14 +198,17 @@ def _bench(args, argv) -> int:
     for name in ("threads", "rounds", "sgemm_size"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+    for name in ("warmup", "retry_budget", "min_sample_ms", "reference_max_gflop",
+                 "reference_budget"):
+        if getattr(args, name) < 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 0")
+    if not args.t_scale > 0:
+        raise ValueError("--t-scale must be > 0")
     too_many = quality.threads_warning(args.threads, machine.default_threads())
     if too_many:
         print(f"fastrnn bench: warning: {too_many}", file=sys.stderr)
     if args.torch_frontend:
         return _bench_torch(args)
-    for name in ("warmup", "retry_budget"):
-        if getattr(args, name) < 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 0")
     cells = None if args.cells is None else validation.cells_by_names(args.cells)
     shapes = presets.select_shapes(args.shapes, args.t_scale)
     peers = [] if args.peers == ("none",) else list(args.peers)

@@ -32,14 +32,15 @@ LOAD_INTERVAL_S = 5.0
 
 
 def spread(samples) -> float:
-    """max/min of a row's samples."""
-    return max(samples) / min(samples)
+    """max/min of a row's samples (infinite when a sample read 0 s and another did not)."""
+    low, high = min(samples), max(samples)
+    return high / low if low > 0 else (1.0 if high == 0 else float("inf"))
 
 
 def row_flags(record, peak_gflops: float) -> list:
     """Why ``record`` (one row of the report) is doubtful; empty when it is not."""
     flags = []
-    row_spread = record["max_ms"] / record["min_ms"]
+    row_spread = spread((record["min_ms"], record["max_ms"]))
     if row_spread > NOISY_SPREAD:
         flags.append(f"noisy: max/min {row_spread:.2f}x")
     if record["host"] and record["gflops"] > peak_gflops:
