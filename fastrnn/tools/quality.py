@@ -6,8 +6,10 @@ bench.json and bench.png.
 - A row above the sgemm peak: a host implementation's GFLOP/s above the large float32 matmul
   measured in the same run, which no recurrent layer reaches on the same cores. Either the peak
   was measured while the machine was busy or the row's time is wrong; neither is a result.
-- A loaded machine: the 1-minute load average before or during the run above the cores
-  (the bench's own threads count too, so at most ``threads`` of it is the bench).
+- A loaded machine: the 1-minute load average before or during the run above the machine's
+  CPUs. The load average counts runnable threads on the whole machine, so it is compared with
+  all of its CPUs, not only those this process may use; the bench's own threads count too, at
+  most ``threads`` of it.
 - ``--threads`` above the cores: the threads take turns on the cores.
 
 A noisy case is timed again while ``RetryBudget`` has time for it (``bench.time_case``).
@@ -15,6 +17,7 @@ A noisy case is timed again while ``RetryBudget`` has time for it (``bench.time_
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -56,16 +59,16 @@ def threads_warning(threads: int, cores: int) -> Optional[str]:
             "implementations.")
 
 
-def load_warning(load: dict, cores: int) -> Optional[str]:
+def load_warning(load: dict) -> Optional[str]:
     """A warning when the load average (``LoadWatch.summary``) before or during the run
-    exceeded ``cores``."""
-    before, during = load["before"], load["max_during"]
-    if max((v for v in (before, during) if v is not None), default=0.0) <= cores:
+    exceeded the machine's CPUs."""
+    before, during, cpus = load["before"], load["max_during"], load["cpus"]
+    if max((v for v in (before, during) if v is not None), default=0.0) <= cpus:
         return None
     seen = [f"{before:.2f} before the run" if before is not None else None,
             f"up to {during:.2f} during it" if during is not None else None]
     return (f"The machine was busy: the 1-minute load average was "
-            f"{' and '.join(s for s in seen if s)}, above its {cores} cores. Other processes "
+            f"{' and '.join(s for s in seen if s)}, above its {cpus} CPUs. Other processes "
             "competed for the cores, so the times are slower and noisier than on an idle "
             "machine and the ratios less certain; run again when it is quiet.")
 
@@ -75,7 +78,7 @@ def report_warnings(report) -> list:
     many rows are flagged. Needs the rows' ``flags``."""
     m = report["machine"]
     warnings = [threads_warning(m["threads"], m["cores"]),
-                load_warning(report["load_average"], m["cores"])]
+                load_warning(report["load_average"])]
     peaks = report["sgemm_peaks_gflops"]
     if max(peaks) / min(peaks) > NOISY_SPREAD:
         warnings.append(f"The sgemm peak changed during the run ({peaks[0]:.1f} GFLOP/s before "
@@ -139,4 +142,5 @@ class LoadWatch:
 
     def summary(self) -> dict:
         return {"before": self.before, "max_during": max(self.during, default=None),
-                "after": self.during[-1] if self.during else None, "samples": len(self.during)}
+                "after": self.during[-1] if self.during else None, "samples": len(self.during),
+                "cpus": os.cpu_count()}

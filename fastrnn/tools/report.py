@@ -136,8 +136,8 @@ def _load_text(report) -> str:
     seen = [f"{load[k]:.2f} {when}" for k, when in (
         ("before", "before"), ("max_during", "at most during"), ("after", "after"))
         if load[k] is not None]
-    return (f"1-minute load average {', '.join(seen)} the run, on "
-            f"{report['machine']['cores']} cores" if seen else "load average unknown")
+    return (f"1-minute load average {', '.join(seen)} the run, on {load['cpus']} CPUs"
+            if seen else "load average unknown")
 
 
 def chart(report, path) -> Optional[str]:
