@@ -123,7 +123,7 @@ def _retry_notes(report) -> list:
     if retried:
         notes.append(f"Retried: {', '.join(retried)}. A retry times every implementation of "
                      "the case again; the attempt whose noisiest row is the quietest is kept. "
-                     f"{report['retry_used_s']:.0f} s of the {st['retry_budget_s']:g} s budget "
+                     f"{report['retry_used_s']:.1f} s of the {st['retry_budget_s']:g} s budget "
                      "(--retry-budget).")
     if noisy:
         notes.append(f"Not retried, the retry budget ({st['retry_budget_s']:g} s, "
