@@ -260,7 +260,7 @@ def time_case(case: Case, impls, *, threads, rounds, warmup, min_sample_s, refer
                              reference_max_flops, reference_budget_s, seed, clock)
     attempts = [_time_rounds(runs, rounds, clock)]
     kept = attempts[0]
-    while (runs and retry is not None and kept.worst_spread > quality.NOISY_SPREAD
+    while (retry is not None and kept.worst_spread > quality.NOISY_SPREAD
            and len(attempts) < quality.MAX_ATTEMPTS and retry.allows(attempts[-1].seconds)):
         attempts.append(_time_rounds(runs, rounds, clock))
         retry.spend(attempts[-1].seconds)
