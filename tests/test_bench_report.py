@@ -37,6 +37,24 @@ def test_row_flags_spread_and_peak():
     assert quality.row_flags(_row(1.0, 1.1, gflops=5000.0, host=False), 100.0) == []
 
 
+def test_a_speedup_over_a_noisy_row_is_flagged_too():
+    def row(impl, shape, min_ms, max_ms, x_ref, x_torch):
+        return {"mode": "inference", "cell": "lstm", "shape": shape, "impl": impl,
+                "min_ms": min_ms, "max_ms": max_ms, "gflops": 1.0, "host": True,
+                "speedup_vs_reference": x_ref, "speedup_vs_torch": x_torch}
+
+    # PyTorch at 1600 ms (min 4.7 ms) makes fastrnn's x torch of 117 mean nothing.
+    records = [row("numba", "tiny", 10.0, 12.0, 9.0, 117.0),
+               row("numpy", "tiny", 90.0, 100.0, 1.0, 13.0),
+               row("torch", "tiny", 4.7, 1600.0, 0.08, 1.0),
+               row("numba", "small", 10.0, 12.0, None, 2.0),
+               row("torch", "small", 20.0, 22.0, None, 1.0)]
+    quality.flag_rows(records, peak_gflops=100.0)
+    assert [r["flags"] for r in records] == [
+        ["x torch: the torch row is noisy"], ["x torch: the torch row is noisy"],
+        ["noisy: max/min 340.43x"], [], []]
+
+
 def test_load_warning_only_above_the_cpus():
     assert quality.load_warning({"before": 1.9, "max_during": 2.0, "cpus": 2}) is None
     assert quality.load_warning({"before": None, "max_during": None, "cpus": 2}) is None

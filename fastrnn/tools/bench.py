@@ -289,7 +289,7 @@ def _derive(records):
     by_impl = {r["impl"]: r for r in records}
     for r in records:
         r["gflops"] = r["flops"] / (r["median_ms"] * 1e-3) / 1e9
-        for peer, key in (("numpy", "speedup_vs_reference"), ("torch", "speedup_vs_torch")):
+        for peer, (key, _) in quality.SPEEDUP_COLUMNS.items():
             other = by_impl.get(peer)
             r[key] = other["median_ms"] / r["median_ms"] if other is not None else None
 
@@ -361,7 +361,7 @@ def run(cases, impls, *, threads=None, rounds=7, warmup=1, min_sample_s=0.002,
     peak = max(peaks)
     for r in records:
         r["peak_fraction"] = r["gflops"] / peak if r["host"] else None
-        r["flags"] = quality.row_flags(r, peak)
+    quality.flag_rows(records, peak)
     report = {
         "warnings": [],  # first, so that a reader of bench.json meets them first too
         "fastrnn": __version__,

@@ -6,6 +6,8 @@ bench.json and bench.png.
 - A row above the sgemm peak: a host implementation's GFLOP/s above the large float32 matmul
   measured in the same run, which no recurrent layer reaches on the same cores. Either the peak
   was measured while the machine was busy or the row's time is wrong; neither is a result.
+- A speedup over a noisy row: x ref or x torch divides the reference's or PyTorch's median,
+  which is no better than that row.
 - A loaded machine: the 1-minute load average before or during the run above the machine's
   CPUs. The load average counts runnable threads on the whole machine, so it is compared with
   all of its CPUs, not only those this process may use; the bench's own threads count too, at
@@ -49,6 +51,25 @@ def row_flags(record, peak_gflops: float) -> list:
     if record["host"] and record["gflops"] > peak_gflops:
         flags.append(f"above the sgemm peak: {100 * record['gflops'] / peak_gflops:.0f} %")
     return flags
+
+
+# The speedup columns, by the implementation whose median they divide.
+SPEEDUP_COLUMNS = {"numpy": ("speedup_vs_reference", "x ref"),
+                   "torch": ("speedup_vs_torch", "x torch")}
+
+
+def flag_rows(records, peak_gflops: float):
+    """Set every record's ``flags``: its own (``row_flags``), and a speedup column divided by a
+    noisy row of the same case, which is no better than that row."""
+    for r in records:
+        r["flags"] = row_flags(r, peak_gflops)
+    noisy = {(r["mode"], r["cell"], r["shape"], r["impl"]) for r in records
+             if any(f.startswith("noisy") for f in r["flags"])}
+    for r in records:
+        for peer, (key, column) in SPEEDUP_COLUMNS.items():
+            if (r["impl"] != peer and r.get(key) is not None
+                    and (r["mode"], r["cell"], r["shape"], peer) in noisy):
+                r["flags"].append(f"{column}: the {peer} row is noisy")
 
 
 def threads_warning(threads: int, cores: int) -> Optional[str]:

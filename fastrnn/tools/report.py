@@ -57,8 +57,8 @@ def markdown(report) -> str:
         "forward as 2·T·B·G·H·(I+H) and training (forward + backward, dy = ones) as 3x. "
         "x ref / x torch: the NumPy reference's / PyTorch's time divided by this one's "
         "(above 1 is faster). rounds: samples x calls per sample. flags: "
-        f"noisy when max/min exceeds {st['noisy_spread']:g}x, and any figure above the sgemm "
-        "peak; a flagged row's figures are not reliable.",
+        f"noisy when max/min exceeds {st['noisy_spread']:g}x, GFLOP/s above the sgemm peak, "
+        "a speedup over a noisy row; a flagged row's figures are not reliable.",
         "",
         "| mode | cell | shape (T, B, I, H) | implementation | ms | min-max | GFLOP/s "
         "| % sgemm peak | x ref | x torch | rounds | flags |",
@@ -204,7 +204,7 @@ def figure(report):
     handles += [Patch(facecolor=f"C{k}", label=label) for k, label in enumerate(labels)]
     if any(r["flags"] for r in results):
         handles.append(Patch(facecolor="white", edgecolor="red", hatch=FLAGGED_HATCH,
-                             label="flagged: noisy or above\nthe sgemm peak (bench.md)"))
+                             label="flagged: not reliable\n(bench.md says why)"))
     axes[0, 0].legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     if report["warnings"]:
         text = textwrap.wrap("WARNING: " + " ".join(report["warnings"]),
