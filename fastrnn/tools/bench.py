@@ -7,12 +7,13 @@ neither is part of the timings, both are reported. Then the rounds run interleav
 calls every implementation once, starting from a different one each round, so a burst of load
 from elsewhere on the machine hits all of them alike. A sample is the mean of ``number`` calls,
 with ``number`` chosen so a sample lasts at least ``min_sample_s``. The report gives the median
-sample and the min-max range.
+sample and the min-max range. A case whose samples spread over 1.5x is timed again while the
+retry budget lasts (``time_case``); ``quality`` says which rows stay doubtful and why.
 
 What it reports. GFLOP/s counts forward FLOPs as 2*T*B*G*H*(I+H) and a training call (forward
 and backward with dy = ones) as three forwards (``presets.flops``). Speedups are the peer's
 median time divided by this implementation's. The sgemm peak is a NumPy float32 matmul of a
-large square, measured in the same run with the same threads.
+large square, measured before and after the cases with the same threads; the higher counts.
 
 The NumPy reference runs step by step in Python; it is skipped above ``reference_max_flops`` per
 call and gets at most ``reference_budget_s`` of rounds per case (at least 3 rounds).
@@ -26,14 +27,14 @@ import math
 import sys
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 
 from .. import __version__, dispatch
 from ..cells import ALL_CELLS, Cell, cell_by_name
 from ..tolerances import tolerance
-from . import presets, runners
+from . import presets, quality, runners
 from .machine import (blas_quiet, default_threads, load_average, machine_info, preload,
                       sgemm_peak, thread_settings, version)
 from .presets import Shape
@@ -156,17 +157,25 @@ class _Run:
     rounds: int
     y_diff: Optional[float]
     y_close: Optional[bool]
-    samples: list
     baseline: Optional[str]
 
 
-def _timed(call, sync, number=1):
-    start = time.perf_counter()
+class _Attempt(NamedTuple):
+    samples: list  # per run, seconds per call of each sample
+    seconds: float  # how long the rounds took
+
+    @property
+    def worst_spread(self) -> float:
+        return max((quality.spread(s) for s in self.samples), default=1.0)
+
+
+def _timed(call, sync, number=1, clock=time.perf_counter):
+    start = clock()
     for _ in range(number):
         out = call()
         if sync is not None:
             sync()
-    return (time.perf_counter() - start) / number, out
+    return (clock() - start) / number, out
 
 
 def _y_compare(y, baseline):
@@ -177,9 +186,9 @@ def _y_compare(y, baseline):
     return diff, bool(np.allclose(y, baseline, **tolerance(np.float32)))
 
 
-def time_case(case: Case, impls, *, threads, rounds, warmup, min_sample_s, reference_max_flops,
-              reference_budget_s, seed=0):
-    """Time every implementation on ``case``; returns (records, skipped)."""
+def _prepare(case, impls, threads, rounds, warmup, min_sample_s, reference_max_flops,
+             reference_budget_s, seed, clock):
+    """Build, first-call and warm up every implementation; returns (runs, skipped)."""
     s = case.shape
     p = runners.make_params(case.cell, s.T, s.B, s.I, s.H, np.float32, seed)
     skipped = []
@@ -196,7 +205,7 @@ def time_case(case: Case, impls, *, threads, rounds, warmup, min_sample_s, refer
         except runners.Unsupported as exc:
             skipped.append((impl.key, case, str(exc)))
             continue
-        first_s, y = _timed(call, sync)
+        first_s, y = _timed(call, sync, clock=clock)
         y = runners.to_numpy(y)
         if baseline is None:
             baseline, baseline_key = y.astype(np.float64), impl.key
@@ -206,39 +215,70 @@ def time_case(case: Case, impls, *, threads, rounds, warmup, min_sample_s, refer
         del y
         steady = first_s
         for _ in range(warmup):
-            steady = min(steady, _timed(call, sync)[0])
+            steady = min(steady, _timed(call, sync, clock=clock)[0])
         number = max(1, math.ceil(min_sample_s / max(steady, 1e-9)))
         n_rounds = rounds
         if impl.role == "reference":
             n_rounds = min(rounds, max(MIN_REFERENCE_ROUNDS,
                                        int(reference_budget_s / (steady * number))))
         runs.append(_Run(impl, call, sync, setup_s, first_s, number, n_rounds, y_diff, y_close,
-                         [], None if impl.key == baseline_key else baseline_key))
-    del baseline
+                         None if impl.key == baseline_key else baseline_key))
+    return runs, skipped
+
+
+def _time_rounds(runs, rounds, clock) -> _Attempt:
+    """The interleaved rounds: round r calls every run once, starting from run r."""
+    samples = [[] for _ in runs]
     gc.collect()
     gc_was_enabled = gc.isenabled()
     gc.disable()
+    start = clock()
     try:
         for r in range(rounds):
             for k in range(len(runs)):
-                run = runs[(r + k) % len(runs)]
-                if len(run.samples) < run.rounds:
-                    run.samples.append(_timed(run.call, run.sync, run.number)[0])
+                i = (r + k) % len(runs)
+                if len(samples[i]) < runs[i].rounds:
+                    samples[i].append(_timed(runs[i].call, runs[i].sync, runs[i].number,
+                                             clock)[0])
     finally:
         if gc_was_enabled:
             gc.enable()
+    return _Attempt(samples, clock() - start)
+
+
+def time_case(case: Case, impls, *, threads, rounds, warmup, min_sample_s, reference_max_flops,
+              reference_budget_s, seed=0, retry: Optional[quality.RetryBudget] = None,
+              clock=time.perf_counter):
+    """Time every implementation on ``case``; returns (records, skipped).
+
+    While the quietest attempt so far has a row whose max/min exceeds ``quality.NOISY_SPREAD``
+    and ``retry`` has time for one more (as long as the last took), the rounds run again, every
+    implementation, so that a case's rows still come from the same interleaved rounds; the
+    attempt whose noisiest row is the quietest is kept. ``clock`` is the timer (seconds).
+    """
+    runs, skipped = _prepare(case, impls, threads, rounds, warmup, min_sample_s,
+                             reference_max_flops, reference_budget_s, seed, clock)
+    attempts = [_time_rounds(runs, rounds, clock)]
+    kept = attempts[0]
+    while (retry is not None and kept.worst_spread > quality.NOISY_SPREAD
+           and len(attempts) < quality.MAX_ATTEMPTS and retry.allows(attempts[-1].seconds)):
+        attempts.append(_time_rounds(runs, rounds, clock))
+        retry.spend(attempts[-1].seconds)
+        kept = min(attempts, key=lambda a: a.worst_spread)
+    s = case.shape
     records = []
-    for run in sorted(runs, key=lambda run: impls.index(run.impl)):
-        t = np.array(run.samples)
+    for run, samples in sorted(zip(runs, kept.samples), key=lambda rs: impls.index(rs[0].impl)):
+        t = np.array(samples)
         records.append({
             "cell": case.cell.name, "shape": s.name, "T": s.T, "B": s.B, "I": s.I, "H": s.H,
             "mode": case.mode, "impl": run.impl.key, "label": run.impl.label,
             "role": run.impl.role, "host": run.impl.host, "flops": case.flops,
-            "rounds": len(run.samples), "number": run.number,
+            "rounds": len(samples), "number": run.number,
             "median_ms": float(np.median(t)) * 1e3, "min_ms": float(t.min()) * 1e3,
             "max_ms": float(t.max()) * 1e3, "setup_ms": run.setup_s * 1e3,
             "first_call_ms": run.first_s * 1e3, "y_compared_with": run.baseline,
             "y_max_abs_diff": run.y_diff, "y_allclose": run.y_close,
+            "attempts": len(attempts), "kept_attempt": attempts.index(kept) + 1,
         })
     _derive(records)
     return records, skipped
@@ -249,7 +289,7 @@ def _derive(records):
     by_impl = {r["impl"]: r for r in records}
     for r in records:
         r["gflops"] = r["flops"] / (r["median_ms"] * 1e-3) / 1e9
-        for peer, key in (("numpy", "speedup_vs_reference"), ("torch", "speedup_vs_torch")):
+        for peer, (key, _) in quality.SPEEDUP_COLUMNS.items():
             other = by_impl.get(peer)
             r[key] = other["median_ms"] / r["median_ms"] if other is not None else None
 
@@ -284,15 +324,22 @@ def _progress(total: int, enabled: bool):
 
 def run(cases, impls, *, threads=None, rounds=7, warmup=1, min_sample_s=0.002,
         reference_max_flops=2e9, reference_budget_s=2.0, sgemm_size=2048, progress=True,
-        seed=0, notes=(), command=None) -> dict:
-    """Time ``impls`` on ``cases`` and return the report (a JSON-ready dict)."""
+        seed=0, retry_budget_s=30.0, notes=(), command=None, read_load=load_average,
+        clock=time.perf_counter) -> dict:
+    """Time ``impls`` on ``cases`` and return the report (a JSON-ready dict).
+
+    The sgemm peak is measured before and after the cases and the higher one is the peak: a
+    busy machine lowers a measurement, never raises it. ``read_load`` gives the 1-minute load
+    average (``quality.LoadWatch``); ``clock`` the time in seconds (``time_case``).
+    """
     threads = threads or default_threads()
     started = time.perf_counter()
-    machine = machine_info(threads)  # before the run: the load average says what else ran
+    machine = machine_info(threads)
     preload(impls)
     records, skipped = [], []
-    with thread_settings(threads):
-        peak = sgemm_peak(sgemm_size)
+    retry = quality.RetryBudget(retry_budget_s)
+    with quality.LoadWatch(read_load) as load, thread_settings(threads):
+        peaks = [sgemm_peak(sgemm_size)]
         bar = _progress(len(cases), progress and len(cases) > 1)
         try:
             for case in cases:
@@ -301,7 +348,8 @@ def run(cases, impls, *, threads=None, rounds=7, warmup=1, min_sample_s=0.002,
                 recs, skips = time_case(
                     case, impls, threads=threads, rounds=rounds, warmup=warmup,
                     min_sample_s=min_sample_s, reference_max_flops=reference_max_flops,
-                    reference_budget_s=reference_budget_s, seed=seed)
+                    reference_budget_s=reference_budget_s, seed=seed, retry=retry,
+                    clock=clock)
                 records += recs
                 skipped += skips
                 if bar is not None:
@@ -309,9 +357,13 @@ def run(cases, impls, *, threads=None, rounds=7, warmup=1, min_sample_s=0.002,
         finally:
             if bar is not None:
                 bar.close()
+        peaks.append(sgemm_peak(sgemm_size))
+    peak = max(peaks)
     for r in records:
         r["peak_fraction"] = r["gflops"] / peak if r["host"] else None
-    return {
+    quality.flag_rows(records, peak)
+    report = {
+        "warnings": [],  # first, so that a reader of bench.json meets them first too
         "fastrnn": __version__,
         "command": command,
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -319,10 +371,14 @@ def run(cases, impls, *, threads=None, rounds=7, warmup=1, min_sample_s=0.002,
         "versions": {m: version(m) for m in ("numpy", "scipy", "numba", "torch", "onnxruntime")},
         "dtype": "float32",
         "sgemm_peak_gflops": peak,
+        "sgemm_peaks_gflops": peaks,
         "sgemm_size": sgemm_size,
         "settings": {"rounds": rounds, "warmup": warmup, "min_sample_ms": min_sample_s * 1e3,
                      "reference_max_gflop": reference_max_flops / 1e9,
-                     "reference_budget_s": reference_budget_s, "seed": seed},
+                     "reference_budget_s": reference_budget_s, "seed": seed,
+                     "noisy_spread": quality.NOISY_SPREAD,
+                     "retry_budget_s": retry_budget_s, "max_attempts": quality.MAX_ATTEMPTS},
+        "retry_used_s": retry.used,
         "implementations": [{"impl": i.key, "label": i.label, "role": i.role} for i in impls],
         "results": records,
         "skipped": [{"impl": k, "cell": c.cell.name, "shape": c.shape.name, "mode": c.mode,
@@ -330,6 +386,8 @@ def run(cases, impls, *, threads=None, rounds=7, warmup=1, min_sample_s=0.002,
         "notes": list(notes) + ([] if blas_quiet() else [
             "OPENBLAS_THREAD_TIMEOUT was not 4 when NumPy loaded: idle OpenBLAS threads may have "
             "spun over the samples that followed a multithreaded NumPy product."]),
-        "load_average_after": load_average(),
+        "load_average": load.summary(),
         "elapsed_s": time.perf_counter() - started,
     }
+    report["warnings"] = quality.report_warnings(report)
+    return report

@@ -7,6 +7,7 @@ or shape, a backend that cannot run here).
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import os
 import platform
@@ -16,12 +17,50 @@ import subprocess
 import sys
 
 from .. import __version__, dispatch
-from . import bench, machine, presets, report, runners
+from ..cells import ALL_CELLS
+from . import bench, machine, presets, quality, report, runners
 from . import validate as validation
 
 
 def _names(text):
     return [n.strip() for n in text.split(",") if n.strip()]
+
+
+class NameList(argparse.Action):
+    """A comma-separated option whose names come from a fixed list: stores them as a tuple, or
+    stops with a usage error that names the option, lists what it accepts and suggests the
+    closest name. ``valid`` is the list, or a function giving it (a registry that can grow);
+    ``other`` accepts a name not on the list (returns True) or says why it is wrong (raises
+    ValueError); ``describe`` is how the message lists what is accepted; ``alone``: names that
+    cannot be combined with others."""
+
+    def __init__(self, option_strings, dest, valid=(), other=None, describe=None, alone=(),
+                 **kwargs):
+        super().__init__(option_strings, dest, **kwargs)
+        self.valid, self.other, self.describe, self.alone = valid, other, describe, alone
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        flag = option_string or self.dest
+        valid = list(self.valid() if callable(self.valid) else self.valid)
+        accepted = self.describe or ", ".join(valid)
+        names = _names(values)
+        if not names:
+            parser.error(f"{flag} must name at least one of {accepted}")
+        for name in names:
+            if name in valid:
+                continue
+            try:
+                if self.other is not None and self.other(name):
+                    continue
+            except ValueError as exc:
+                parser.error(f"{flag} {name}: {exc}")
+            close = difflib.get_close_matches(name, valid, n=1)
+            parser.error(f"{flag} must be among {accepted}; got {name!r}"
+                         + (f" (did you mean {close[0]!r}?)" if close else ""))
+        for name in self.alone:
+            if name in names and len(names) > 1:
+                parser.error(f"{flag} {name} cannot be combined with other names")
+        setattr(namespace, self.dest, tuple(names))
 
 
 def _parser():
@@ -37,25 +76,30 @@ def _parser():
         "and ONNX Runtime side by side in one process, float32. With no options it runs the "
         "default set (rnn_tanh, lstm, gru at tiny, small, medium; inference and training). "
         "Writes bench.json, bench.md and bench.png to --out.")
-    b.add_argument("--cells", default=None,
+    cell_names = [c.name for c in ALL_CELLS] + ["all"]
+    b.add_argument("--cells", default=None, action=NameList, valid=cell_names,
                    help="comma-separated: rnn_tanh, rnn_relu, lstm, gru, gru_textbook, or all "
                    f"(default {','.join(bench.DEFAULT_CELLS)}; a DeepBench set uses its own "
                    "cells, filtered by --cells when given)")
-    b.add_argument("--shapes", default=",".join(bench.DEFAULT_SHAPES),
+    b.add_argument("--shapes", default=bench.DEFAULT_SHAPES, action=NameList,
+                   valid=presets.SHAPE_NAMES, other=presets.custom_shape,
+                   describe=", ".join(presets.SHAPE_NAMES) + " or TxBxIxH",
                    help="comma-separated presets (tiny, small, medium, large, xlarge, all), "
                    "DeepBench sets (deepbench-train, deepbench-server, deepbench-device) or "
-                   "TxBxIxH (default %(default)s)")
-    b.add_argument("--modes", default=None,
+                   f"TxBxIxH (default {','.join(bench.DEFAULT_SHAPES)})")
+    b.add_argument("--modes", default=None, action=NameList, valid=presets.MODES,
                    help="inference, training or both (default: both; a DeepBench set uses its "
                    "own mode)")
-    b.add_argument("--backends", default=None,
+    b.add_argument("--backends", default=None, action=NameList, valid=dispatch.known_backends,
                    help="fastrnn backends to time (default: every available one; the NumPy "
                    "reference always runs as a peer)")
-    b.add_argument("--peers", default=",".join(bench.PEERS),
-                   help="peers among torch, onnxruntime, or none (default: %(default)s, "
-                   "those installed)")
+    b.add_argument("--peers", default=bench.PEERS, action=NameList,
+                   valid=(*bench.PEERS, "none"), alone=("none",),
+                   help=f"peers among torch, onnxruntime, or none (default: "
+                   f"{','.join(bench.PEERS)}, those installed)")
     b.add_argument("--threads", type=int, default=machine.default_threads(),
-                   help="threads for every implementation (default: the cores, %(default)s)")
+                   help="threads for every implementation (default: the cores, %(default)s; "
+                   "more than the cores is warned about)")
     b.add_argument("--rounds", type=int, default=7, help="timed rounds (default %(default)s)")
     b.add_argument("--warmup", type=int, default=1,
                    help="untimed calls after the first call (default %(default)s)")
@@ -65,6 +109,9 @@ def _parser():
              "skip the slow NumPy reference above this many GFLOP per call"),
             ("--reference-budget", 2.0,
              "seconds of rounds for the NumPy reference per case, at least 3 rounds"),
+            ("--retry-budget", 30.0,
+             "seconds the run may spend timing again cases whose max/min exceeds "
+             f"{quality.NOISY_SPREAD:g}x (0: no retries)"),
             ("--t-scale", 1.0, "multiply every shape's T by this, e.g. 0.1 to run DeepBench's "
              "long sequences on a CPU")):
         b.add_argument(option, type=float, default=default, help=f"{text} (default %(default)s)")
@@ -85,10 +132,13 @@ def _parser():
         description="Compare every available backend's forward outputs and gradients with the "
         "NumPy reference for every cell, variant and dtype over a grid of shapes. Exits 1 if "
         "any check fails.")
-    v.add_argument("--backends", default=None,
+    v.add_argument("--backends", default=None, action=NameList, valid=dispatch.known_backends,
                    help="comma-separated backends (default: every available one)")
-    v.add_argument("--cells", default="all", help="comma-separated cells (default all)")
-    v.add_argument("--dtypes", default="float32,float64", help="default %(default)s")
+    v.add_argument("--cells", default=("all",), action=NameList, valid=cell_names,
+                   help="comma-separated cells (default all)")
+    v.add_argument("--dtypes", default=validation.DTYPES, action=NameList,
+                   valid=validation.DTYPES,
+                   help=f"default {','.join(validation.DTYPES)}")
     v.add_argument("--json", nargs="?", const="-", default=None, metavar="FILE",
                    help="write the results as JSON to FILE, or to stdout without FILE")
     v.add_argument("--verbose", action="store_true", help="one row per grid case")
@@ -123,7 +173,7 @@ def main(argv=None) -> int:
 def _bench_torch(args) -> int:
     from . import torch_bench
 
-    cells = _names(args.cells) if args.cells else ["rnn_tanh", "lstm", "gru"]
+    cells = args.cells or ("rnn_tanh", "lstm", "gru")
     table = torch_bench.run(cells, presets.select_shapes(args.shapes, args.t_scale),
                             args.threads, args.rounds, args.min_sample_ms / 1e3)
     os.makedirs(args.out, exist_ok=True)
@@ -148,22 +198,22 @@ def _bench(args, argv) -> int:
     for name in ("threads", "rounds", "sgemm_size"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+    for name in ("warmup", "retry_budget", "min_sample_ms", "reference_max_gflop",
+                 "reference_budget"):
+        if getattr(args, name) < 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 0")
+    if not args.t_scale > 0:
+        raise ValueError("--t-scale must be > 0")
+    too_many = quality.threads_warning(args.threads, machine.default_threads())
+    if too_many:
+        print(f"fastrnn bench: warning: {too_many}", file=sys.stderr)
     if args.torch_frontend:
         return _bench_torch(args)
-    if args.warmup < 0:
-        raise ValueError("--warmup must be >= 0")
     cells = None if args.cells is None else validation.cells_by_names(args.cells)
     shapes = presets.select_shapes(args.shapes, args.t_scale)
-    modes = None
-    if args.modes is not None:
-        modes = tuple(_names(args.modes))
-        bad = [m for m in modes if m not in presets.MODES]
-        if bad or not modes:
-            raise ValueError(f"--modes must be among {presets.MODES}, got {args.modes!r}")
-    peers = [] if args.peers == "none" else _names(args.peers)
-    backends = None if args.backends is None else _names(args.backends)
-    impls, notes = bench.implementations(backends, peers)
-    cases = bench.plan_cases(cells, shapes, modes)
+    peers = [] if args.peers == ("none",) else list(args.peers)
+    impls, notes = bench.implementations(args.backends, peers)
+    cases = bench.plan_cases(cells, shapes, args.modes)
     if not cases:
         raise ValueError("no cases: the chosen shapes fix cells that are not among --cells")
     result = bench.run(
@@ -171,8 +221,8 @@ def _bench(args, argv) -> int:
         min_sample_s=args.min_sample_ms / 1e3,
         reference_max_flops=args.reference_max_gflop * 1e9,
         reference_budget_s=args.reference_budget, sgemm_size=args.sgemm_size,
-        progress=not args.no_progress, seed=args.seed, notes=notes,
-        command=shlex.join(["fastrnn", *argv]))
+        progress=not args.no_progress, seed=args.seed, retry_budget_s=args.retry_budget,
+        notes=notes, command=shlex.join(["fastrnn", *argv]))
     paths = report.write_report(result, args.out)
     print(report.markdown(result))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
@@ -180,13 +230,9 @@ def _bench(args, argv) -> int:
 
 
 def _validate(args) -> int:
-    backends = None if args.backends is None else _names(args.backends)
     cells = validation.cells_by_names(args.cells)
-    dtypes = tuple(_names(args.dtypes))
-    bad = [d for d in dtypes if d not in validation.DTYPES]
-    if bad or not dtypes:
-        raise ValueError(f"--dtypes must be among {validation.DTYPES}, got {args.dtypes!r}")
-    backends = dispatch.available_backends() if backends is None else backends
+    backends = dispatch.available_backends() if args.backends is None else list(args.backends)
+    dtypes = args.dtypes
     records = validation.validate(backends, cells, dtypes, seed=args.seed)
     grid = validation.GRID
     if args.json is not None:

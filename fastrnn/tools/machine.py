@@ -102,7 +102,7 @@ def sgemm_peak(n: int = 2048, repeats: int = 5) -> float:
 
 
 def machine_info(threads: int) -> dict:
-    """The CPU, cores, ``threads``, Python, platform and 1-minute load average, for the report."""
+    """The CPU, cores, ``threads``, Python and platform, for the report."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -113,8 +113,7 @@ def machine_info(threads: int) -> dict:
     except OSError:
         pass
     return {"cpu": cpu, "cores": default_threads(), "threads": threads,
-            "python": platform.python_version(), "platform": platform.platform(),
-            "load_average": load_average()}
+            "python": platform.python_version(), "platform": platform.platform()}
 
 
 def load_average():

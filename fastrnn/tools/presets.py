@@ -115,6 +115,19 @@ def scale_time(shape: Shape, t_scale: float) -> Shape:
 
 
 _CUSTOM = re.compile(r"^(\d+)x(\d+)x(\d+)x(\d+)$")
+SHAPE_NAMES = (*PRESETS, "all", *DEEPBENCH)
+
+
+def custom_shape(name: str) -> Optional[Shape]:
+    """The shape ``name`` writes as TxBxIxH, or None when it is not written so; ValueError
+    when a size is 0."""
+    custom = _CUSTOM.match(name)
+    if not custom:
+        return None
+    T, B, I, H = (int(v) for v in custom.groups())
+    if min(T, B, I, H) < 1:
+        raise ValueError("T, B, I and H must all be >= 1")
+    return Shape(name, T, B, I, H)
 
 
 def select_shapes(spec, t_scale: float = 1.0) -> list:
@@ -126,7 +139,10 @@ def select_shapes(spec, t_scale: float = 1.0) -> list:
     for name in names:
         if not name:
             continue
-        custom = _CUSTOM.match(name)
+        try:
+            custom = custom_shape(name)
+        except ValueError as exc:
+            raise ValueError(f"shape {name!r}: {exc}") from None
         if name == "all":
             shapes.extend(PRESETS.values())
         elif name in PRESETS:
@@ -134,10 +150,7 @@ def select_shapes(spec, t_scale: float = 1.0) -> list:
         elif name in DEEPBENCH:
             shapes.extend(DEEPBENCH[name])
         elif custom:
-            T, B, I, H = (int(v) for v in custom.groups())
-            if min(T, B, I, H) < 1:
-                raise ValueError(f"shape {name!r}: T, B, I and H must all be >= 1")
-            shapes.append(Shape(name, T, B, I, H))
+            shapes.append(custom)
         else:
             raise ValueError(
                 f"unknown shape {name!r}; expected one of {list(PRESETS)}, {list(DEEPBENCH)}, "

@@ -4,6 +4,7 @@ the dict that ``bench.run`` returns."""
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 from typing import Optional
 
@@ -34,9 +35,10 @@ def markdown(report) -> str:
     m = report["machine"]
     v = report["versions"]
     st = report["settings"]
-    lines = [
-        "# fastrnn bench",
-        "",
+    lines = ["# fastrnn bench", ""]
+    for w in report["warnings"]:
+        lines += [f"> **WARNING**: {w}", ""]
+    lines += [
         f"`{report['command'] or 'fastrnn bench'}`",
         "",
         f"fastrnn {report['fastrnn']} · {m['cpu']} · {m['threads']} threads of {m['cores']} "
@@ -46,17 +48,21 @@ def markdown(report) -> str:
             if v.get(k)) + f" · {report['date']}",
         "",
         f"sgemm peak, NumPy float32 matmul {report['sgemm_size']}x{report['sgemm_size']} "
-        f"in this run: **{report['sgemm_peak_gflops']:.1f} GFLOP/s**",
+        f"in this run: **{report['sgemm_peak_gflops']:.1f} GFLOP/s** (the higher of "
+        + " and ".join(f"{p:.1f}" for p in report["sgemm_peaks_gflops"])
+        + ", before and after the cases)",
         "",
         "ms per call: median over the rounds, then min-max. Rounds interleave the "
         "implementations; the first call and the warm-up are not timed. GFLOP/s counts a "
         "forward as 2·T·B·G·H·(I+H) and training (forward + backward, dy = ones) as 3x. "
         "x ref / x torch: the NumPy reference's / PyTorch's time divided by this one's "
-        "(above 1 is faster). rounds: samples x calls per sample.",
+        "(above 1 is faster). rounds: samples x calls per sample. flags: "
+        f"noisy when max/min exceeds {st['noisy_spread']:g}x, GFLOP/s above the sgemm peak, "
+        "a speedup over a noisy row; a flagged row's figures are not reliable.",
         "",
         "| mode | cell | shape (T, B, I, H) | implementation | ms | min-max | GFLOP/s "
-        "| % sgemm peak | x ref | x torch | rounds |",
-        "|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|",
+        "| % sgemm peak | x ref | x torch | rounds | flags |",
+        "|---|---|---|---|--:|--:|--:|--:|--:|--:|--:|---|",
     ]
     for r in report["results"]:
         shape = f"{r['shape']} ({r['T']}, {r['B']}, {r['I']}, {r['H']})"
@@ -67,7 +73,7 @@ def markdown(report) -> str:
             f"| {_fmt(None if pf is None else 100 * pf, '.1f')} "
             f"| {_fmt(None if r['impl'] == 'numpy' else r['speedup_vs_reference'], '.2f')} "
             f"| {_fmt(None if r['impl'] == 'torch' else r['speedup_vs_torch'], '.2f')} "
-            f"| {r['rounds']}x{r['number']} |")
+            f"| {r['rounds']}x{r['number']} | {'; '.join(r['flags'])} |")
     lines += ["", "## First calls (not in the times above)", "",
               "Setup builds the peer's model (torch module, ONNX model and session); the first "
               "call includes any compilation (Numba JIT or its cache load). Shown for the first "
@@ -84,7 +90,7 @@ def markdown(report) -> str:
                      f"| {r['setup_ms']:.1f} | {r['first_call_ms']:.1f} "
                      f"| {_ms(r['median_ms'])} |")
     mismatches = [r for r in report["results"] if r["y_allclose"] is False]
-    notes = list(report["notes"]) + _skip_notes(report)
+    notes = list(report["notes"]) + _skip_notes(report) + _retry_notes(report)
     notes.append(f"NumPy reference: at most {st['reference_budget_s']:g} s of rounds per case "
                  f"(at least {MIN_REFERENCE_ROUNDS} rounds), skipped above "
                  f"{st['reference_max_gflop']:g} GFLOP per call (--reference-max-gflop).")
@@ -98,18 +104,45 @@ def markdown(report) -> str:
                      f"{r['y_max_abs_diff']:.3g} ({r['mode']} {r['cell']} {r['shape']}), "
                      f"beyond {describe(report['dtype'], ' / ')}.")
     lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
-    load = (report["machine"]["load_average"], report["load_average_after"])
-    lines += ["", f"Total time {report['elapsed_s']:.0f} s"
-              + (f"; 1-minute load average {load[0]:.2f} before, {load[1]:.2f} after"
-                 + (" (above the thread count: other processes competed for the cores)"
-                    if max(load) > m["threads"] else "") + "."
-                 if None not in load else "."), ""]
+    lines += ["", f"Total time {report['elapsed_s']:.0f} s; {_load_text(report)}.", ""]
     return "\n".join(lines)
 
 
+def _retry_notes(report) -> list:
+    """What the retries did, per case, and what the budget left noisy."""
+    st = report["settings"]
+    cases = {}
+    for r in report["results"]:
+        cases.setdefault((r["mode"], r["cell"], r["shape"]), r)
+    retried = [f"{' '.join(k)} ({r['attempts']} attempts, kept {r['kept_attempt']})"
+               for k, r in cases.items() if r["attempts"] > 1]
+    noisy = list(dict.fromkeys((r["mode"], r["cell"], r["shape"]) for r in report["results"]
+                               if r["attempts"] == 1
+                               and any(f.startswith("noisy") for f in r["flags"])))
+    notes = []
+    if retried:
+        notes.append(f"Retried: {', '.join(retried)}. A retry times every implementation of "
+                     "the case again; the attempt whose noisiest row is the quietest is kept. "
+                     f"{report['retry_used_s']:.1f} s of the {st['retry_budget_s']:g} s budget "
+                     "(--retry-budget).")
+    if noisy:
+        notes.append(f"Not retried, the retry budget ({st['retry_budget_s']:g} s, "
+                     f"--retry-budget) being spent: {', '.join(' '.join(k) for k in noisy)}.")
+    return notes
+
+
+def _load_text(report) -> str:
+    load = report["load_average"]
+    seen = [f"{load[k]:.2f} {when}" for k, when in (
+        ("before", "before"), ("max_during", "at most during"), ("after", "after"))
+        if load[k] is not None]
+    return (f"1-minute load average {', '.join(seen)} the run, on {load['cpus']} CPUs"
+            if seen else "load average unknown")
+
+
 def chart(report, path) -> Optional[str]:
-    """A PNG of GFLOP/s per case and implementation, one panel per mode; returns None if it
-    was written, else why not."""
+    """A PNG of GFLOP/s per case and implementation, one panel per mode, flagged rows hatched
+    and the report's warnings on top; returns None if it was written, else why not."""
     try:
         import matplotlib
     except ImportError:
@@ -117,11 +150,29 @@ def chart(report, path) -> Optional[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    fig = figure(report)
+    if fig is None:
+        return "no results: no chart"
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return None
+
+
+FLAGGED_HATCH = "///"
+
+
+def figure(report):
+    """The chart's matplotlib figure, or None without results. A flagged row's bar is hatched
+    and edged in red; the legend says what that means."""
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
     results = report["results"]
     modes = [m for m in presets.MODES if any(r["mode"] == m for r in results)]
     labels = list(dict.fromkeys(r["label"] for r in results))
     if not modes:
-        return "no results: no chart"
+        return None
     width = max(6.0, 1.2 + 0.35 * len(labels) * max(
         len({(r["cell"], r["shape"]) for r in results if r["mode"] == m}) for m in modes))
     fig, axes = plt.subplots(len(modes), 1, figsize=(min(width, 40), 3.6 * len(modes)),
@@ -131,27 +182,36 @@ def chart(report, path) -> Optional[str]:
         groups = list(dict.fromkeys((r["cell"], r["shape"]) for r in results
                                     if r["mode"] == mode))
         for k, label in enumerate(labels):
-            xs, ys = [], []
-            for g, (cell, shape) in enumerate(groups):
-                for r in results:
+            rows = [(g, r) for g, (cell, shape) in enumerate(groups) for r in results
                     if (r["mode"], r["cell"], r["shape"], r["label"]) == (mode, cell, shape,
-                                                                          label):
-                        xs.append(g + (k - (len(labels) - 1) / 2) * bar)
-                        ys.append(r["gflops"])
-            ax.bar(xs, ys, bar, label=label)
-        ax.axhline(report["sgemm_peak_gflops"], color="black", linestyle="--", linewidth=1,
-                   label="sgemm peak")
+                                                                          label)]
+            bars = ax.bar([g + (k - (len(labels) - 1) / 2) * bar for g, _ in rows],
+                          [r["gflops"] for _, r in rows], bar, color=f"C{k}")
+            for patch, (_, r) in zip(bars.patches, rows):
+                if r["flags"]:
+                    patch.set_hatch(FLAGGED_HATCH)
+                    patch.set_edgecolor("red")
+        ax.axhline(report["sgemm_peak_gflops"], color="black", linestyle="--", linewidth=1)
         ax.set_yscale("log")
         ax.set_xticks(range(len(groups)))
         ax.set_xticklabels([f"{c}\n{s}" for c, s in groups], fontsize=8)
         ax.set_ylabel("GFLOP/s")
         ax.set_title(f"{mode}, float32, {report['machine']['threads']} threads")
         ax.grid(axis="y", which="both", alpha=0.3)
-    axes[0, 0].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    # Legend entries drawn apart from the bars, so that a hatched first bar does not make an
+    # implementation look flagged everywhere.
+    handles = [Line2D([], [], color="black", linestyle="--", linewidth=1, label="sgemm peak")]
+    handles += [Patch(facecolor=f"C{k}", label=label) for k, label in enumerate(labels)]
+    if any(r["flags"] for r in results):
+        handles.append(Patch(facecolor="white", edgecolor="red", hatch=FLAGGED_HATCH,
+                             label="flagged: not reliable\n(bench.md says why)"))
+    axes[0, 0].legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    if report["warnings"]:
+        text = textwrap.wrap("WARNING: " + " ".join(report["warnings"]),
+                             width=int(14 * fig.get_figwidth()))
+        fig.suptitle("\n".join(text), color="red", fontsize=8, ha="left", x=0.01)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return None
+    return fig
 
 
 def write_report(report, out_dir) -> dict:

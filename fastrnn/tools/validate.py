@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from typing import Optional
 
 import numpy as np
 
@@ -264,9 +263,13 @@ def _json_default(v):
     raise TypeError(f"not JSON serialisable: {type(v).__name__}")
 
 
-def cells_by_names(names: Optional[str]):
+def cells_by_names(names):
+    """The cells named in ``names`` (a comma-separated string or a sequence); None or "all"
+    means every cell."""
     from ..cells import cell_by_name
 
-    if names is None or names == "all":
+    if isinstance(names, str):
+        names = [n.strip() for n in names.split(",") if n.strip()]
+    if names is None or "all" in names:
         return ALL_CELLS
-    return tuple(cell_by_name(n.strip()) for n in names.split(",") if n.strip())
+    return tuple(cell_by_name(n) for n in names)
