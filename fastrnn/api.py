@@ -7,6 +7,7 @@ was given. Inputs are never modified; non-contiguous inputs are copied to contig
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, NamedTuple, Optional
 
 import numpy as np
@@ -50,6 +51,12 @@ class Gradients:
 
 # ----------------------------------------------------------------------------------------------
 # One direction's checks
+
+
+@lru_cache(maxsize=None)
+def _cell(kind, **options):
+    """The Cell of a call, made once per variant (a one-step call feels each microsecond)."""
+    return Cell(kind, **options)
 
 
 def prepare(cell, x, W_ih, W_hh, b_ih, b_hh, h0, c0, lengths, reverse, training, backend):
@@ -124,7 +131,7 @@ def rnn_forward(x, W_ih, W_hh, b_ih=None, b_hh=None, h0=None, *, nonlinearity="t
     """
     if not isinstance(nonlinearity, str) or nonlinearity not in ("tanh", "relu"):
         raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
-    y, h_n, _, ctx = _forward(Cell("rnn", nonlinearity=nonlinearity), x, W_ih, W_hh, b_ih, b_hh,
+    y, h_n, _, ctx = _forward(_cell("rnn", nonlinearity=nonlinearity), x, W_ih, W_hh, b_ih, b_hh,
                               h0, None, lengths, reverse, training, backend)
     return RNNResult(y, h_n, ctx)
 
@@ -136,7 +143,7 @@ def lstm_forward(x, W_ih, W_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, lengt
     W_ih (4H, I), W_hh (4H, H), b_ih/b_hh (4H,) or None, h0/c0 (B, H) or None (zeros).
     Returns (y (T, B, H), h_n (B, H), c_n (B, H), ctx).
     """
-    y, h_n, c_n, ctx = _forward(Cell("lstm"), x, W_ih, W_hh, b_ih, b_hh, h0, c0, lengths,
+    y, h_n, c_n, ctx = _forward(_cell("lstm"), x, W_ih, W_hh, b_ih, b_hh, h0, c0, lengths,
                                 reverse, training, backend)
     return LSTMResult(y, h_n, c_n, ctx)
 
@@ -151,7 +158,7 @@ def gru_forward(x, W_ih, W_hh, b_ih=None, b_hh=None, h0=None, *, linear_before_r
     Returns (y (T, B, H), h_n (B, H), ctx).
     """
     lbr = check_flag("linear_before_reset", linear_before_reset)
-    y, h_n, _, ctx = _forward(Cell("gru", linear_before_reset=lbr), x, W_ih, W_hh, b_ih, b_hh,
+    y, h_n, _, ctx = _forward(_cell("gru", linear_before_reset=lbr), x, W_ih, W_hh, b_ih, b_hh,
                               h0, None, lengths, reverse, training, backend)
     return RNNResult(y, h_n, ctx)
 

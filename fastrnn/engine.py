@@ -49,6 +49,14 @@ def run_forward(cell, backend, x, dirs, lengths, training):
     xp = backend.xp
     T, B, _ = x.shape
     H = dirs[0].W_hh.shape[1]
+    if T == 1 and not training and len(dirs) == 1 and backend.has_step_kernel:
+        # One step of one direction is a decoding step: the backend's step kernel (lengths
+        # are all 1 and reverse is forward at T = 1)
+        d = dirs[0]
+        weights = backend.step_weights(cell, [(d.W_ih, d.W_hh, d.b_ih, d.b_hh)])
+        states = (d.h0[None],) if d.c0 is None else (d.h0[None], d.c0[None])
+        y, finals = backend.step(cell, weights, x[0], states)
+        return y[None], finals[0], finals[1] if len(finals) > 1 else None, None
     if T == 0 or B == 0:
         y = xp.zeros((T, B, len(dirs) * H), x.dtype)
         h_n = xp.stack([d.h0 for d in dirs]).copy()

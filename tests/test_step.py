@@ -150,3 +150,23 @@ def test_step_takes_strided_and_read_only_inputs():
         got, got_h = layer.step(x, h)
         np.testing.assert_allclose(got, want[0], rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(got_h, want_h, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh"])
+def test_one_step_functional_calls(kind):
+    """A one-step inference call of the functional API runs the step kernel: it matches the
+    NumPy reference, and the same arrays updated in place between calls give the new result."""
+    from helpers import FORWARD, make_problem
+    from fastrnn.cells import cell_by_name
+
+    cell = cell_by_name(kind)
+    p = make_problem(cell, 1, 3, 4, 6, np.float64, seed=7)
+    forward = FORWARD[cell.kind]
+    for _ in range(2):
+        got = forward(**p, **cell.options, training=False, backend="numba")
+        want = forward(**p, **cell.options, training=False, backend="numpy")
+        assert got[-1] is None
+        for g, w in zip(got[:-1], want[:-1]):
+            np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12)
+        p["W_hh"] *= 1.7  # in place: the second round must see it
+        p["b_ih"] += 0.3

@@ -145,6 +145,9 @@ class Backend:
     # One time step of a unidirectional stack (the decoding step), in inference. Front ends
     # keep what ``step_weights`` returns for as long as their parameter arrays stay the same
     # objects; a backend must not copy the weights into it, so that in-place updates are seen.
+    # A backend whose ``step`` is a kernel of its own says so (``has_step_kernel``): the engine
+    # then runs every one-step inference through it.
+    has_step_kernel = False
 
     def step_weights(self, cell: Cell, layers):
         """What ``step`` takes as the weights: from ``layers``, a list of (W_ih, W_hh, b_ih,

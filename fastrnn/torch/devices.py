@@ -25,7 +25,7 @@ class Host:
     library = "numpy"
 
     def array(self, t):
-        return t.detach().numpy()
+        return t.detach().numpy() if t.requires_grad else t.numpy()
 
     def tensor(self, a):
         return torch.from_numpy(a)

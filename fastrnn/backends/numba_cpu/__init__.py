@@ -94,6 +94,7 @@ class NumbaBackend(FusedBackend):
     few_rows = tuning.few_rows
     matmul_min_work = tuning.matmul_min_work
     direct_max_rows = tuning.direct_max_rows
+    has_step_kernel = True
 
     def __init__(self):
         from . import blas, driver, packed, step

@@ -18,12 +18,13 @@ from .scalars import JIT, U
 @njit(**JIT)
 def dots(a, a0, lda, K, rows, w, w0, N, out, o0, ldo):
     """out[o0 + r*ldo + j] = a[a0 + r*lda:][:K] . w[w0 + j*K:][:K] for r < rows, j < N: rows
-    of a times N rows of a row-major (., K) matrix, transposed (h @ W^T)."""
+    of a times N rows of a row-major (., K) matrix, transposed (h @ W^T). Each row of w is read
+    once, for every row of a while it is in the L1 cache."""
     zero = a.dtype.type(0)
-    for r in range(rows):
-        ar = a0 + r * lda
-        for j in range(N):
-            p = w0 + j * K
+    for j in range(N):
+        p = w0 + j * K
+        for r in range(rows):
+            ar = a0 + r * lda
             s = zero
             for k in range(K):
                 s += a[U(ar + k)] * w[U(p + k)]
@@ -33,15 +34,17 @@ def dots(a, a0, lda, K, rows, w, w0, N, out, o0, ldo):
 @njit(**JIT)
 def axpys(d, d0, ldd, n, rows, w, w0, H, out, o0, ldo, acc):
     """out[o0 + r*ldo:][:H] (+)= sum over j < n of d[d0 + r*ldd + j] * w[w0 + j*H:][:H]: rows
-    of d times n rows of a row-major (., H) matrix (d @ W); adds to out when ``acc``."""
+    of d times n rows of a row-major (., H) matrix (d @ W); adds to out when ``acc``. Each row
+    of w is read once, for every row of d while it is in the L1 cache."""
     zero = d.dtype.type(0)
-    for r in range(rows):
-        o = o0 + r * ldo
-        if not acc:
+    if not acc:
+        for r in range(rows):
             for k in range(H):
-                out[U(o + k)] = zero
-        for j in range(n):
+                out[U(o0 + r * ldo + k)] = zero
+    for j in range(n):
+        p = w0 + j * H
+        for r in range(rows):
             c = d[U(d0 + r * ldd + j)]
-            p = w0 + j * H
+            o = o0 + r * ldo
             for k in range(H):
                 out[U(o + k)] += c * w[U(p + k)]

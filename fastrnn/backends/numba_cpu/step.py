@@ -71,20 +71,26 @@ class _Buffers:
     def run(self, x, weights, hx, y, hy):
         args = (self.cell, self.geo, x, *weights, hx, self.states, self.xp, self.ones,
                 (weights[2][0], self.out, self.mid, self.ph), y, hy)
-        writeable = x.flags.writeable and hx[0].flags.writeable and hx[-1].flags.writeable
-        if weights is self._typed_weights and writeable:
+        # The compiled function's own entry point skips the dispatcher's typing of 15
+        # arguments, most of a small step's fixed cost. It takes exactly the types it was
+        # compiled for, which this buffer set fixes, given C-contiguous, aligned, writeable
+        # arrays (numpy's "carray") of the dtype: else the dispatcher types the call.
+        behaved = x.flags.carray and hx[0].flags.carray and hx[-1].flags.carray
+        if behaved and self._call is not None and (weights is self._typed_weights
+                                                   or _behaved(weights, x.dtype)):
             self._call(*args)
+            self._typed_weights = weights
             return
         step_stack(*args)
-        if writeable:
-            # The compiled function's own entry point: the types of all the arguments are now
-            # fixed (the weights object, this buffer set, C-contiguous writeable arrays of the
-            # dtype), so later calls skip the dispatcher's typing of 15 arguments, most of a
-            # small step's fixed cost. Any other weights object or a read-only array goes
-            # through the dispatcher again.
+        if behaved and self._call is None and _behaved(weights, x.dtype):
             compiled = step_stack.overloads.get(tuple(map(step_stack.typeof_pyval, args)))
             if compiled is not None:
                 self._call, self._typed_weights = compiled.entry_point, weights
+
+
+def _behaved(weights, dtype):
+    """Every array of a step's weights C-contiguous, aligned, writeable and of ``dtype``."""
+    return all(a.flags.carray and a.dtype == dtype for group in weights for a in group)
 
 
 class Stepper:
