@@ -301,10 +301,9 @@ class FusedBackend(Backend):
                 None if dc_n is None else dc_n[k], d_gx[..., k * GH:(k + 1) * GH])
             saved.directions[k] = None  # release what this direction kept as soon as it is used
             blocks = [d.reshape(T * B, d.shape[-1]) for d, _ in hh_terms]
-            dW_hh = xp.concatenate([
-                self.matmul(d2.T, unpadded(h).reshape(T * B, H))
-                for d2, (_, h) in zip(blocks, hh_terms)])
-            db_hh = xp.concatenate([d2.sum(axis=0) for d2 in blocks])
+            dW_hh = _stacked(xp, [self.matmul(d2.T, unpadded(h).reshape(T * B, H))
+                                  for d2, (_, h) in zip(blocks, hh_terms)])
+            db_hh = _stacked(xp, [d2.sum(axis=0) for d2 in blocks])
             grads.append(DirectionGrads(None, dW_hh, None, db_hh, dh0, dc0))
         d2 = d_gx.reshape(T * B, D * GH)
         dx = self.matmul(d2, W_cat).reshape(T, B, I)
@@ -317,6 +316,11 @@ class FusedBackend(Backend):
             if not has_b_hh:
                 g.db_hh = None
         return dx, grads
+
+
+def _stacked(xp, parts):
+    """The parts concatenated on the first axis; one part as it is (no copy)."""
+    return parts[0] if len(parts) == 1 else xp.concatenate(parts)
 
 
 def _input_bias(xp, dirs):
