@@ -169,22 +169,49 @@ def _row1(a, a0, k0, k1, wp, w0, out, o0, acc):
 
 
 @njit(**JIT)
+def _row1x2(a, a0, k0, k1, wp, w0, w1, out, o0, acc):
+    """One row times two panels (at wp[w0:] and wp[w1:], outputs at out[o0:] and the panel
+    width after): eight independent accumulator chains, where one panel's four would wait on
+    the latency of each fused multiply-add."""
+    V = vwidth(wp)
+    NR = 4 * V
+    c0 = c1 = c2 = c3 = c4 = c5 = c6 = c7 = vsplat(a.dtype.type(0))
+    if acc:
+        c0, c1, c2, c3 = _load4(out, o0, V)
+        c4, c5, c6, c7 = _load4(out, o0 + NR, V)
+    for k in range(k0, k1):
+        p, q = w0 + k * NR, w1 + k * NR
+        x = vsplat(a[U(a0 + k)])
+        c0, c1 = vfma(x, vload(wp, p), c0), vfma(x, vload(wp, p + V), c1)
+        c2, c3 = vfma(x, vload(wp, p + 2 * V), c2), vfma(x, vload(wp, p + 3 * V), c3)
+        c4, c5 = vfma(x, vload(wp, q), c4), vfma(x, vload(wp, q + V), c5)
+        c6, c7 = vfma(x, vload(wp, q + 2 * V), c6), vfma(x, vload(wp, q + 3 * V), c7)
+    _store4(out, o0, V, c0, c1, c2, c3)
+    _store4(out, o0 + NR, V, c4, c5, c6, c7)
+
+
+@njit(**JIT)
 def gemm(a, a0, K, rows, wp, w0, P, out, o0):
     """out[o0:] (rows, P*NR) = a[a0:] (rows, K) @ the P panels at wp[w0:] (K, P*NR), all
     row-major. Each output element sums over k in order, whatever the blocking."""
     NR = panel_width(wp)
     ldo = P * NR
+    tail = rows - rows % 4  # the rows after the groups of four: one at a time
     for k0 in range(0, K, KC):
         k1 = min(K, k0 + KC)
         for p in range(P):
             wq = w0 + p * K * NR
-            r = 0
-            while r + 4 <= rows:
+            for r in range(0, tail, 4):
                 _rows4(a, a0 + r * K, K, k0, k1, wp, wq, out, o0 + r * ldo + p * NR, ldo, k0 > 0)
-                r += 4
-            while r < rows:
-                _row1(a, a0 + r * K, k0, k1, wp, wq, out, o0 + r * ldo + p * NR, k0 > 0)
-                r += 1
+        for r in range(tail, rows):
+            p = 0
+            while p + 2 <= P:
+                _row1x2(a, a0 + r * K, k0, k1, wp, w0 + p * K * NR, w0 + (p + 1) * K * NR, out,
+                        o0 + r * ldo + p * NR, k0 > 0)
+                p += 2
+            if p < P:
+                _row1(a, a0 + r * K, k0, k1, wp, w0 + p * K * NR, out, o0 + r * ldo + p * NR,
+                      k0 > 0)
 
 
 class Plan(NamedTuple):
