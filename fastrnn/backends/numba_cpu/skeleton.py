@@ -30,12 +30,13 @@ Argument groups of the compiled functions (all arrays flat, 1-D, addressed by of
            steps.rows[t] + b; the output y (T, B, H) as (array, time stride, batch stride);
            strides in elements, unit last stride
   dy, dgx  backward: dy (T, B, H) a triple like y, d_gx (the gradient of x_proj) a pair like x
-  steps    (lengths, rows, bounds), int64: step t of batch row b is valid when t < lengths[b],
-           lengths in descending order, so that a step's valid rows are a prefix of every range
-           of rows; rows (T+1,): the valid rows of step t are rows[t]..rows[t+1] of every
+  steps    (lengths, rows, bounds, order), int64: step t of batch row b is valid when
+           t < lengths[b], lengths in descending order, so that a step's valid rows are a
+           prefix of every range of rows; rows (T+1,): the valid rows of step t are rows[t]..rows[t+1] of every
            per-step array (x_proj, d_gx, gates, hn, terms), which have no rows for invalid
            steps (PyTorch's packed layout; without lengths rows[t] = t*B); bounds (rows+1,):
-           row group r holds batch rows bounds[r]..bounds[r+1]
+           row group r holds batch rows bounds[r]..bounds[r+1]; order (B,): y and dy hold
+           batch row b at order[b] (the caller's order)
   b_hh     (G*H,)
   state    the state buffers (S, B, H), (hs,) or (hs, cs): S = T+1 in time order (training and
            backward) or 2 (inference), rows as base.state_slots says
@@ -161,6 +162,14 @@ def count_valid(lengths, t, b0, b1):
 
 
 @njit(**KERNEL)
+def product_rows(nb, b0, b1):
+    """Rows the product of a block with nb valid rows runs over: nb rounded up to the gemm's
+    4-row kernel within the block, since a row of the 1-row kernel costs about twice as much
+    as one more row of the 4-row one. The extra rows' results are never read."""
+    return min(b1 - b0, (nb + 3) // 4 * 4) if nb > 0 else 0
+
+
+@njit(**KERNEL)
 def receive(dh, part, p, b0, b1, u0, n, B, H, units, Hp):
     """dh[b0:b1, u0:u0+n] += every unit chunk's share of slot p, in chunk order."""
     for v in range(units):
@@ -194,7 +203,7 @@ def _forward_block(cell, k, geo, c, s, x, y, steps, b_hh, state, keep, work):
     Np = P * NR
     last = k == work.ph.shape[0] - 1
     t, r_in, r_out = slots(s, T, geo.reverse, geo.training)
-    nb = count_valid(lengths, t, b0, b1)
+    nb = product_rows(count_valid(lengths, t, b0, b1), b0, b1)
     if nb > 0:
         if k == 0:
             gemm(hs, (r_in * B + b0) * H, H, nb, W, w0 + u * P * H * NR, P, work.out,
@@ -204,7 +213,7 @@ def _forward_block(cell, k, geo, c, s, x, y, steps, b_hh, state, keep, work):
     for b in range(b0, b1):
         i_in = (r_in * B + b) * H + u0
         i_out = (r_out * B + b) * H + u0
-        yo = t * ys_t + b * ys_b + u0
+        yo = t * ys_t + steps[3][b] * ys_b + u0
         if t >= lengths[b]:  # the states carry, y is 0
             if last:
                 for st in state:
@@ -261,7 +270,7 @@ def _backward_block(cell, k, geo, c, s, dy, dgx, steps, state, grads, keep, work
         row, tb = first + b - b0, rows[t] + b
         hb = b * H + u0
         if k == 0:
-            add_to(dh, hb, dyf, t * ds_t + b * ds_b + u0, n)
+            add_to(dh, hb, dyf, t * ds_t + steps[3][b] * ds_b + u0, n)
         backward_row(cell, k, geo, Pos(t, b, u0, n, (r_in * B + b) * H + u0,
                                        (r_out * B + b) * H + u0, row, d0 + row * K,
                                        tb * gs + u0, tb), dgf, state, grads, keep, work)
@@ -269,8 +278,9 @@ def _backward_block(cell, k, geo, c, s, dy, dgx, steps, state, grads, keep, work
         to, at = work.part, (((s % 2) * units + u) * B + b0) * Hp
     else:
         to, at = work.q, (u * B + b0) * Hp
-    gemm(work.d, d0 + first * K, K, nb, WT, w0 + u * P * K * NR, P, to, at)
-    zero_row(to, at + nb * Hp, (b1 - b0 - nb) * Hp)
+    gemm(work.d, d0 + first * K, K, product_rows(nb, b0, b1), WT, w0 + u * P * K * NR, P, to,
+         at)
+    zero_row(to, at + nb * Hp, (b1 - b0 - nb) * Hp)  # the invalid rows' shares
 
 
 def _block(cell, k, geo, c, s, src, dst, steps, extra, state, keep, work):
