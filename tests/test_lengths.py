@@ -42,6 +42,7 @@ LENGTHS = {
 
 # Direction sets: one forward, one reverse, and a bidirectional layer.
 DIRECTIONS = {"forward": (False,), "reverse": (True,), "bidirectional": (False, True)}
+GRAD_FIELDS = ("dW_ih", "dW_hh", "db_ih", "db_hh", "dh0", "dc0")
 
 
 @pytest.fixture
@@ -93,9 +94,7 @@ def _layer(backend_name, cell, x, dirs, lengths, cot):
     if cell.has_cell_state:
         out["c_n"] = c_n
     for k, g in enumerate(grads):
-        out.update({f"{n}{k}": getattr(g, n) for n in ("dW_ih", "dW_hh", "db_ih", "db_hh",
-                                                          "dh0", "dc0")
-                    if getattr(g, n) is not None})
+        out.update({f"{n}{k}": getattr(g, n) for n in GRAD_FIELDS if getattr(g, n) is not None})
     return out
 
 
@@ -137,9 +136,8 @@ def test_repeatable_untouched_and_padding_never_read(cell, path, knobs):
     were; NaN in x at invalid steps changes nothing (those steps are never computed)."""
     lengths = np.array(LENGTHS["ties"], np.int64)
     x, dirs, cot = _problem(cell, np.float32, (False, True), seed=7)
-    inputs = [x, lengths, *cot[:2]] + [a for d in dirs for a in
-                                        (d.W_ih, d.W_hh, d.b_ih, d.b_hh, d.h0, d.c0)
-                                        if a is not None]
+    params = [a for d in dirs for a in (d.W_ih, d.W_hh, d.b_ih, d.b_hh, d.h0, d.c0)]
+    inputs = [a for a in [x, lengths, *cot, *params] if a is not None]
     before = [a.copy() for a in inputs]
     knobs(path)
     with _threads(2):

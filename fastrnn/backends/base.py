@@ -8,7 +8,8 @@ The reference backend implements ``forward`` / ``backward`` directly (it is the 
 no math with anything else). The fused backends (Numba, CuPy) derive from ``FusedBackend``, which
 does the GEMMs once, above them: the input projection of every step and every direction is one
 GEMM before the time loop, and dx, dW_ih, db_ih, dW_hh, db_hh are GEMMs/reductions over all T*B
-rows after it. A fused backend only supplies the time loop, ``recurrence_forward`` and
+rows after it, or over the valid steps' rows only where the backend packs lengths
+(packing.py). A fused backend only supplies the time loop, ``recurrence_forward`` and
 ``recurrence_backward``.
 """
 

@@ -11,8 +11,10 @@
     ../tuning.py  every threshold, with how it was chosen
 
 ``FusedBackend`` (backends/base.py) does the input projection before the loop and the weight
-gradients after it as GEMMs over all T*B rows; this backend runs ``recurrence_forward`` and
-``recurrence_backward``. Importing this package does not import Numba; constructing
+gradients after it as GEMMs; this backend runs ``recurrence_forward`` and
+``recurrence_backward``. It packs lengths (``packs_lengths``, backends/packing.py): with
+lengths, the batch is ordered by length and only the valid steps' rows exist, in those GEMMs
+and in every step's product, so padding costs no arithmetic. Importing this package does not import Numba; constructing
 ``NumbaBackend()`` does.
 
 Threads split the batch or the hidden units (packed.Plan). The rows of a batch are independent

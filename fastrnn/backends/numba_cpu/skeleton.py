@@ -32,9 +32,10 @@ Argument groups of the compiled functions (all arrays flat, 1-D, addressed by of
   dy, dgx  backward: dy (T, B, H) a triple like y, d_gx (the gradient of x_proj) a pair like x
   steps    (lengths, rows, bounds, order), int64: step t of batch row b is valid when
            t < lengths[b], lengths in descending order, so that a step's valid rows are a
-           prefix of every range of rows; rows (T+1,): the valid rows of step t are rows[t]..rows[t+1] of every
-           per-step array (x_proj, d_gx, gates, hn, terms), which have no rows for invalid
-           steps (PyTorch's packed layout; without lengths rows[t] = t*B); bounds (rows+1,):
+           prefix of every range of rows; rows (T+1,): the valid rows of step t are
+           rows[t]..rows[t+1] of every per-step array (x_proj, d_gx, gates, hn, terms), which
+           have no rows for invalid steps (PyTorch's packed layout; without lengths
+           rows[t] = t*B); bounds (rows+1,):
            row group r holds batch rows bounds[r]..bounds[r+1]; order (B,): y and dy hold
            batch row b at order[b] (the caller's order)
   b_hh     (G*H,)
