@@ -185,5 +185,5 @@ def test_packing_layout():
     full = Steps.full(3, 4)
     np.testing.assert_array_equal(full.rows, [0, 4, 8, 12])
     np.testing.assert_array_equal(full.balanced(2), [0, 2, 4])
-    skewed = Steps.of(np.array([100, 1, 1, 1], np.int64), 100, np.arange(4))
+    skewed = Steps.of(np.array([100, 1, 1, 1], np.int64), 100)
     np.testing.assert_array_equal(skewed.balanced(3), [0, 1, 2, 4])  # no range left empty

@@ -23,29 +23,25 @@ class Steps(NamedTuple):
     lengths  (B,) int64 in descending order: step t of batch row b is valid when t < lengths[b]
     rows     (T+1,) int64: the valid rows of step t, b = 0..rows[t+1]-rows[t]-1, are rows
              rows[t] + b of every per-step array; rows[T] is their number
-    order    (B,) int64: the caller's row of each b, where y and dy hold it
     """
 
     lengths: np.ndarray
     rows: np.ndarray
-    order: np.ndarray
 
     @staticmethod
     def full(T, B):
         """Every step of every row valid: the padded layout, rows[t] = t*B."""
-        return Steps(np.full(B, T, np.int64), np.arange(T + 1, dtype=np.int64) * B,
-                     np.arange(B, dtype=np.int64))
+        return Steps(np.full(B, T, np.int64), np.arange(T + 1, dtype=np.int64) * B)
 
     @staticmethod
-    def of(lengths, T, order):
+    def of(lengths, T):
         """The steps of descending ``lengths`` (each in 0..T)."""
         valid = np.count_nonzero(np.arange(T)[:, None] < lengths[None, :], axis=1)
-        return Steps(lengths, np.concatenate([[0], np.cumsum(valid)]).astype(np.int64), order)
+        return Steps(lengths, np.concatenate([[0], np.cumsum(valid)]).astype(np.int64))
 
     def window(self, t0, t1):
         """The steps t0..t1-1 alone, rows counted from the first of step t0."""
-        return Steps((self.lengths - t0).clip(0, t1 - t0), self.rows[t0:t1 + 1] - self.rows[t0],
-                     self.order)
+        return Steps((self.lengths - t0).clip(0, t1 - t0), self.rows[t0:t1 + 1] - self.rows[t0])
 
     def index(self):
         """(rows[T],) int64: where each packed row stands in a padded (T*B) array of the
@@ -83,7 +79,7 @@ class Packing:
         lengths = np.asarray(lengths, np.int64)
         self.order = np.argsort(-lengths, kind="stable").astype(np.int64)
         self.inverse = np.argsort(self.order, kind="stable")
-        self.steps = Steps.of(lengths[self.order], T, self.order)
+        self.steps = Steps.of(lengths[self.order], T)
         index = self.steps.index()
         B = len(lengths)
         self.source = index - index % B + self.order[index % B]

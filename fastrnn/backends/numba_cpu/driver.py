@@ -164,8 +164,7 @@ def _steps(steps, plan):
     """The skeleton's steps group of a packing.Steps under ``plan``: its row groups balanced by
     their work, the sum of their lengths."""
     return (np.ascontiguousarray(steps.lengths, np.int64),
-            np.ascontiguousarray(steps.rows, np.int64), steps.balanced(plan.rows),
-            np.ascontiguousarray(steps.order, np.int64))
+            np.ascontiguousarray(steps.rows, np.int64), steps.balanced(plan.rows))
 
 
 def forward(cell, x_proj, y, weights, b_hh, h0, c0, steps, reverse, training):

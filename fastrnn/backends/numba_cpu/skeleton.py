@@ -30,14 +30,13 @@ Argument groups of the compiled functions (all arrays flat, 1-D, addressed by of
            steps.rows[t] + b; the output y (T, B, H) as (array, time stride, batch stride);
            strides in elements, unit last stride
   dy, dgx  backward: dy (T, B, H) a triple like y, d_gx (the gradient of x_proj) a pair like x
-  steps    (lengths, rows, bounds, order), int64: step t of batch row b is valid when
+  steps    (lengths, rows, bounds), int64: step t of batch row b is valid when
            t < lengths[b], lengths in descending order, so that a step's valid rows are a
            prefix of every range of rows; rows (T+1,): the valid rows of step t are
            rows[t]..rows[t+1] of every per-step array (x_proj, d_gx, gates, hn, terms), which
            have no rows for invalid steps (PyTorch's packed layout; without lengths
-           rows[t] = t*B); bounds (rows+1,):
-           row group r holds batch rows bounds[r]..bounds[r+1]; order (B,): y and dy hold
-           batch row b at order[b] (the caller's order)
+           rows[t] = t*B); bounds (rows+1,): row group r holds batch rows
+           bounds[r]..bounds[r+1]
   b_hh     (G*H,)
   state    the state buffers (S, B, H), (hs,) or (hs, cs): S = T+1 in time order (training and
            backward) or 2 (inference), rows as base.state_slots says
@@ -214,7 +213,7 @@ def _forward_block(cell, k, geo, c, s, x, y, steps, b_hh, state, keep, work):
     for b in range(b0, b1):
         i_in = (r_in * B + b) * H + u0
         i_out = (r_out * B + b) * H + u0
-        yo = t * ys_t + steps[3][b] * ys_b + u0
+        yo = t * ys_t + b * ys_b + u0
         if t >= lengths[b]:  # the states carry, y is 0
             if last:
                 for st in state:
@@ -271,7 +270,7 @@ def _backward_block(cell, k, geo, c, s, dy, dgx, steps, state, grads, keep, work
         row, tb = first + b - b0, rows[t] + b
         hb = b * H + u0
         if k == 0:
-            add_to(dh, hb, dyf, t * ds_t + steps[3][b] * ds_b + u0, n)
+            add_to(dh, hb, dyf, t * ds_t + b * ds_b + u0, n)
         backward_row(cell, k, geo, Pos(t, b, u0, n, (r_in * B + b) * H + u0,
                                        (r_out * B + b) * H + u0, row, d0 + row * K,
                                        tb * gs + u0, tb), dgf, state, grads, keep, work)
