@@ -14,8 +14,8 @@
 gradients after it as GEMMs; this backend runs ``recurrence_forward`` and
 ``recurrence_backward``. It packs lengths (``packs_lengths``, backends/packing.py): with
 lengths, the batch is ordered by length and only the valid steps' rows exist, in those GEMMs
-and in every step's product, so padding costs no arithmetic. Importing this package does not import Numba; constructing
-``NumbaBackend()`` does.
+and in every step's product, so padding costs no arithmetic. Importing this package does not
+import Numba; constructing ``NumbaBackend()`` does.
 
 Threads split the batch or the hidden units (packed.Plan). The rows of a batch are independent
 sequences, so with row groups each thread runs its rows through every step on its own, with no
