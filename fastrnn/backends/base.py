@@ -8,19 +8,21 @@ The reference backend implements ``forward`` / ``backward`` directly (it is the 
 no math with anything else). The fused backends (Numba, CuPy) derive from ``FusedBackend``, which
 does the GEMMs once, above them: the input projection of every step and every direction is one
 GEMM before the time loop, and dx, dW_ih, db_ih, dW_hh, db_hh are GEMMs/reductions over all T*B
-rows after it. A fused backend only supplies the time loop, ``recurrence_forward`` and
+rows after it, or over the valid steps' rows only where the backend packs lengths
+(packing.py). A fused backend only supplies the time loop, ``recurrence_forward`` and
 ``recurrence_backward``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from ..cells import Cell
 from . import tuning
+from .packing import Packing, Steps
 
 
 class BackendUnavailable(RuntimeError):
@@ -75,7 +77,8 @@ def entering_states(hs, reverse):
 class Saved:
     """What a fused training forward of one direction keeps for backward (cells.py):
     hs (T+1, B, H); cs (T+1, B, H) or None; gates (T, B, k*H) or None; hn (T, B, H) or None;
-    lengths (B,) int64 on the backend's device or None; reverse."""
+    lengths (B,) int64 on the backend's device or None; reverse. A backend that packs lengths
+    keeps gates and hn as packed rows, (R, k*H) and (R, H), and packing.Steps as lengths."""
 
     hs: Any
     cs: Any
@@ -170,12 +173,14 @@ class Backend:
 
 @dataclass
 class _FusedSaved:
-    x: Any
+    x: Any  # (T, B, I), or its rows (R, I) where the backend packs lengths
+    shape: tuple  # (T, B, I)
     W_cat: Any
     biased: list
     directions: list
     W_hh: list
     lengths: Any = None
+    packing: Any = None
 
 
 class FusedBackend(Backend):
@@ -196,7 +201,18 @@ class FusedBackend(Backend):
         with the gradient with respect to x_proj (zeros at invalid steps); it may be a view.
         hh_terms: list of (d_block (T, B, k), h_in (T, B, H)) whose products d_block^T h_in,
         stacked on the first axis, make dW_hh, and whose row sums make db_hh.
+
+    A backend with ``packs_lengths`` (NumPy arrays only) gets the rows of the per-step arrays
+    instead: x_proj and d_gx (R, G*H), hh_terms' (R, k) and (R, H), the R valid (step, row)
+    pairs as ``lengths``, a packing.Steps, says (every step valid when the call has no lengths);
+    the batch, in y, dy, h0, c0, dh_n, dc_n and what they return, is ordered as the Steps say.
+    (Reordering y and dy with one copy each costs less than writing and reading their rows in
+    the caller's order within the time loop, which benchmarks/lengths.py measured 25 % slower
+    for the RNN.)
+    So padding costs no arithmetic above or in the recurrence (packing.py).
     """
+
+    packs_lengths = False
 
     # Inference projects the input in chunks of time steps above this many elements, so memory
     # does not grow with T beyond the output.
@@ -214,11 +230,12 @@ class FusedBackend(Backend):
         every chunk of a chunked inference then reuses."""
         return W_hh
 
-    def gate_gradients(self, saved, T, B, N):
-        """The (T, B, N) array that backward fills with the gradient of x_proj: a new one here.
-        A backend may hand back memory of the saved state instead, where its backward reads
-        every element before it writes the same place."""
-        return self.xp.empty((T, B, N), saved.x.dtype)
+    def gate_gradients(self, saved, shape):
+        """The array of ``shape`` ((T, B, N), or (R, N) packed rows) that backward fills with
+        the gradient of x_proj: a new one here. A backend may hand back memory of the saved
+        state instead, where its backward reads every element before it writes the same
+        place."""
+        return self.xp.empty(shape, saved.x.dtype)
 
     def matmul(self, a, b, bias=None):
         """a @ b (+ bias, a row vector) of 2-D arrays: every GEMM above the recurrence goes
@@ -229,41 +246,71 @@ class FusedBackend(Backend):
             out += bias
         return out
 
+    def _packing(self, lengths, T):
+        """The call's Packing where this backend packs lengths and some row is shorter than T."""
+        if self.packs_lengths and lengths is not None and lengths.min() < T:
+            return Packing(lengths, T)
+        return None
+
+    def _input_rows(self, x, packing, t0, t1):
+        """Steps t0..t1 of x as the rows the input projection multiplies: packed where the
+        backend packs lengths, else all (t1-t0)*B."""
+        if packing is not None:
+            return packing.pack(x, t0, t1)
+        return x[t0:t1].reshape(-1, x.shape[2])
+
     def forward(self, cell, x, dirs, lengths, training):
         xp = self.xp
         T, B, I = x.shape
         GH, H = dirs[0].W_hh.shape
         D = len(dirs)
+        packing = self._packing(lengths, T)
+        if packing is not None:  # the recurrence sees the batch ordered by length
+            dirs = [replace(d, h0=packing.ordered(d.h0, 0),
+                            c0=None if d.c0 is None else packing.ordered(d.c0, 0)) for d in dirs]
         y = xp.empty((T, B, D * H), x.dtype)
         h_n = xp.empty((D, B, H), x.dtype)
         c_n = xp.empty((D, B, H), x.dtype) if cell.has_cell_state else None
         W_cat = dirs[0].W_ih if D == 1 else xp.concatenate([d.W_ih for d in dirs])
         chunked = not training and T * B * D * GH > self.chunk_elements
+        x_rows = self._input_rows(x, packing, 0, T)
         if not chunked:
-            x_proj = self.matmul(x.reshape(T * B, I), W_cat.T,
-                                 _input_bias(xp, dirs)).reshape(T, B, D * GH)
+            x_proj = self.matmul(x_rows, W_cat.T, _input_bias(xp, dirs))
+            if not self.packs_lengths:
+                x_proj = x_proj.reshape(T, B, D * GH)
         saved = []
         for k, d in enumerate(dirs):
             y_k = y[..., k * H:(k + 1) * H]
             if chunked:
-                h, c = self._chunked_inference(cell, x, d, lengths, y_k)
+                h, c = self._chunked_inference(cell, x, d, lengths, packing, y_k)
                 s = None
             else:
                 h, c, s = self.recurrence_forward(
                     cell, x_proj[..., k * GH:(k + 1) * GH], self.prepare_hh(cell, d.W_hh, T, B),
-                    _hh_bias(xp, d),
-                    d.h0, d.c0, lengths, d.reverse, y_k, training)
+                    _hh_bias(xp, d), d.h0, d.c0, self._steps(lengths, packing, T, B),
+                    d.reverse, y_k, training)
             h_n[k] = h
             if c_n is not None:
                 c_n[k] = c
             saved.append(s)
+        if packing is not None:
+            y, h_n = packing.restored(y, 1), packing.restored(h_n, 1)
+            c_n = None if c_n is None else packing.restored(c_n, 1)
         if not training:
             return y, h_n, c_n, None
         return y, h_n, c_n, _FusedSaved(
-            x=x, W_cat=W_cat, biased=[(d.b_ih is not None, d.b_hh is not None) for d in dirs],
-            directions=saved, W_hh=[d.W_hh for d in dirs], lengths=lengths)
+            x=x_rows if self.packs_lengths else x, shape=x.shape, W_cat=W_cat,
+            biased=[(d.b_ih is not None, d.b_hh is not None) for d in dirs],
+            directions=saved, W_hh=[d.W_hh for d in dirs], lengths=lengths, packing=packing)
 
-    def _chunked_inference(self, cell, x, d, lengths, y):
+    def _steps(self, lengths, packing, T, B):
+        """What ``recurrence_forward`` gets as lengths: packing.Steps where the backend packs
+        lengths, else the lengths themselves."""
+        if not self.packs_lengths:
+            return lengths
+        return packing.steps if packing is not None else Steps.full(T, B)
+
+    def _chunked_inference(self, cell, x, d, lengths, packing, y):
         xp = self.xp
         T, B, I = x.shape
         GH = d.W_hh.shape[0]
@@ -272,24 +319,32 @@ class FusedBackend(Backend):
         h, c = d.h0, d.c0
         b_hh = _hh_bias(xp, d)
         W_hh = self.prepare_hh(cell, d.W_hh, T, B)
+        all_steps = self._steps(lengths, packing, T, B)
         for t0 in reversed(starts) if d.reverse else starts:
             t1 = min(T, t0 + steps)
-            x_proj = self.matmul(x[t0:t1].reshape(-1, I), d.W_ih.T,
-                                 d.b_ih).reshape(t1 - t0, B, GH)
-            L = None if lengths is None else (lengths - t0).clip(0, t1 - t0)
+            x_proj = self.matmul(self._input_rows(x, packing, t0, t1), d.W_ih.T, d.b_ih)
+            if self.packs_lengths:
+                L = all_steps.window(t0, t1)
+            else:
+                x_proj = x_proj.reshape(t1 - t0, B, GH)
+                L = None if lengths is None else (lengths - t0).clip(0, t1 - t0)
             h, c, _ = self.recurrence_forward(
                 cell, x_proj, W_hh, b_hh, h, c, L, d.reverse, y[t0:t1], False)
         return h, c
 
     def backward(self, cell, saved, dy, dh_n, dc_n):
         xp = self.xp
-        x, W_cat = saved.x, saved.W_cat
-        T, B, I = x.shape
+        x, W_cat, packing = saved.x, saved.W_cat, saved.packing
+        T, B, I = saved.shape
         D = len(saved.directions)
         GH, H = saved.W_hh[0].shape
-        d_gx = self.gate_gradients(saved, T, B, D * GH)
-        unpadded = (lambda a: a)
-        if saved.lengths is not None and saved.lengths.min() < T:
+        if packing is not None:
+            dy, dh_n = packing.ordered(dy, 1), packing.ordered(dh_n, 1)
+            dc_n = None if dc_n is None else packing.ordered(dc_n, 1)
+        rows = (x.shape[0],) if self.packs_lengths else (T, B)
+        d_gx = self.gate_gradients(saved, rows + (D * GH,))
+        unpadded = (lambda a: a)  # packed rows have no padding
+        if not self.packs_lengths and saved.lengths is not None and saved.lengths.min() < T:
             # Padded steps add nothing to dW even when the padding of x, or a carried state, is
             # NaN or Inf: their d_gx rows are zero, but 0 * NaN is NaN in the GEMMs.
             pad = xp.asarray(np.arange(T)[:, None, None] >= saved.lengths[None, :, None])
@@ -300,14 +355,18 @@ class FusedBackend(Backend):
                 cell, s, saved.W_hh[k], dy[..., k * H:(k + 1) * H], dh_n[k],
                 None if dc_n is None else dc_n[k], d_gx[..., k * GH:(k + 1) * GH])
             saved.directions[k] = None  # release what this direction kept as soon as it is used
-            blocks = [d.reshape(T * B, d.shape[-1]) for d, _ in hh_terms]
-            dW_hh = _stacked(xp, [self.matmul(d2.T, unpadded(h).reshape(T * B, H))
+            blocks = [d.reshape(-1, d.shape[-1]) for d, _ in hh_terms]
+            dW_hh = _stacked(xp, [self.matmul(d2.T, unpadded(h).reshape(-1, H))
                                   for d2, (_, h) in zip(blocks, hh_terms)])
             db_hh = _stacked(xp, [d2.sum(axis=0) for d2 in blocks])
+            if packing is not None:
+                dh0 = packing.restored(dh0, 0)
+                dc0 = None if dc0 is None else packing.restored(dc0, 0)
             grads.append(DirectionGrads(None, dW_hh, None, db_hh, dh0, dc0))
-        d2 = d_gx.reshape(T * B, D * GH)
-        dx = self.matmul(d2, W_cat).reshape(T, B, I)
-        dW_cat = self.matmul(d2.T, unpadded(x).reshape(T * B, I))
+        d2 = d_gx.reshape(-1, D * GH)
+        dx = self.matmul(d2, W_cat)
+        dx = packing.unpack(dx, T, B) if packing is not None else dx.reshape(T, B, I)
+        dW_cat = self.matmul(d2.T, unpadded(x).reshape(-1, I))
         db_cat = d2.sum(axis=0)
         for k, g in enumerate(grads):
             has_b_ih, has_b_hh = saved.biased[k]

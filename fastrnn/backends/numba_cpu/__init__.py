@@ -11,9 +11,11 @@
     ../tuning.py  every threshold, with how it was chosen
 
 ``FusedBackend`` (backends/base.py) does the input projection before the loop and the weight
-gradients after it as GEMMs over all T*B rows; this backend runs ``recurrence_forward`` and
-``recurrence_backward``. Importing this package does not import Numba; constructing
-``NumbaBackend()`` does.
+gradients after it as GEMMs; this backend runs ``recurrence_forward`` and
+``recurrence_backward``. It packs lengths (``packs_lengths``, backends/packing.py): with
+lengths, the batch is ordered by length and only the valid steps' rows exist, in those GEMMs
+and in every step's product, so padding costs no arithmetic. Importing this package does not
+import Numba; constructing ``NumbaBackend()`` does.
 
 Threads split the batch or the hidden units (packed.Plan). The rows of a batch are independent
 sequences, so with row groups each thread runs its rows through every step on its own, with no
@@ -87,6 +89,7 @@ class NumbaBackend(FusedBackend):
     name = "numba"
     library = "numpy"
     xp = np
+    packs_lengths = True
     parallel_min_work = tuning.parallel_min_work
     parallel_min_rows = tuning.parallel_min_rows
     unit_split_min = tuning.unit_split_min
@@ -117,16 +120,16 @@ class NumbaBackend(FusedBackend):
         with self._blas.limit(1):
             return super().backward(cell, saved, dy, dh_n, dc_n)
 
-    def gate_gradients(self, saved, T, B, N):
-        """The saved gates of a one-direction call when they are C-contiguous (T, B, N): every
-        backward kernel reads a row's gates before it writes that row's gradients, at the same
-        place, so the gradients need no new buffer (nor its page faults)."""
+    def gate_gradients(self, saved, shape):
+        """The saved gates of a one-direction call when they are C-contiguous of ``shape``:
+        every backward kernel reads a row's gates before it writes that row's gradients, at
+        the same place, so the gradients need no new buffer (nor its page faults)."""
         if len(saved.directions) == 1:
             gates = saved.directions[0].gates
-            if (gates is not None and gates.shape == (T, B, N) and gates.flags.c_contiguous
+            if (gates is not None and gates.shape == shape and gates.flags.c_contiguous
                     and gates.flags.writeable):
                 return gates
-        return super().gate_gradients(saved, T, B, N)
+        return super().gate_gradients(saved, shape)
 
     def step_weights(self, cell, layers):
         return self._stepper.weights(layers)
@@ -158,12 +161,6 @@ class NumbaBackend(FusedBackend):
         each block runs few rows in all (T times its batch rows)."""
         return T * -(-B // plan.rows) <= self.direct_max_rows
 
-    @staticmethod
-    def _lengths(lengths, T, B):
-        if lengths is None:
-            return np.full(B, T, np.int64)
-        return np.ascontiguousarray(lengths, dtype=np.int64)
-
     def prepare_hh(self, cell, W_hh, T, B):
         """W_hh with the call's plan; its panels are packed when first used, once per call."""
         plan = self._plan(cell, T, B, W_hh.shape[1])
@@ -171,13 +168,15 @@ class NumbaBackend(FusedBackend):
 
     def recurrence_forward(self, cell, x_proj, W_hh, b_hh, h0, c0, lengths, reverse, y,
                            training):
-        T, B, _ = x_proj.shape
+        """x_proj (R, G*H) the valid rows that ``lengths``, a packing.Steps, lists (see
+        FusedBackend)."""
+        T, B, _ = y.shape
         if not isinstance(W_hh, self._packed.Packed):
             W_hh = self.prepare_hh(cell, W_hh, T, B)
         y_out = y if self._driver.flat(y) is not None else np.empty(y.shape, y.dtype)
         h_n, c_n, saved = self._driver.forward(
-            cell, x_proj, y_out, W_hh, np.ascontiguousarray(b_hh), h0, c0,
-            self._lengths(lengths, T, B), bool(reverse), bool(training))
+            cell, x_proj, y_out, W_hh, np.ascontiguousarray(b_hh), h0, c0, lengths,
+            bool(reverse), bool(training))
         if y_out is not y:
             y[...] = y_out
         return h_n, c_n, saved
@@ -185,7 +184,8 @@ class NumbaBackend(FusedBackend):
     def recurrence_backward(self, cell, saved, W_hh, dy, dh_n, dc_n, d_gx):
         T, B, H = dy.shape
         plan = self._plan(cell, T, B, H)
-        g_out = d_gx if self._driver.flat(d_gx) is not None else np.empty(d_gx.shape, d_gx.dtype)
+        flat = self._driver.flat_rows(d_gx) is not None
+        g_out = d_gx if flat else np.empty(d_gx.shape, d_gx.dtype)
         hh_terms, dh0, dc0 = self._driver.backward(
             cell, saved, np.ascontiguousarray(W_hh), dy, dh_n, dc_n, g_out, plan,
             self._direct(T, B, plan))

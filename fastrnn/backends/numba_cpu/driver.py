@@ -79,25 +79,43 @@ def flat(a):
     return view, st // item, sb // item
 
 
+def flat_rows(a):
+    """(a 1-D view over the memory of an (R, N) array with unit last stride, row stride) in
+    elements, or None when the strides do not allow it."""
+    item = a.itemsize
+    sr, sn = a.strides
+    if a.shape[0] <= 1:
+        sr = a.shape[1] * item
+    if sn != item or sr % item or sr < 0:
+        return None
+    span = max(0, (a.shape[0] - 1) * (sr // item) + a.shape[1])
+    view = np.lib.stride_tricks.as_strided(a, shape=(span,), strides=(item,),
+                                           writeable=a.flags.writeable)
+    return view, sr // item
+
+
+def _flat_any(a):
+    return flat(a) if a.ndim == 3 else flat_rows(a)
+
+
 def flat_input(a):
-    """flat() of an input array; copies when the strides do not allow a view or the array is
-    read-only (so the kernels see one array type)."""
-    f = flat(a) if a.flags.writeable else None
-    return f if f is not None else flat(np.array(a, order="C"))
+    """flat() of a (T, B, N) input array, flat_rows() of an (R, N) one; copies when the strides
+    do not allow a view or the array is read-only (so the kernels see one array type)."""
+    f = _flat_any(a) if a.flags.writeable else None
+    return f if f is not None else _flat_any(np.array(a, order="C"))
 
 
 def gate_store(x_proj, training, G, H):
-    """Where a training forward keeps the activated gates (T, B, G*H) for backward: x_proj's own
+    """Where a training forward keeps the activated gates (R, G*H) for backward: x_proj's own
     memory when it is C-contiguous and writeable (each step reads its row of x_proj before it
     writes that row's gates, so nothing is read after it is overwritten; this saves a buffer of
     x_proj's size and the page faults of filling it), else a new array. A placeholder in
     inference."""
-    T, B, _ = x_proj.shape
     if not training:
-        return np.empty((1, 1, 1), x_proj.dtype)
+        return np.empty((1, 1), x_proj.dtype)
     if x_proj.flags.c_contiguous and x_proj.flags.writeable:
         return x_proj
-    return np.empty((T, B, G * H), x_proj.dtype)
+    return np.empty((x_proj.shape[0], G * H), x_proj.dtype)
 
 
 def _offsets(sizes):
@@ -152,12 +170,21 @@ def _flat_or_empty(a, dtype):
     return np.empty(0, dtype) if a is None else a.reshape(-1)
 
 
-def forward(cell, x_proj, y, weights, b_hh, h0, c0, lengths, reverse, training):
-    """One direction of a cells.Cell; weights a packed.Packed; y (T, B, H) is filled. Returns
-    (h_n, c_n or None, base.Saved or None)."""
+def _steps(steps, plan):
+    """The skeleton's steps group of a packing.Steps under ``plan``: its row groups balanced by
+    their work, the sum of their lengths."""
+    return (np.ascontiguousarray(steps.lengths, np.int64),
+            np.ascontiguousarray(steps.rows, np.int64), steps.balanced(plan.rows))
+
+
+def forward(cell, x_proj, y, weights, b_hh, h0, c0, steps, reverse, training):
+    """One direction of a cells.Cell: x_proj (R, G*H) the valid rows that ``steps`` (a
+    packing.Steps) lists; weights a packed.Packed; y (T, B, H) is filled. Returns (h_n, c_n or
+    None, base.Saved or None)."""
     name = cell.name
     spec = SPECS[name]
-    T, B, _ = x_proj.shape
+    T, B, _ = y.shape
+    R = x_proj.shape[0]
     H = weights.array.shape[1]
     plan = weights.plan
     dtype = x_proj.dtype
@@ -166,23 +193,24 @@ def forward(cell, x_proj, y, weights, b_hh, h0, c0, lengths, reverse, training):
     for st, s0 in zip(states, (h0, c0)):
         st[base.first_slot(T, reverse, training)] = s0
     gates = gate_store(x_proj, training, G, H) if spec.gates else None
-    hn = np.empty((T, B, H), dtype) if training and spec.hn else None
+    hn = np.empty((R, H), dtype) if training and spec.hn else None
     W = weights.forward(spec.forward)
     ph, out, mid = forward_layout(name, B, H, plan, dtype.itemsize, weights.direct)
     work = (W, np.empty(out, dtype), np.empty(mid, dtype), ph)  # a skeleton.FWork
     geo = (T, B, H, G, plan.rows, plan.units, plan.size, reverse, training)  # a Geometry
-    time_loop(spec.cell, geo, flat_input(x_proj), flat(y), lengths, b_hh,
+    time_loop(spec.cell, geo, flat_input(x_proj), flat(y), _steps(steps, plan), b_hh,
               tuple([st.reshape(-1) for st in states]),
               (_flat_or_empty(gates, dtype), _flat_or_empty(hn, dtype)), work)
     last = base.final_slot(T, reverse, training)
     hs, cs = (states + [None])[:2]
-    saved = base.Saved(hs, cs, gates, hn, lengths, reverse) if training else None
+    saved = base.Saved(hs, cs, gates, hn, steps, reverse) if training else None
     return hs[last].copy(), None if cs is None else cs[last].copy(), saved
 
 
 def backward(cell, saved, W_hh, dy, dh_n, dc_n, d_gx, plan, direct):
-    """Fills d_gx (T, B, G*H); returns (hh_terms, dh0, dc0 or None). ``direct``: the products
-    read W_hh as it is (direct.py) instead of packed panels."""
+    """Fills d_gx (R, G*H), the valid rows of saved.lengths (a packing.Steps); returns
+    (hh_terms, dh0, dc0 or None), packed rows too. ``direct``: the products read W_hh as it is
+    (direct.py) instead of packed panels."""
     name = cell.name
     spec = SPECS[name]
     T, B, H = dy.shape
@@ -190,16 +218,18 @@ def backward(cell, saved, W_hh, dy, dh_n, dc_n, d_gx, plan, direct):
     k, size = plan.units, plan.size
     grads = tuple([np.array(g, dtype, order="C") for g in (dh_n, dc_n)[:spec.states]])
     ph, d, q, P = _backward_layout(name, B, H, plan, dtype.itemsize, direct)
-    terms = np.empty((T, B, spec.kt * H), dtype) if spec.kt else None
+    terms = np.empty((d_gx.shape[0], spec.kt * H), dtype) if spec.kt else None
     WT = W_hh if direct else _joined([pack_backward(W_hh, g, plan) for g in spec.backward])
     work = (WT, np.zeros(d, dtype), np.empty(2 * q, dtype),
             np.empty(q if len(spec.backward) > 1 else 0, dtype), np.empty(B * H, dtype),
             _flat_or_empty(terms, dtype), ph, P, spec.kt)  # a skeleton.BWork
     geo = (T, B, H, cell.gates, plan.rows, k, size, saved.reverse, True)  # a Geometry
     state = (saved.hs, saved.cs)[:spec.states]
-    time_loop(spec.cell, geo, flat_input(dy), flat(d_gx), saved.lengths,
+    time_loop(spec.cell, geo, flat_input(dy), flat_rows(d_gx), _steps(saved.lengths, plan),
               tuple([g.reshape(-1) for g in grads]), tuple([st.reshape(-1) for st in state]),
               (_flat_or_empty(saved.gates, dtype), _flat_or_empty(saved.hn, dtype)), work)
-    h_in = base.entering_states(saved.hs, saved.reverse)
+    h_in = base.entering_states(saved.hs, saved.reverse).reshape(T * B, H)
+    if d_gx.shape[0] < T * B:
+        h_in = h_in[saved.lengths.index()]
     return (spec.hh_terms(d_gx, terms, h_in), grads[0],
             grads[1] if spec.states == 2 else None)

@@ -34,7 +34,7 @@ def _forward(cell, k, geo, pos, xp, b_hh, state, keep, work):
     add_into(gbuf, g + nu, xp, xo + H, b_hh, H + u0, n)
     add_to(gbuf, g + 2 * nu, b_hh, 2 * H + u0, n)  # hn = W_hn h + b_hn
     if geo.training:
-        copy_row(keep[1], (pos.t * geo.B + pos.b) * H + u0, gbuf, g + 2 * nu, n)
+        copy_row(keep[1], pos.tb * H + u0, gbuf, g + 2 * nu, n)
     sigmoid_row(gbuf, g, 2 * nu)
     for u in range(n):
         gbuf[U(g + 2 * nu + u)] = tanh(xp[U(xo + 2 * H + u)]
@@ -64,10 +64,10 @@ def _backward(cell, k, geo, pos, dgx, state, grads, keep, work):
     H, n, nu, d, d0, go = geo.H, pos.n, geo.nu, work.d, pos.g, pos.io
     gates, hn, tmp, d_gh = keep[0], keep[1], work.mid, work.terms
     hb = pos.b * H + pos.u0
-    gh = (pos.t * geo.B + pos.b) * G * H + pos.u0  # gates, d_gh
+    gh = pos.tb * G * H + pos.u0  # gates, d_gh
     one = d.dtype.type(1)
     dn_dz(grads[0], hb, gates, gh, H, state[0], pos.i_in, tmp, hb, d, d0 + nu, n)
-    ho = (pos.t * geo.B + pos.b) * H + pos.u0
+    ho = pos.tb * H + pos.u0
     for u in range(n):
         r = gates[U(gh + u)]
         d[U(d0 + u)] = tmp[U(hb + u)] * hn[U(ho + u)] * r * (one - r)

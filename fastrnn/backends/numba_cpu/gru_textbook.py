@@ -47,7 +47,7 @@ def _forward(cell, k, geo, pos, xp, b_hh, state, keep, work):
 def _backward(cell, k, geo, pos, dgx, state, grads, keep, work):
     H, n, nu, go, hs, gates = geo.H, pos.n, geo.nu, pos.io, state[0], keep[0]
     hb = pos.b * H + pos.u0
-    gr = (pos.t * geo.B + pos.b) * G * H + pos.u0
+    gr = pos.tb * G * H + pos.u0
     d = work.d
     if k == 0:
         dn = pos.g
@@ -57,7 +57,7 @@ def _backward(cell, k, geo, pos, dgx, state, grads, keep, work):
         copy_row(dgx, go + 2 * H, d, dn, n)
     else:
         dh, tmp, rh, dr = grads[0], work.mid, work.terms, pos.g
-        ro = (pos.t * geo.B + pos.b) * H + pos.u0
+        ro = pos.tb * H + pos.u0
         one = dh.dtype.type(1)
         for u in range(n):
             r = gates[U(gr + u)]

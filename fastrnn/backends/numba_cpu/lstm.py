@@ -52,7 +52,7 @@ def _backward(cell, k, geo, pos, dgx, state, grads, keep, work):
     H, n, nu, d, d0, gs, cs, dh, dc = (geo.H, pos.n, geo.nu, work.d, pos.g, keep[0], state[1],
                                        grads[0], grads[1])
     h0 = pos.b * H + pos.u0  # dh, dc and the scratch tanh(c') of the row
-    g0 = (pos.t * geo.B + pos.b) * G * H + pos.u0
+    g0 = pos.tb * G * H + pos.u0
     tmp, one = work.mid, dh.dtype.type(1)
     tanh_of(tmp, h0, cs, pos.i_out, n)
     for u in range(n):

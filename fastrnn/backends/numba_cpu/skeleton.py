@@ -26,16 +26,23 @@ Argument groups of the compiled functions (all arrays flat, 1-D, addressed by of
            units, G gates; the plan's ``rows`` row groups times ``units`` unit chunks of ``nu``
            units (the last may be shorter); ``reverse`` (steps run T-1 down to 0);
            ``training`` (keep every state, else two rows alternate)
-  x, y     forward (array, time stride, batch stride) triples, strides in elements, unit last
-           stride: x_proj (T, B, G*H) and the output y (T, B, H)
-  dy, dgx  backward triples: dy (T, B, H) and d_gx (T, B, G*H), the gradient of x_proj
-  lengths  (B,) int64: step t of row b is valid when t < lengths[b]
+  x, y     forward: x_proj as (array, row stride), its row of step t and batch row b at
+           steps.rows[t] + b; the output y (T, B, H) as (array, time stride, batch stride);
+           strides in elements, unit last stride
+  dy, dgx  backward: dy (T, B, H) a triple like y, d_gx (the gradient of x_proj) a pair like x
+  steps    (lengths, rows, bounds), int64: step t of batch row b is valid when
+           t < lengths[b], lengths in descending order, so that a step's valid rows are a
+           prefix of every range of rows; rows (T+1,): the valid rows of step t are
+           rows[t]..rows[t+1] of every per-step array (x_proj, d_gx, gates, hn, terms), which
+           have no rows for invalid steps (PyTorch's packed layout; without lengths
+           rows[t] = t*B); bounds (rows+1,): row group r holds batch rows
+           bounds[r]..bounds[r+1]
   b_hh     (G*H,)
   state    the state buffers (S, B, H), (hs,) or (hs, cs): S = T+1 in time order (training and
            backward) or 2 (inference), rows as base.state_slots says
   grads    backward: the gradients reaching the states, (B, H) each: (dh,) or (dh, dc)
-  keep     (gates, hn): gates (T, B, G*H) the activated gates in cell order, hn (T, B, H) the
-           GRU's W_hn h + b_hn; each empty where the call keeps none
+  keep     (gates, hn): gates (rows[T], G*H) the activated gates in cell order, hn (rows[T],
+           H) the GRU's W_hn h + b_hn; each empty where the call keeps none
   work     FWork (forward) / BWork (backward) below, plain tuples for time_loop: the panels of
            each phase's product and the step buffers
   pos      Pos below: where the row that a row function works on stands
@@ -91,7 +98,7 @@ class BWork(NamedTuple):
     ph[k, 1]*nu (gates times units), d (its gate gradients) at d[ph[k, 2]:], block rows of K.
     part (2, units, B, Hp): the shares for dh of the step processed next; q (units, B, Hp): the
     shares of a phase k < last, which phase k+1 receives into mid (B, H), also the rows'
-    scratch; terms (T, B, kt*H): an operand of dW_hh that backward writes (empty when
+    scratch; terms (rows[T], kt*H): an operand of dW_hh that backward writes (empty when
     kt = 0)."""
 
     WT: Any
@@ -109,7 +116,7 @@ class Pos(NamedTuple):
     """Where one row of a block stands: step t, batch row b, units u0..u0+n of the chunk; the
     state row entering (i_in) and leaving (i_out) at unit u0; the row's index in the block
     buffers, its offset g in the phase's buffer (out[k] or d[k]); io, its offset in x_proj
-    (forward) or d_gx (backward) at gate 0, unit u0."""
+    (forward) or d_gx (backward) at gate 0, unit u0; tb, its row in the per-step arrays."""
 
     t: int
     b: int
@@ -120,6 +127,7 @@ class Pos(NamedTuple):
     row: int
     g: int
     io: int
+    tb: int
 
 
 def forward_row(cell, k, geo, pos, xp, b_hh, state, keep, work):
@@ -178,20 +186,32 @@ def _phase_share_impl(W, w0, u, u0, n, nu, P, ng, H, d, d0, K, rows, out, o, ldo
 
 
 @njit(**KERNEL)
-def block_of(c, R, U_, B):
-    """Block c of a plan with R row groups and U_ unit chunks: (b0, b1, u), rows [b0, b1) of
-    the batch and unit chunk u."""
+def block_of(c, bounds, U_):
+    """Block c of a plan with row groups at ``bounds`` and U_ unit chunks: (b0, b1, u), rows
+    [b0, b1) of the batch and unit chunk u."""
     r = c // U_
-    return r * B // R, (r + 1) * B // R, c % U_
+    return bounds[r], bounds[r + 1], c % U_
 
 
 @njit(**KERNEL)
 def count_valid(lengths, t, b0, b1):
+    """Rows of b0..b1 valid at step t: with lengths in descending order, the first ones."""
     k = 0
     for b in range(b0, b1):
         if t < lengths[b]:
             k += 1
     return k
+
+
+@njit(**KERNEL)
+def product_rows(nb, b0, b1):
+    """Rows the product of a block with nb valid rows runs over: nb rounded up to the gemm's
+    4-row kernel within the block when 2 or 3 rows are left over, since a row of the 1-row
+    kernel costs about twice a row of the 4-row one (packed.gemm at H = 128: 16 rows 2.27 us,
+    17: 2.56, 18: 2.83, 19: 3.21, 20: 2.81). The extra rows' results are never read."""
+    if nb % 4 < 2:
+        return nb
+    return min(b1 - b0, (nb + 3) // 4 * 4)
 
 
 @njit(**KERNEL)
@@ -204,22 +224,23 @@ def receive(dh, part, p, b0, b1, u0, n, B, H, units, Hp):
 
 
 @njit(**KERNEL)
-def _span(geo, c):
+def _span(geo, bounds, c):
     """Block c of the plan: rows b0..b1, unit chunk u (units u0..u0+n), and the block's first
     row in the block buffers."""
-    b0, b1, u = block_of(c, geo.rows, geo.units, geo.B)
+    b0, b1, u = block_of(c, bounds, geo.units)
     u0 = u * geo.nu
     return b0, b1, u, u0, min(geo.nu, geo.H - u0), b0 * geo.units + u * (b1 - b0)
 
 
 @njit(**KERNEL)
-def _forward_block(cell, k, geo, c, s, x, y, lengths, b_hh, state, keep, work):
-    """Phase k of step s (in processing order) for block c: the product, then every row."""
+def _forward_block(cell, k, geo, c, s, x, y, steps, b_hh, state, keep, work):
+    """Phase k of step s (in processing order) for block c: the product of the valid rows,
+    then every row."""
     geo, work = Geometry(*geo), FWork(*work)
     T, B, H, nu = geo.T, geo.B, geo.H, geo.nu
-    b0, b1, u, u0, n, first = _span(geo, c)
-    nb = b1 - b0
-    xp, xs_t, xs_b = x
+    lengths, rows = steps[0], steps[1]
+    b0, b1, u, u0, n, first = _span(geo, steps[2], c)
+    xp, xs = x
     yf, ys_t, ys_b = y
     hs, W = state[0], work.W
     w0, P, o0 = work.ph[k, 0], work.ph[k, 1], work.ph[k, 3]
@@ -227,7 +248,8 @@ def _forward_block(cell, k, geo, c, s, x, y, lengths, b_hh, state, keep, work):
     Np = P * NR
     last = k == work.ph.shape[0] - 1
     t, r_in, r_out = slots(s, T, geo.reverse, geo.training)
-    if count_valid(lengths, t, b0, b1) > 0:
+    nb = product_rows(count_valid(lengths, t, b0, b1), b0, b1)
+    if nb > 0:
         a, a0 = (hs, (r_in * B + b0) * H) if k == 0 else (work.mid, b0 * H)
         phase_product(W, w0, u, u0, n, nu, P, work.ph[k, 2], H, a, a0, nb, work.out,
                       o0 + first * Np, Np)
@@ -243,13 +265,13 @@ def _forward_block(cell, k, geo, c, s, x, y, lengths, b_hh, state, keep, work):
             else:
                 zero_row(work.mid, b * H + u0, n)
             continue
-        row = first + b - b0
+        row, tb = first + b - b0, rows[t] + b
         forward_row(cell, k, geo, Pos(t, b, u0, n, i_in, i_out, row, o0 + row * Np,
-                                      t * xs_t + b * xs_b + u0), xp, b_hh, state, keep, work)
+                                      tb * xs + u0, tb), xp, b_hh, state, keep, work)
         if last:
             copy_row(yf, yo, hs, i_out, n)
             if geo.training and keep[0].size > 0:
-                _keep_gates(keep[0], (t * B + b) * geo.G * H + u0, H, geo.nu, n, row, work)
+                _keep_gates(keep[0], tb * geo.G * H + u0, H, geo.nu, n, row, work)
 
 
 @njit(**KERNEL)
@@ -264,15 +286,15 @@ def _keep_gates(gates, go, H, nu, n, row, work):
 
 
 @njit(**KERNEL)
-def _backward_block(cell, k, geo, c, s, dy, dgx, lengths, state, grads, keep, work):
+def _backward_block(cell, k, geo, c, s, dy, dgx, steps, state, grads, keep, work):
     """Backward phase k of step s (in reverse processing order) for block c: receive the
-    shares, every row, then the block's share of d[k] @ W_hh."""
+    shares, every valid row, then the block's share of d[k] @ W_hh (zero for invalid rows)."""
     geo, work = Geometry(*geo), BWork(*work)
     T, B, H, nu, units = geo.T, geo.B, geo.H, geo.nu, geo.units
-    b0, b1, u, u0, n, first = _span(geo, c)
-    nb = b1 - b0
+    lengths, rows = steps[0], steps[1]
+    b0, b1, u, u0, n, first = _span(geo, steps[2], c)
     dyf, ds_t, ds_b = dy
-    dgf, gs_t, gs_b = dgx
+    dgf, gs = dgx
     dh, WT, P = grads[0], work.WT, work.P
     w0, K, d0 = work.ph[k, 0], work.ph[k, 1] * nu, work.ph[k, 2]
     NR = panel_width(WT)
@@ -286,73 +308,54 @@ def _backward_block(cell, k, geo, c, s, dy, dgx, lengths, state, grads, keep, wo
         for b in range(b0, b1):
             zero_row(work.mid, b * H + u0, n)
         receive(work.mid, work.q, 0, b0, b1, u0, n, B, H, units, Hp)
-    for b in range(b0, b1):
-        go = t * gs_t + b * gs_b + u0
-        row = first + b - b0
-        if t >= lengths[b]:  # dh passes on; the step's gradients are 0
-            if k == 0:
-                _zero_step(dgf, go, (t * B + b) * work.kt * H + u0, H, geo.G, n, nu, row,
-                           work)
-            continue
+    nb = count_valid(lengths, t, b0, b1)  # rows b0..b0+nb; dh passes the others unchanged
+    for b in range(b0, b0 + nb):
+        row, tb = first + b - b0, rows[t] + b
         hb = b * H + u0
         if k == 0:
             add_to(dh, hb, dyf, t * ds_t + b * ds_b + u0, n)
         backward_row(cell, k, geo, Pos(t, b, u0, n, (r_in * B + b) * H + u0,
-                                       (r_out * B + b) * H + u0, row, d0 + row * K, go),
-                     dgf, state, grads, keep, work)
+                                       (r_out * B + b) * H + u0, row, d0 + row * K,
+                                       tb * gs + u0, tb), dgf, state, grads, keep, work)
     if last:
         to, at = work.part, (((s % 2) * units + u) * B + b0) * Hp
     else:
         to, at = work.q, (u * B + b0) * Hp
-    if count_valid(lengths, t, b0, b1) > 0:
-        phase_share(WT, w0, u, u0, n, nu, P, work.ph[k, 1], H, work.d, d0 + first * K, K, nb,
-                    to, at, Hp)
-    else:
-        zero_row(to, at, Hp * nb)
+    phase_share(WT, w0, u, u0, n, nu, P, work.ph[k, 1], H, work.d, d0 + first * K, K,
+                product_rows(nb, b0, b1), to, at, Hp)
+    zero_row(to, at + nb * Hp, (b1 - b0 - nb) * Hp)  # the invalid rows' shares
 
 
-@njit(**KERNEL)
-def _zero_step(dgf, go, to, H, G, n, nu, row, work):
-    """An invalid row's gradients: every phase's d row, d_gx's G gates, the terms' gates."""
-    for p in range(work.ph.shape[0]):
-        K = work.ph[p, 1] * nu
-        zero_row(work.d, work.ph[p, 2] + row * K, K)
-    for g in range(G):
-        zero_row(dgf, go + g * H, n)
-    for g in range(work.kt):
-        zero_row(work.terms, to + g * H, n)
-
-
-def _block(cell, k, geo, c, s, src, dst, lengths, extra, state, keep, work):
+def _block(cell, k, geo, c, s, src, dst, steps, extra, state, keep, work):
     """_forward_block or _backward_block, chosen while compiling by the type of ``work`` (a
     plain tuple: an FWork has 4 fields, a BWork 9)."""
     raise TypeError("compiled code only")
 
 
 @overload(_block, jit_options=KERNEL)
-def _block_impl(cell, k, geo, c, s, src, dst, lengths, extra, state, keep, work):
+def _block_impl(cell, k, geo, c, s, src, dst, steps, extra, state, keep, work):
     if len(work) == len(FWork._fields):
-        return lambda cell, k, geo, c, s, src, dst, lengths, extra, state, keep, work: (
-            _forward_block(cell, k, geo, c, s, src, dst, lengths, extra, state, keep, work))
-    return lambda cell, k, geo, c, s, src, dst, lengths, extra, state, keep, work: (
-        _backward_block(cell, k, geo, c, s, src, dst, lengths, state, extra, keep, work))
+        return lambda cell, k, geo, c, s, src, dst, steps, extra, state, keep, work: (
+            _forward_block(cell, k, geo, c, s, src, dst, steps, extra, state, keep, work))
+    return lambda cell, k, geo, c, s, src, dst, steps, extra, state, keep, work: (
+        _backward_block(cell, k, geo, c, s, src, dst, steps, state, extra, keep, work))
 
 
-def _finish(geo, extra, work):
+def _finish(geo, bounds, extra, work):
     """After the backward loop: dh receives the shares of the last step processed."""
     raise TypeError("compiled code only")
 
 
 @overload(_finish, jit_options=KERNEL)
-def _finish_impl(geo, extra, work):
+def _finish_impl(geo, bounds, extra, work):
     if len(work) == len(FWork._fields):
-        return lambda geo, extra, work: None
+        return lambda geo, bounds, extra, work: None
 
-    def finish(geo, extra, work):
+    def finish(geo, bounds, extra, work):
         geo, work = Geometry(*geo), BWork(*work)
         Hp = work.P * panel_width(work.WT)
         for c in range(geo.rows):
-            b0, b1, _ = block_of(c, geo.rows, 1, geo.B)
+            b0, b1, _ = block_of(c, bounds, 1)
             receive(extra[0], work.part, (geo.T - 1) % 2, b0, b1, 0, geo.H, geo.B, geo.H,
                     geo.units, Hp)
     return finish
@@ -371,7 +374,7 @@ def _phases_impl(work):
 
 
 @njit(parallel=True, **KERNEL)
-def time_loop(cell, geo, src, dst, lengths, extra, state, keep, work):
+def time_loop(cell, geo, src, dst, steps, extra, state, keep, work):
     """Every step of one direction, forward (work an FWork: src x, dst y, extra b_hh) or
     backward (work a BWork: src dy, dst d_gx, extra grads, which end as the gradients of the
     initial states); groups in the module docstring. geo and work come as plain tuples: Numba
@@ -382,18 +385,18 @@ def time_loop(cell, geo, src, dst, lengths, extra, state, keep, work):
     if rows * units == 1:
         for s in range(T):
             for k in range(phases):
-                _block(cell, k, geo, 0, s, src, dst, lengths, extra, state, keep, work)
+                _block(cell, k, geo, 0, s, src, dst, steps, extra, state, keep, work)
     elif units == 1:  # independent row groups: no barrier between steps
         for c in prange(rows):
             for s in range(T):
                 for k in range(phases):
                     # int64, as in the serial call: prange's uint64 would compile the block twice
-                    _block(cell, k, geo, np.int64(c), s, src, dst, lengths, extra, state, keep,
+                    _block(cell, k, geo, np.int64(c), s, src, dst, steps, extra, state, keep,
                            work)
     else:
         for s in range(T):
             for k in range(phases):
                 for c in prange(rows * units):
-                    _block(cell, k, geo, np.int64(c), s, src, dst, lengths, extra, state, keep,
+                    _block(cell, k, geo, np.int64(c), s, src, dst, steps, extra, state, keep,
                            work)
-    _finish(geo, extra, work)
+    _finish(geo, steps[2], extra, work)

@@ -23,13 +23,13 @@ from .vectors import add_to, copy_row
 
 
 @njit(**KERNEL)
-def step_stack(cell, geo, x, w_ih, b_ih, w_hh, b_hh, hx, states, xp, ones, work, y, hy):
+def step_stack(cell, geo, x, w_ih, b_ih, w_hh, b_hh, hx, states, xp, steps, work, y, hy):
     """One step of L layers for B rows (geo: the skeleton's Geometry of T = 1, inference, one
     block). x (B, I) the input; per layer l (tuples): w_ih[l] (G*H, I_l), b_ih[l] (G*H,),
     w_hh[l] (G*H, H), b_hh[l] (G*H,); hx, one (L, B, H) per state of the cell, the states
     entering; states[l], one (2, B, H) scratch per state (row 0 entering, 1 leaving); xp (B, G*H)
-    scratch; ones (B,) all 1 (every row valid); work the FWork of a direct product, whose W is
-    replaced by each layer's W_hh. Writes y (B, H) and hy, the new states like hx. Arrays are
+    scratch; steps the skeleton's steps group of one step with every row valid; work the FWork
+    of a direct product, whose W is replaced by each layer's W_hh. Writes y (B, H) and hy, the new states like hx. Arrays are
     C-contiguous, read flat."""
     B, H, G = geo[1], geo[2], geo[3]
     GH, BH = G * H, B * H
@@ -43,8 +43,8 @@ def step_stack(cell, geo, x, w_ih, b_ih, w_hh, b_hh, hx, states, xp, ones, work,
         for s in range(len(state)):
             copy_row(state[s], 0, hx[s].reshape(-1), l * BH, BH)
         for k in range(work[3].shape[0]):
-            _forward_block(cell, k, geo, 0, 0, (xp, GH, GH), (hyf[l * BH:(l + 1) * BH], BH, H),
-                           ones, b_hh[l], state, (xp[:0], xp[:0]),
+            _forward_block(cell, k, geo, 0, 0, (xp, GH), (hyf[l * BH:(l + 1) * BH], BH, H),
+                           steps, b_hh[l], state, (xp[:0], xp[:0]),
                            (w_hh[l], work[1], work[2], work[3]))
         for s in range(1, len(state)):
             copy_row(hy[s].reshape(-1), l * BH, state[s], BH, BH)
@@ -64,12 +64,13 @@ class _Buffers:
         self.states = tuple(tuple(np.zeros(2 * B * H, dtype) for _ in range(spec.states))
                             for _ in range(L))
         self.xp = np.empty(B * cell.gates * H, dtype)
-        self.ones = np.ones(B, np.int64)
+        self.steps = (np.ones(B, np.int64), np.array([0, B], np.int64),
+                      np.array([0, B], np.int64))
         self.out, self.mid, self.ph = np.empty(out, dtype), np.empty(mid, dtype), ph
         self._call, self._typed_weights = None, None
 
     def run(self, x, weights, hx, y, hy):
-        args = (self.cell, self.geo, x, *weights, hx, self.states, self.xp, self.ones,
+        args = (self.cell, self.geo, x, *weights, hx, self.states, self.xp, self.steps,
                 (weights[2][0], self.out, self.mid, self.ph), y, hy)
         # The compiled function's own entry point skips the dispatcher's typing of 15
         # arguments, most of a small step's fixed cost. It takes exactly the types it was
