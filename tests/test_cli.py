@@ -17,6 +17,7 @@ from fastrnn.cells import ALL_CELLS, Cell, cell_by_name
 from fastrnn.reference import NumpyBackend
 from fastrnn.tools import bench, presets, runners
 from fastrnn.tools import validate as validation
+from fastrnn.backends.numba_cpu.threads import OPENBLAS_IDLE_TIMEOUT
 from fastrnn.tools.cli import main
 
 TINY_BENCH = ["--rounds", "2", "--warmup", "0", "--threads", "1", "--sgemm-size", "128",
@@ -84,7 +85,7 @@ def test_command_line_bench_runs_as_a_users_process(tmp_path):
     threads = json.loads(info.stdout)["threads"]
     assert threads["numba_threading_layer"] == "omp"
     timeouts = threads["openblas_idle_timeout_log2_cycles"]
-    assert timeouts and set(timeouts.values()) == {18}
+    assert timeouts and set(timeouts.values()) == {OPENBLAS_IDLE_TIMEOUT}
 
 
 def test_info_json_lists_backends_reasons_threads_and_blas(capsys):

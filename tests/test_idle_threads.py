@@ -16,6 +16,8 @@ import pytest
 
 pytest.importorskip("numba")
 
+from fastrnn.backends.numba_cpu import threads  # noqa: E402
+
 # Prints one JSON line: what the process looked like before and after fastrnn's calls, and the
 # states of its threads right after a run of multithreaded NumPy products.
 SCRIPT = textwrap.dedent("""
@@ -52,7 +54,7 @@ SCRIPT = textwrap.dedent("""
     a = np.ones((512, 512), np.float32)
     for _ in range(3):
         a @ a
-    # Idle OpenBLAS workers sleep after 2^18 cycles (0.1 ms) now, after 2^28 (0.1 s) before:
+    # Idle OpenBLAS workers sleep after 2^19 cycles (0.2 ms) now, after 2^28 (0.1 s) before:
     # look from 20 to 60 ms after the products for a moment when none runs.
     time.sleep(0.02)
     busy = running_threads()
@@ -91,14 +93,15 @@ def test_idle_threads_sleep_and_the_process_is_left_as_it_was(order):
     report, spincounts = _run(order)
     assert report["layer"] == "omp"
     if order == "torch-after":
-        # one OpenMP runtime, loaded by Numba's pool with passive waiting; torch shares it
-        assert spincounts == ["0"]
+        # one OpenMP runtime, loaded by Numba's pool with a short spin; torch shares it
+        assert spincounts == [str(threads.OPENMP_IDLE_SPINS)]
     else:
         # torch's own runtime loaded first keeps its settings (libgomp's default spin count);
         # Numba's pool binds to it
         assert spincounts[0] == "300000"
     assert report["openblas"], "NumPy's OpenBLAS runs a pthreads pool in these tests"
-    assert {report["timeouts"][path] for path in report["openblas"]} == {18}
+    assert {report["timeouts"][path] for path in report["openblas"]} \
+        == {threads.OPENBLAS_IDLE_TIMEOUT}
     assert report["running_after_products"] == []
     assert report["env_changed"] == []
     assert {k: report["counts_after"][k] for k in report["counts_before"]} \

@@ -1,23 +1,27 @@
-"""Idle threads that sleep: the thread pools that fastrnn's calls share the cores with.
+"""Idle threads that sleep soon: the thread pools that fastrnn's calls share the cores with.
 
 A training loop interleaves fastrnn's calls with torch work and NumPy products on the same
 cores. Two kinds of idle threads would spin over that work:
 
-- libgomp's (GNU OpenMP's) workers, which run Numba's parallel loops, spin about 300,000 rounds
-  (5-10 ms here) after each parallel region before they sleep;
-- OpenBLAS's own pthreads workers (NumPy's, SciPy's) spin 2^28 TSC cycles (about 0.1 s) after
-  each multithreaded product.
+- libgomp's (GNU OpenMP's) workers, which run Numba's parallel loops, spin 300,000 rounds (5-10
+  ms here) after each parallel region before they sleep;
+- OpenBLAS's own pthreads workers (NumPy's, SciPy's) spin 2^28 TSC cycles (0.1 s) after each
+  multithreaded product.
 
 A spinning thread keeps a core that the next library's threads need: on 2 cores a NumPy product
 right after a fastrnn call, or a fastrnn call right after a NumPy product, took 1.1-2.4x as
 long, and on a busy machine many times that (benchmarks/interference.py measures every pair).
-So the Numba backend, when it starts, sets both to sleep as soon as they are idle:
+Idle threads that sleep at once cost a wake-up at the next parallel region instead, which a
+library pays many times per call (torch's Linear forward and backward runs several regions, a
+fastrnn call two or three). So the Numba backend, when it starts, lets both kinds spin about
+0.25 ms: long enough that the regions and products of one call, and calls back to back, find
+them awake; short enough that they leave the cores to the next library's work.
 
-- ``start_numba_threads``: Numba's OpenMP pool starts with OMP_WAIT_POLICY=PASSIVE in the
-  environment, which libgomp reads once, when it loads; the variable is removed again at once.
-  torch shares that runtime when imported later (its libgomp has the same soname, so the loader
-  reuses the one loaded). When torch was imported first, Numba's pool binds to torch's libgomp,
-  loaded and configured already: the two then share one pool, whose idle policy is torch's.
+- ``start_numba_threads``: Numba's OpenMP pool starts with GOMP_SPINCOUNT (``OPENMP_IDLE_SPINS``)
+  in the environment, which libgomp reads once, when it loads; the variable is removed again at
+  once. torch shares that runtime when imported later: its libgomp has the same soname, so the
+  loader reuses the one loaded. When torch was imported first, Numba's pool binds to torch's
+  libgomp, loaded and configured already: the two share one pool, whose idle policy is torch's.
 - ``quiet_openblas``: each OpenBLAS with a pthreads pool gets a short idle timeout
   (``OPENBLAS_IDLE_TIMEOUT``), the setting OPENBLAS_THREAD_TIMEOUT makes at load: OpenBLAS
   re-reads its environment (``openblas_read_env``) and restarts its pool, which reads the
@@ -33,10 +37,12 @@ from __future__ import annotations
 import os
 import threading
 
-# OpenBLAS's idle workers sleep after 2^18 TSC cycles (0.1 ms at 2.6 GHz): long enough that
-# products called back to back find them awake, short enough that they leave the cores to the
-# next library's work.
-OPENBLAS_IDLE_TIMEOUT = 18
+# libgomp's idle workers sleep after this many spin rounds: about 0.25 ms here (300,000 rounds
+# spun 5-10 ms of CPU time after a call; 100,000 spun 2.5 ms).
+OPENMP_IDLE_SPINS = 10000
+
+# OpenBLAS's idle workers sleep after 2^19 TSC cycles: 0.2 ms at 2.6 GHz.
+OPENBLAS_IDLE_TIMEOUT = 19
 
 OPENMP_SETTINGS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 OPENBLAS_SETTINGS = ("OPENBLAS_THREAD_TIMEOUT", "GOTO_THREAD_TIMEOUT")
@@ -60,14 +66,14 @@ def _with_environment(env, fn):
 
 
 def start_numba_threads():
-    """Start Numba's thread pool (once) with idle OpenMP threads that sleep. Returns Numba's
-    threading layer ("omp", "tbb" or "workqueue")."""
+    """Start Numba's thread pool (once) with idle OpenMP threads that sleep soon. Returns
+    Numba's threading layer ("omp", "tbb" or "workqueue")."""
     from numba.np.ufunc import parallel
 
     with _lock:
         if not parallel._is_initialized:
             user_set = any(k in os.environ for k in OPENMP_SETTINGS)
-            env = {} if user_set else {"OMP_WAIT_POLICY": "PASSIVE"}
+            env = {} if user_set else {"GOMP_SPINCOUNT": str(OPENMP_IDLE_SPINS)}
             _with_environment(env, parallel._launch_threads)
     return parallel.threading_layer()
 
