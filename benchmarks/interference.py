@@ -102,7 +102,7 @@ def _onnxruntime_call():
     return lambda: session.run(None, feeds)
 
 
-def slowdown(victim, culprit, budget_s, min_pairs=15):
+def slowdown(victim, culprit, budget_s, min_pairs=9):
     """(alone, beside): median seconds of one victim call right after another victim call and
     right after a culprit call. The two alternate call by call, so that the other processes of
     a busy machine weigh on both alike, for about ``budget_s`` seconds."""
@@ -195,7 +195,7 @@ def main(argv=None):
     parser.add_argument("--presets", default=",".join(PRESET_CELLS))
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--orders", default=",".join(ORDERS))
-    parser.add_argument("--budget", type=float, default=1.2,
+    parser.add_argument("--budget", type=float, default=0.8,
                         help="seconds per row and import order (default %(default)s)")
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON to FILE")
     parser.add_argument("--worker", choices=ORDERS, help=argparse.SUPPRESS)
