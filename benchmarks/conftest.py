@@ -12,17 +12,10 @@ interleaves them.
 
 from __future__ import annotations
 
-import os
-import sys
+import pytest
 
-# OpenBLAS reads it when it loads (see fastrnn.tools.machine.QUIET_BLAS)
-if "numpy" not in sys.modules:
-    os.environ.update({"OPENBLAS_THREAD_TIMEOUT": "4"})
-
-import pytest  # noqa: E402
-
-from fastrnn.tools import bench, machine, presets  # noqa: E402
-from fastrnn.tools.validate import cells_by_names  # noqa: E402
+from fastrnn.tools import bench, machine, presets
+from fastrnn.tools.validate import cells_by_names
 
 
 def pytest_addoption(parser):

@@ -35,7 +35,7 @@ from .. import __version__, dispatch
 from ..cells import ALL_CELLS, Cell, cell_by_name
 from ..tolerances import tolerance
 from . import presets, quality, runners
-from .machine import (blas_quiet, default_threads, load_average, machine_info, preload,
+from .machine import (default_threads, load_average, machine_info, preload,
                       sgemm_peak, thread_settings, version)
 from .presets import Shape
 
@@ -383,9 +383,7 @@ def run(cases, impls, *, threads=None, rounds=7, warmup=1, min_sample_s=0.002,
         "results": records,
         "skipped": [{"impl": k, "cell": c.cell.name, "shape": c.shape.name, "mode": c.mode,
                      "reason": why} for k, c, why in skipped],
-        "notes": list(notes) + ([] if blas_quiet() else [
-            "OPENBLAS_THREAD_TIMEOUT was not 4 when NumPy loaded: idle OpenBLAS threads may have "
-            "spun over the samples that followed a multithreaded NumPy product."]),
+        "notes": list(notes),
         "load_average": load.summary(),
         "elapsed_s": time.perf_counter() - started,
     }

@@ -150,15 +150,12 @@ def _parser():
 
 
 def main(argv=None) -> int:
-    from_command_line = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
-    if args.command == "bench" and from_command_line and not machine.blas_quiet():
-        _restart_with(machine.QUIET_BLAS, argv)
     try:
         if args.command == "bench":
             return _bench(args, argv)
@@ -181,14 +178,6 @@ def _bench_torch(args) -> int:
         f.write(table)
     print(table)
     return 0
-
-
-def _restart_with(env, argv):
-    """Run this command again in a fresh interpreter with ``env`` added to the environment
-    (settings that libraries read only when they load). Does not return."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, "-m", "fastrnn", *argv], {**os.environ, **env})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -312,6 +301,11 @@ def info_data() -> dict:
 
         threads["numba"] = numba.get_num_threads()
         threads["numba_threading_layer"] = numba.config.THREADING_LAYER
+        if "fastrnn.backends.numba_cpu.threads" in sys.modules:  # the backend has started
+            from ..backends.numba_cpu import threads as idle
+
+            threads["numba_threading_layer"] = idle.start_numba_threads()
+            threads["openblas_idle_timeout_log2_cycles"] = idle.openblas_timeouts()
     if hasattr(fastrnn, "get_num_threads"):
         threads["fastrnn"] = fastrnn.get_num_threads()
     keys = ("user_api", "internal_api", "version", "num_threads", "threading_layer",

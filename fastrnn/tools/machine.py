@@ -1,6 +1,7 @@
-"""What this machine has and how `fastrnn bench` sets it: cores, installed versions, OpenBLAS's
-idle threads, the thread count of every runtime, and the sgemm peak that GFLOP/s are measured
-against."""
+"""What this machine has and how `fastrnn bench` sets it: cores, installed versions, the thread
+count of every runtime, and the sgemm peak that GFLOP/s are measured against. Idle threads are
+as in any user's process: the Numba backend puts them to sleep when it starts
+(backends/numba_cpu/threads.py)."""
 
 from __future__ import annotations
 
@@ -21,19 +22,6 @@ def default_threads() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
-
-
-# OpenBLAS keeps its idle worker threads spinning for about 2^28 cycles after a call; the
-# NumPy reference's and the sgemm peak's products would leave them spinning over the next
-# implementation's samples (measured here: 2.7x slower). A timeout of 2^4 cycles puts them to
-# sleep at once. OpenBLAS reads it when it loads, so `fastrnn bench` sets it in its environment
-# and starts again (cli.py); benchmarks/conftest.py sets it before NumPy is imported.
-QUIET_BLAS = {"OPENBLAS_THREAD_TIMEOUT": "4"}
-
-
-def blas_quiet() -> bool:
-    """Whether this process started with OpenBLAS's idle threads told to sleep at once."""
-    return all(os.environ.get(k) == v for k, v in QUIET_BLAS.items())
 
 
 def version(distribution: str) -> Optional[str]:
@@ -77,7 +65,7 @@ def thread_settings(threads: int):
         if "numba" in sys.modules:
             numba = sys.modules["numba"]
             set_threads = getattr(fastrnn, "set_num_threads", numba.set_num_threads)
-            before_numba = numba.get_num_threads()
+            before_numba = getattr(fastrnn, "get_num_threads", numba.get_num_threads)()
             set_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
             restore.append(lambda: set_threads(before_numba))
         try:

@@ -83,7 +83,7 @@ class _NumbaThreads:
 
         requested = numba_cpu.requested_num_threads()
         n = requested or min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
-        self._numba, self._old = numba, numba.get_num_threads()
+        self._numba, self._old = numba, numba_cpu.get_num_threads()
         if n != self._old:
             numba.set_num_threads(n)
         return self

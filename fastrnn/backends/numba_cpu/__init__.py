@@ -8,6 +8,7 @@
     packed.py     the recurrent product (a hand-written gemm on packed panels) and the Plan
     vectors.py    64-byte vectors and row loops;  scalars.py  activations and compile flags
     blas.py       the GEMMs above the recurrence, the BLAS thread limit
+    threads.py    idle threads that sleep: how Numba's pool and OpenBLAS's pools are started
     ../tuning.py  every threshold, with how it was chosen
 
 ``FusedBackend`` (backends/base.py) does the input projection before the loop and the weight
@@ -51,11 +52,14 @@ def set_num_threads(n: int) -> None:
     thread, so BLAS never adds threads of its own."""
     import numba
 
+    from . import threads
+
     if not isinstance(n, (int, np.integer)) or isinstance(n, (bool, np.bool_)):
         raise TypeError(f"n must be an int, got {type(n).__name__} {n!r}")
     limit = numba.config.NUMBA_NUM_THREADS
     if not 1 <= n <= limit:
         raise ValueError(f"n must lie in [1, {limit}] (NUMBA_NUM_THREADS), got {n}")
+    threads.start_numba_threads()
     numba.set_num_threads(int(n))
     global _requested_threads
     _requested_threads = int(n)
@@ -71,6 +75,9 @@ def get_num_threads() -> int:
     """Threads the Numba backend uses in the calling thread."""
     import numba
 
+    from . import threads
+
+    threads.start_numba_threads()
     return numba.get_num_threads()
 
 
@@ -100,7 +107,9 @@ class NumbaBackend(FusedBackend):
     has_step_kernel = True
 
     def __init__(self):
-        from . import blas, driver, packed, step
+        from . import blas, driver, packed, step, threads
+
+        threads.start()
 
         for name in CELL_MODULES:
             importlib.import_module(f".{name}", __name__)
