@@ -16,21 +16,14 @@ from helpers import assert_close, make_params
 if "numba" not in fastrnn.available_backends():
     pytest.skip("the numba backend cannot run here", allow_module_level=True)
 
-import numba  # noqa: E402  (only once the backend is known to run)
+from numba_helpers import SPLITS, knob_setter, numba_threads  # noqa: E402  (imports Numba)
 
 BACKEND = fastrnn.get_backend("numba")
 CELL_IDS = [c.name for c in ALL_CELLS]
 DTYPES = [np.float32, np.float64]
-NEVER = 1 << 62
 T, B, I, H = 9, 7, 5, 19  # B = 7: two row groups of different sizes
 
-# The forced thread splits, as in test_numba.py.
-PATHS = {
-    "serial": dict(parallel_min_work=NEVER, matmul_min_work=NEVER),
-    "rows": dict(parallel_min_work=0, unit_split_min=NEVER, few_rows_unit_split_min=NEVER,
-                 matmul_min_work=0),
-    "units": dict(parallel_min_work=0, unit_split_min=0, matmul_min_work=0),
-}
+PATHS = SPLITS  # the forced thread splits, as in test_numba.py
 
 LENGTHS = {
     "ties": [9, 4, 4, 7, 2, 4, 9],
@@ -47,25 +40,7 @@ GRAD_FIELDS = ("dW_ih", "dW_hh", "db_ih", "db_hh", "dh0", "dc0")
 
 @pytest.fixture
 def knobs(monkeypatch):
-    def set_path(name):
-        for key, value in PATHS[name].items():
-            monkeypatch.setattr(BACKEND, key, value)
-    return set_path
-
-
-class _threads:
-    """Run the block with n Numba threads (capped at NUMBA_NUM_THREADS)."""
-
-    def __init__(self, n):
-        self.n = min(n, numba.config.NUMBA_NUM_THREADS)
-
-    def __enter__(self):
-        self.old = numba.get_num_threads()
-        numba.set_num_threads(self.n)
-
-    def __exit__(self, *exc):
-        numba.set_num_threads(self.old)
-        return False
+    return knob_setter(monkeypatch, BACKEND, PATHS)
 
 
 def _problem(cell, dtype, reverses, seed=0):
@@ -108,7 +83,7 @@ def test_matches_reference(cell, dtype, pattern, knobs):
         want = _layer("numpy", cell, x, dirs, lengths, cot)
         for path in PATHS:
             knobs(path)
-            with _threads(2):
+            with numba_threads(2):
                 got = _layer("numba", cell, x, dirs, lengths, cot)
             assert_close(got, want, dtype, f"{cell.name} {pattern} {name} {path}")
 
@@ -120,7 +95,7 @@ def test_chunked_inference(cell, knobs, monkeypatch):
     lengths = np.array(LENGTHS["ties"], np.int64)
     x, dirs, _ = _problem(cell, np.float64, (False, True), seed=3)
     knobs("rows")
-    with _threads(2):
+    with numba_threads(2):
         whole = BACKEND.forward(cell, x, dirs, lengths, False)
         monkeypatch.setattr(BACKEND, "chunk_elements", 2 * B * cell.gates * H * 2)
         chunked = BACKEND.forward(cell, x, dirs, lengths, False)
@@ -140,7 +115,7 @@ def test_repeatable_untouched_and_padding_never_read(cell, path, knobs):
     inputs = [a for a in [x, lengths, *cot, *params] if a is not None]
     before = [a.copy() for a in inputs]
     knobs(path)
-    with _threads(2):
+    with numba_threads(2):
         first = _layer("numba", cell, x, dirs, lengths, cot)
         again = _layer("numba", cell, x, dirs, lengths, cot)
         padded = x.copy()

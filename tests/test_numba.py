@@ -16,21 +16,13 @@ if "numba" not in fastrnn.available_backends():
     pytest.skip("the numba backend cannot run here", allow_module_level=True)
 
 import numba  # noqa: E402  (only once the backend is known to run)
+from numba_helpers import NEVER, SPLITS, knob_setter, numba_threads  # noqa: E402
 
 BACKEND = fastrnn.get_backend("numba")
 CELL_IDS = [c.name for c in ALL_CELLS]
 DTYPES = [np.float32, np.float64]
-NEVER = 1 << 62
-
-# Every way the backend can run a call; the shapes below are small, so each path is forced.
-# Threaded paths also split every GEMM above the recurrence (matmul) over the threads.
-# Each split runs its products on packed panels or on W_hh as it is (direct).
-SPLITS = {
-    "serial": dict(parallel_min_work=NEVER, matmul_min_work=NEVER),
-    "rows": dict(parallel_min_work=0, unit_split_min=NEVER, few_rows_unit_split_min=NEVER,
-                 matmul_min_work=0),
-    "units": dict(parallel_min_work=0, unit_split_min=0, matmul_min_work=0),
-}
+# Each split (numba_helpers.SPLITS) runs its products on packed panels or on W_hh as it is
+# (direct).
 PATHS = {f"{split}-{products}": dict(knobs, direct_max_rows=NEVER if products == "direct" else 0)
          for split, knobs in SPLITS.items() for products in ("packed", "direct")}
 
@@ -46,10 +38,7 @@ CASES = {
 
 @pytest.fixture
 def knobs(monkeypatch):
-    def set_path(name):
-        for key, value in PATHS[name].items():
-            monkeypatch.setattr(BACKEND, key, value)
-    return set_path
+    return knob_setter(monkeypatch, BACKEND, PATHS)
 
 
 def test_paths_are_distinct(knobs):
@@ -58,7 +47,7 @@ def test_paths_are_distinct(knobs):
     plans = set()
     for path in PATHS:
         knobs(path)
-        with _threads(2):
+        with numba_threads(2):
             plan = BACKEND._plan(Cell("lstm"), 4, 4, 32)
             plans.add((plan.rows, plan.units, BACKEND._direct(4, 4, plan)))
     splits = {(1, 1), (2, 1), (1, 2)} if numba.config.NUMBA_NUM_THREADS >= 2 else {(1, 1)}
@@ -77,7 +66,7 @@ def test_paths_are_distinct(knobs):
 ])
 def test_default_plans(T, B, H, plan):
     """The default knobs choose the split measured fastest (see NumbaBackend)."""
-    with _threads(2):
+    with numba_threads(2):
         got = BACKEND._plan(Cell("lstm"), T, B, H)
     assert (got.rows, got.units) == plan
 
@@ -92,7 +81,7 @@ def test_matches_reference(cell, dtype, case, knobs):
     want = run(cell, problem, cot, "numpy", reverse)
     for path in PATHS:
         knobs(path)
-        with _threads(2):
+        with numba_threads(2):
             got = run(cell, problem, cot, "numba", reverse)
         for g, w, what in zip(got, want, ("outputs", "gradients")):
             assert_close(g, w, dtype, f"{cell.name} {case} {path} {what}")
@@ -119,7 +108,7 @@ def test_bidirectional_views(cell, dtype, knobs):
         if path:
             knobs(path)
         backend = fastrnn.get_backend(name)
-        with _threads(2):
+        with numba_threads(2):
             y, h_n, c_n, saved = backend.forward(cell, x, dirs, lengths, True)
             dx, grads = backend.backward(cell, saved, dy, dh_n, dc_n)
         out = {"y": y, "h_n": h_n, "dx": dx}
@@ -162,13 +151,13 @@ def test_repeatable_and_thread_counts_agree(cell, path, knobs):
     dtype = np.float32
     problem = make_problem(cell, 6, 6, 5, 17, dtype, seed=9, lengths=True)
     cot = make_cotangents(cell, 6, 6, 17, dtype)
-    with _threads(2):
+    with numba_threads(2):
         first = run(cell, problem, cot, "numba", True)
         again = run(cell, problem, cot, "numba", True)
     for a, b in zip(first, again):
         for k in a:
             np.testing.assert_array_equal(a[k], b[k], err_msg=f"{cell.name} {path} {k}")
-    with _threads(1):
+    with numba_threads(1):
         single = run(cell, problem, cot, "numba", True)
     for a, b in zip(single, first):
         assert_close(a, b, dtype, f"{cell.name} {path} 1 vs 2 threads")
@@ -181,7 +170,7 @@ def test_inputs_not_modified(cell, path, knobs):
     problem = make_problem(cell, 4, 3, 2, 5, np.float32, seed=4, lengths=True)
     cot = make_cotangents(cell, 4, 3, 5, np.float32)
     before = {k: v.copy() for k, v in {**problem, **cot}.items() if isinstance(v, np.ndarray)}
-    with _threads(2):
+    with numba_threads(2):
         run(cell, problem, cot, "numba", True)
     for k, v in before.items():
         current = problem[k] if k in problem else cot[k]
@@ -230,22 +219,22 @@ def test_huge_inputs_stay_finite_and_match():
             assert_close(g, w, np.float32, f"{cell.name} huge inputs")
 
 
-def test_set_num_threads():
+def test_set_numnumba_threads():
     limit = numba.config.NUMBA_NUM_THREADS
-    old = fastrnn.get_num_threads()
+    old = fastrnn.get_numnumba_threads()
     try:
-        fastrnn.set_num_threads(1)
-        assert fastrnn.get_num_threads() == 1 == numba.get_num_threads()
-        fastrnn.set_num_threads(limit)
-        assert fastrnn.get_num_threads() == limit
+        fastrnn.set_numnumba_threads(1)
+        assert fastrnn.get_numnumba_threads() == 1 == numba.get_numnumba_threads()
+        fastrnn.set_numnumba_threads(limit)
+        assert fastrnn.get_numnumba_threads() == limit
     finally:
-        fastrnn.set_num_threads(old)
+        fastrnn.set_numnumba_threads(old)
     with pytest.raises(ValueError, match="NUMBA_NUM_THREADS"):
-        fastrnn.set_num_threads(limit + 1)
+        fastrnn.set_numnumba_threads(limit + 1)
     with pytest.raises(ValueError, match=r"\[1, "):
-        fastrnn.set_num_threads(0)
+        fastrnn.set_numnumba_threads(0)
     with pytest.raises(TypeError, match="n must be an int"):
-        fastrnn.set_num_threads(1.5)
+        fastrnn.set_numnumba_threads(1.5)
 
 
 def test_blas_limit_sets_and_restores():
@@ -255,25 +244,10 @@ def test_blas_limit_sets_and_restores():
 
     limiter = BACKEND._blas
     libs = ThreadpoolController().select(user_api="blas").lib_controllers
-    before = [lib.get_num_threads() for lib in libs]
+    before = [lib.get_numnumba_threads() for lib in libs]
     with limiter.limit(1):
-        assert all(lib.get_num_threads() == 1 for lib in libs)
-    assert [lib.get_num_threads() for lib in libs] == before
-
-
-class _threads:
-    """Run the block with n Numba threads (capped at NUMBA_NUM_THREADS)."""
-
-    def __init__(self, n):
-        self.n = min(n, numba.config.NUMBA_NUM_THREADS)
-
-    def __enter__(self):
-        self.old = numba.get_num_threads()
-        numba.set_num_threads(self.n)
-
-    def __exit__(self, *exc):
-        numba.set_num_threads(self.old)
-        return False
+        assert all(lib.get_numnumba_threads() == 1 for lib in libs)
+    assert [lib.get_numnumba_threads() for lib in libs] == before
 
 
 
@@ -334,7 +308,7 @@ def test_packed_panels_hold_the_blocks(dtype, threads_share, H, units, G, gates,
     NR = 256 // np.dtype(dtype).itemsize
     blocks = _blocks(W, gates, plan)
     N = blocks.shape[1]
-    with _threads(2):
+    with numba_threads(2):
         fwd, P = packed.pack_forward(W, gates, plan)
         bwd, Pb = packed.pack_backward(W, gates, plan)
     rows = np.zeros((units, P * NR, H), dtype)
@@ -368,7 +342,7 @@ def test_gradients_in_the_saved_gates_memory(cell, path, knobs, monkeypatch):
         kinds.append(gates is not None and d_gx is gates)
         return d_gx
 
-    with _threads(2):
+    with numba_threads(2):
         monkeypatch.setattr(type(BACKEND), "gate_gradients", spy)
         shared = run(cell, p, cot, "numba")
         monkeypatch.setattr(type(BACKEND), "gate_gradients", FusedBackend.gate_gradients)
@@ -386,6 +360,6 @@ def test_gradients_in_the_saved_gates_memory(cell, path, knobs, monkeypatch):
                                           (5, 1, False), (100, 16, False)])
 def test_few_rows_read_the_weights_unpacked(T, B, direct):
     """Calls with few rows per block in all (decoding steps) skip packing W_hh."""
-    with _threads(2):
+    with numba_threads(2):
         plan = BACKEND._plan(Cell("lstm"), T, B, 64)
         assert BACKEND._direct(T, B, plan) is direct
