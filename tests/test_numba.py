@@ -219,22 +219,22 @@ def test_huge_inputs_stay_finite_and_match():
             assert_close(g, w, np.float32, f"{cell.name} huge inputs")
 
 
-def test_set_numnumba_threads():
+def test_set_num_threads():
     limit = numba.config.NUMBA_NUM_THREADS
-    old = fastrnn.get_numnumba_threads()
+    old = fastrnn.get_num_threads()
     try:
-        fastrnn.set_numnumba_threads(1)
-        assert fastrnn.get_numnumba_threads() == 1 == numba.get_numnumba_threads()
-        fastrnn.set_numnumba_threads(limit)
-        assert fastrnn.get_numnumba_threads() == limit
+        fastrnn.set_num_threads(1)
+        assert fastrnn.get_num_threads() == 1 == numba.get_num_threads()
+        fastrnn.set_num_threads(limit)
+        assert fastrnn.get_num_threads() == limit
     finally:
-        fastrnn.set_numnumba_threads(old)
+        fastrnn.set_num_threads(old)
     with pytest.raises(ValueError, match="NUMBA_NUM_THREADS"):
-        fastrnn.set_numnumba_threads(limit + 1)
+        fastrnn.set_num_threads(limit + 1)
     with pytest.raises(ValueError, match=r"\[1, "):
-        fastrnn.set_numnumba_threads(0)
+        fastrnn.set_num_threads(0)
     with pytest.raises(TypeError, match="n must be an int"):
-        fastrnn.set_numnumba_threads(1.5)
+        fastrnn.set_num_threads(1.5)
 
 
 def test_blas_limit_sets_and_restores():
@@ -244,10 +244,10 @@ def test_blas_limit_sets_and_restores():
 
     limiter = BACKEND._blas
     libs = ThreadpoolController().select(user_api="blas").lib_controllers
-    before = [lib.get_numnumba_threads() for lib in libs]
+    before = [lib.get_num_threads() for lib in libs]
     with limiter.limit(1):
-        assert all(lib.get_numnumba_threads() == 1 for lib in libs)
-    assert [lib.get_numnumba_threads() for lib in libs] == before
+        assert all(lib.get_num_threads() == 1 for lib in libs)
+    assert [lib.get_num_threads() for lib in libs] == before
 
 
 
