@@ -78,7 +78,9 @@ class Saved:
     """What a fused training forward of one direction keeps for backward (cells.py):
     hs (T+1, B, H); cs (T+1, B, H) or None; gates (T, B, k*H) or None; hn (T, B, H) or None;
     lengths (B,) int64 on the backend's device or None; reverse. A backend that packs lengths
-    keeps gates and hn as packed rows, (R, k*H) and (R, H), and packing.Steps as lengths."""
+    keeps gates and hn as packed rows, (R, k*H) and (R, H), and None as lengths:
+    FusedBackend.backward sets the call's packing.Steps there before recurrence_backward (so
+    the saved state holds no bookkeeping of O(T))."""
 
     hs: Any
     cs: Any
@@ -173,14 +175,12 @@ class Backend:
 
 @dataclass
 class _FusedSaved:
-    x: Any  # (T, B, I), or its rows (R, I) where the backend packs lengths
-    shape: tuple  # (T, B, I)
+    x: Any
     W_cat: Any
     biased: list
     directions: list
     W_hh: list
     lengths: Any = None
-    packing: Any = None
 
 
 class FusedBackend(Backend):
@@ -273,9 +273,9 @@ class FusedBackend(Backend):
         c_n = xp.empty((D, B, H), x.dtype) if cell.has_cell_state else None
         W_cat = dirs[0].W_ih if D == 1 else xp.concatenate([d.W_ih for d in dirs])
         chunked = not training and T * B * D * GH > self.chunk_elements
-        x_rows = self._input_rows(x, packing, 0, T)
         if not chunked:
-            x_proj = self.matmul(x_rows, W_cat.T, _input_bias(xp, dirs))
+            x_proj = self.matmul(self._input_rows(x, packing, 0, T), W_cat.T,
+                                 _input_bias(xp, dirs))
             if not self.packs_lengths:
                 x_proj = x_proj.reshape(T, B, D * GH)
         saved = []
@@ -299,9 +299,8 @@ class FusedBackend(Backend):
         if not training:
             return y, h_n, c_n, None
         return y, h_n, c_n, _FusedSaved(
-            x=x_rows if self.packs_lengths else x, shape=x.shape, W_cat=W_cat,
-            biased=[(d.b_ih is not None, d.b_hh is not None) for d in dirs],
-            directions=saved, W_hh=[d.W_hh for d in dirs], lengths=lengths, packing=packing)
+            x=x, W_cat=W_cat, biased=[(d.b_ih is not None, d.b_hh is not None) for d in dirs],
+            directions=saved, W_hh=[d.W_hh for d in dirs], lengths=lengths)
 
     def _steps(self, lengths, packing, T, B):
         """What ``recurrence_forward`` gets as lengths: packing.Steps where the backend packs
@@ -334,13 +333,20 @@ class FusedBackend(Backend):
 
     def backward(self, cell, saved, dy, dh_n, dc_n):
         xp = self.xp
-        x, W_cat, packing = saved.x, saved.W_cat, saved.packing
-        T, B, I = saved.shape
+        x, W_cat = saved.x, saved.W_cat
+        T, B, I = x.shape
+        # Packed again rather than kept: a forward keeps no more than training_memory says.
+        packing = self._packing(saved.lengths, T)
         D = len(saved.directions)
         GH, H = saved.W_hh[0].shape
         if packing is not None:
             dy, dh_n = packing.ordered(dy, 1), packing.ordered(dh_n, 1)
             dc_n = None if dc_n is None else packing.ordered(dc_n, 1)
+        if self.packs_lengths:
+            x = self._input_rows(x, packing, 0, T)
+            steps = self._steps(saved.lengths, packing, T, B)
+            for s in saved.directions:
+                s.lengths = steps
         rows = (x.shape[0],) if self.packs_lengths else (T, B)
         d_gx = self.gate_gradients(saved, rows + (D * GH,))
         unpadded = (lambda a: a)  # packed rows have no padding

@@ -203,7 +203,7 @@ def forward(cell, x_proj, y, weights, b_hh, h0, c0, steps, reverse, training):
               (_flat_or_empty(gates, dtype), _flat_or_empty(hn, dtype)), work)
     last = base.final_slot(T, reverse, training)
     hs, cs = (states + [None])[:2]
-    saved = base.Saved(hs, cs, gates, hn, steps, reverse) if training else None
+    saved = base.Saved(hs, cs, gates, hn, None, reverse) if training else None
     return hs[last].copy(), None if cs is None else cs[last].copy(), saved
 
 
