@@ -35,8 +35,8 @@ def step_row(cell, H, B=1):
     h = torch.zeros(B, H)
     hx = (h, h) if cell == "lstm" else h
     xn = x.numpy()
-    hn = (np.zeros((1, B, H), np.float32),) * 2 if cell == "lstm" else np.zeros((1, B, H),
-                                                                                  np.float32)
+    zeros = np.zeros((1, B, H), np.float32)
+    hn = (zeros, zeros) if cell == "lstm" else zeros
     module_hx = tuple(t.unsqueeze(0) for t in hx) if cell == "lstm" else h.unsqueeze(0)
 
     def in_no_grad(f):

@@ -29,8 +29,8 @@ def step_stack(cell, geo, x, w_ih, b_ih, w_hh, b_hh, hx, states, xp, steps, work
     w_hh[l] (G*H, H), b_hh[l] (G*H,); hx, one (L, B, H) per state of the cell, the states
     entering; states[l], one (2, B, H) scratch per state (row 0 entering, 1 leaving); xp (B, G*H)
     scratch; steps the skeleton's steps group of one step with every row valid; work the FWork
-    of a direct product, whose W is replaced by each layer's W_hh. Writes y (B, H) and hy, the new states like hx. Arrays are
-    C-contiguous, read flat."""
+    of a direct product, whose W is replaced by each layer's W_hh. Writes y (B, H) and hy, the
+    new states like hx. Arrays are C-contiguous, read flat."""
     B, H, G = geo[1], geo[2], geo[3]
     GH, BH = G * H, B * H
     xf, hyf = x.reshape(-1), hy[0].reshape(-1)
@@ -64,6 +64,7 @@ class _Buffers:
         self.states = tuple(tuple(np.zeros(2 * B * H, dtype) for _ in range(spec.states))
                             for _ in range(L))
         self.xp = np.empty(B * cell.gates * H, dtype)
+        # lengths 1, step 0's rows 0..B, one row group of every row (skeleton.py)
         self.steps = (np.ones(B, np.int64), np.array([0, B], np.int64),
                       np.array([0, B], np.int64))
         self.out, self.mid, self.ph = np.empty(out, dtype), np.empty(mid, dtype), ph
