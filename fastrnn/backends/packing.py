@@ -12,6 +12,7 @@ The order is a stable sort, so ties keep the caller's order and every run is the
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import NamedTuple
 
 import numpy as np
@@ -30,8 +31,9 @@ class Steps(NamedTuple):
 
     @staticmethod
     def full(T, B):
-        """Every step of every row valid: the padded layout, rows[t] = t*B."""
-        return Steps(np.full(B, T, np.int64), np.arange(T + 1, dtype=np.int64) * B)
+        """Every step of every row valid: the padded layout, rows[t] = t*B. Kept per (T, B):
+        nothing writes a Steps' arrays."""
+        return _full_steps(T, B)
 
     @staticmethod
     def of(lengths, T):
@@ -109,3 +111,8 @@ class Packing:
     def restored(self, a, axis):
         """a with its batch axis back in the caller's order (a copy)."""
         return np.take(a, self.inverse, axis=axis)
+
+
+@lru_cache(maxsize=64)
+def _full_steps(T, B):
+    return Steps(np.full(B, T, np.int64), np.arange(T + 1, dtype=np.int64) * B)

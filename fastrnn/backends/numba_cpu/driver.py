@@ -82,6 +82,8 @@ def flat(a):
 def flat_rows(a):
     """(a 1-D view over the memory of an (R, N) array with unit last stride, row stride) in
     elements, or None when the strides do not allow it."""
+    if a.flags.c_contiguous:
+        return a.reshape(-1), a.shape[1]
     item = a.itemsize
     sr, sn = a.strides
     if a.shape[0] <= 1:
@@ -172,9 +174,17 @@ def _flat_or_empty(a, dtype):
 
 def _steps(steps, plan):
     """The skeleton's steps group of a packing.Steps under ``plan``: its row groups balanced by
-    their work, the sum of their lengths."""
+    their work, the sum of their lengths (the batch itself for one group)."""
+    B = len(steps.lengths)
+    bounds = _whole(B) if plan.rows == 1 else steps.balanced(plan.rows)
     return (np.ascontiguousarray(steps.lengths, np.int64),
-            np.ascontiguousarray(steps.rows, np.int64), steps.balanced(plan.rows))
+            np.ascontiguousarray(steps.rows, np.int64), bounds)
+
+
+@lru_cache(maxsize=64)
+def _whole(B):
+    """The bounds of one row group of B rows (kept; the kernels only read it)."""
+    return np.array([0, B], np.int64)
 
 
 def forward(cell, x_proj, y, weights, b_hh, h0, c0, steps, reverse, training):
