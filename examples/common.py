@@ -1,0 +1,208 @@
+"""What every example shares: the command line, the choice between fastrnn and torch.nn, the
+time-bounded training loop with its progress bar, the learning-curve picture and the result
+line.
+
+An example defines ``run(impl, args) -> Result`` and calls ``main(...)``; with ``--impl both`` it
+runs once per implementation, from the same seed, data and initial weights (fastrnn.torch's
+modules draw their parameters as torch.nn's do, so the same seed gives the same numbers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import time
+from dataclasses import dataclass, field
+
+IMPLS = ("fastrnn", "torch")
+
+
+class MissingPackage(ImportError):
+    """A package that ships an example's data, or that the example needs, is not installed."""
+
+
+def require(module: str, purpose: str):
+    """Import ``module`` or say which package is missing, what for, and how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        package = module.split(".")[0]
+        raise MissingPackage(
+            f"{purpose} needs the package {package!r}, which is not installed; install the "
+            f"examples' packages with: pip install -e '.[examples]'") from exc
+
+
+def parser(description: str, seconds: float) -> argparse.ArgumentParser:
+    """The options every example takes; an example adds its own model and data sizes."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--impl", choices=(*IMPLS, "both"), default="fastrnn",
+                   help="fastrnn.torch modules, torch.nn modules, or both one after the other "
+                        "(each with the whole time budget)")
+    p.add_argument("--seconds", type=float, default=seconds,
+                   help="training time per implementation, evaluation excluded "
+                        "(default %(default)s)")
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="stop after this many optimizer steps even if time is left")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=os.cpu_count(),
+                   help="threads for both torch and fastrnn (default: all cores)")
+    p.add_argument("--plot", default=None,
+                   help="where to save the PNG of the learning curves (default NAME.png in "
+                        "the working directory; 'none' saves nothing)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def recurrent(impl: str, kind: str):
+    """The class ``kind`` ("RNN", "LSTM" or "GRU") of fastrnn.torch or of torch.nn."""
+    if impl == "fastrnn":
+        import fastrnn.torch as modules
+    elif impl == "torch":
+        from torch import nn as modules
+    else:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    return getattr(modules, kind)
+
+
+def rnn_step(rnn, x_t, hx):
+    """One time step of a recurrent module: fastrnn's compiled ``step`` when it has one, else
+    its forward over a sequence of length 1. x_t (B, input_size)."""
+    if hasattr(rnn, "step"):
+        return rnn.step(x_t, hx)
+    batch_first = getattr(rnn, "batch_first", False)
+    y, hx = rnn(x_t.unsqueeze(1 if batch_first else 0), hx)
+    return y.squeeze(1 if batch_first else 0), hx
+
+
+@dataclass
+class Curve:
+    """What one training run recorded: the loss of every step and each evaluation, against
+    the training time (evaluation excluded)."""
+    impl: str
+    step_seconds: list = field(default_factory=list)
+    step_loss: list = field(default_factory=list)
+    eval_seconds: list = field(default_factory=list)
+    eval_value: list = field(default_factory=list)
+
+    @property
+    def steps(self) -> int:
+        return len(self.step_loss)
+
+    @property
+    def seconds(self) -> float:
+        return self.step_seconds[-1] if self.step_seconds else 0.0
+
+
+@dataclass
+class Result:
+    """One implementation's run: its curve, the final metric and extra key=value fields for
+    the result line."""
+    example: str
+    curve: Curve
+    metric: str
+    value: float
+    items_per_second: float
+    items: str
+    extra: dict = field(default_factory=dict)
+
+    def line(self) -> str:
+        fields = {"example": self.example, "impl": self.curve.impl, "metric": self.metric,
+                  "value": f"{self.value:.6g}", "seconds": f"{self.curve.seconds:.1f}",
+                  "steps": self.curve.steps,
+                  **{k: (f"{v:.6g}" if isinstance(v, float) else v)
+                     for k, v in self.extra.items()}}
+        return "result: " + " ".join(f"{k}={v}" for k, v in fields.items())
+
+
+def train(curve: Curve, step, *, seconds, max_steps=None, evaluate=None, eval_every=None,
+          items_per_step=1, items="steps", quiet=False) -> Curve:
+    """Call ``step(i) -> loss`` until ``seconds`` of training time or ``max_steps`` steps,
+    recording each loss in ``curve``; every ``eval_every`` steps and at the end, record
+    ``evaluate()`` (its time is not counted). Shows a tqdm bar with the loss and the speed."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=max_steps, desc=curve.impl, unit="step", disable=quiet, mininterval=1.0)
+    elapsed = 0.0
+    while elapsed < seconds and (max_steps is None or curve.steps < max_steps):
+        start = time.perf_counter()
+        loss = float(step(curve.steps))
+        elapsed += time.perf_counter() - start
+        curve.step_seconds.append(elapsed)
+        curve.step_loss.append(loss)
+        bar.update(1)
+        bar.set_postfix_str(f"loss {loss:.4f}, {items_per_step * curve.steps / elapsed:,.0f} "
+                            f"{items}/s", refresh=False)
+        if evaluate is not None and eval_every and curve.steps % eval_every == 0:
+            _record(curve, evaluate, bar)
+    if evaluate is not None and (not curve.eval_seconds or curve.eval_seconds[-1] != elapsed):
+        _record(curve, evaluate, bar)
+    bar.close()
+    return curve
+
+
+def _record(curve, evaluate, bar):
+    value = float(evaluate())
+    curve.eval_seconds.append(curve.seconds)
+    curve.eval_value.append(value)
+    bar.write(f"{curve.impl}: step {curve.steps}, {curve.seconds:.1f} s, eval {value:.4f}")
+
+
+def plot(results, path, title, extra_panel=None):
+    """Save the learning curves of ``results`` to ``path``: the training loss and the evaluated
+    metric against training time, one line per implementation; ``extra_panel(ax)`` draws a
+    third panel (the forecast against the truth)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = 3 if extra_panel else 2
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.8))
+    for r in results:
+        c = r.curve
+        axes[0].plot(c.step_seconds, _smooth(c.step_loss), label=c.impl)
+        axes[1].plot(c.eval_seconds, c.eval_value, marker="o", label=c.impl)
+    axes[0].set(xlabel="training seconds", ylabel="training loss (smoothed)")
+    axes[1].set(xlabel="training seconds", ylabel=results[0].metric)
+    for ax in axes[:2]:
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if extra_panel:
+        extra_panel(axes[2])
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _smooth(values, width=20):
+    """A running mean over the last ``width`` steps (mini-batch losses are noisy)."""
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v - (values[i - width] if i >= width else 0.0)
+        out.append(total / min(i + 1, width))
+    return out
+
+
+def main(name, run, args, title, extra_panel=None):
+    """Run ``run(impl, args)`` for the chosen implementation(s), print the result lines, save
+    the picture; returns the Results."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    impls = IMPLS if args.impl == "both" else (args.impl,)
+    results = []
+    for impl in impls:
+        torch.manual_seed(args.seed)
+        results.append(run(impl, args))
+    for r in results:
+        print(f"{r.curve.impl}: {r.items_per_second:,.0f} {r.items}/s over {r.curve.steps} "
+              f"steps")
+    for r in results:
+        print(r.line())
+    path = args.plot or f"{name}.png"
+    if path != "none":
+        plot(results, path, title, extra_panel and (lambda ax: extra_panel(ax, results)))
+        print(f"learning curves saved to {path}")
+    return results
