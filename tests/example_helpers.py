@@ -18,7 +18,7 @@ def example(name: str):
     return importlib.import_module(name)
 
 
-def fell_by(losses, fraction: float, window: int = 5) -> float:
+def fell_by(losses, window: int = 5) -> float:
     """How much the mean of the last ``window`` losses fell below the first loss, as a
     fraction of it; asserts there are enough steps to tell."""
     assert len(losses) > 2 * window, f"only {len(losses)} steps ran"
