@@ -33,10 +33,11 @@ def require(module: str, purpose: str):
             f"examples' packages with: pip install -e '.[examples]'") from exc
 
 
-def parser(description: str, seconds: float) -> argparse.ArgumentParser:
+def parser(description: str, seconds: float, impls=IMPLS) -> argparse.ArgumentParser:
     """The options every example takes; an example adds its own model and data sizes."""
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("--impl", choices=(*IMPLS, "both"), default="fastrnn",
+    p.add_argument("--impl", choices=(*impls, "both") if len(impls) > 1 else impls,
+                   default="fastrnn",
                    help="fastrnn.torch modules, torch.nn modules, or both one after the other "
                         "(each with the whole time budget)")
     p.add_argument("--seconds", type=float, default=seconds,
@@ -105,6 +106,7 @@ class Result:
     items_per_second: float
     items: str
     extra: dict = field(default_factory=dict)
+    payload: object = None  # what the example shows besides the line (samples, forecasts)
 
     def line(self) -> str:
         fields = {"example": self.example, "impl": self.curve.impl, "metric": self.metric,
@@ -188,13 +190,17 @@ def _smooth(values, width=20):
 def main(name, run, args, title, extra_panel=None):
     """Run ``run(impl, args)`` for the chosen implementation(s), print the result lines, save
     the picture; returns the Results."""
-    import torch
-
-    torch.set_num_threads(args.threads)
+    try:
+        import torch
+    except ImportError:  # the NumPy example runs without torch
+        torch = None
+    if torch is not None:
+        torch.set_num_threads(args.threads)
     impls = IMPLS if args.impl == "both" else (args.impl,)
     results = []
     for impl in impls:
-        torch.manual_seed(args.seed)
+        if torch is not None:
+            torch.manual_seed(args.seed)
         results.append(run(impl, args))
     for r in results:
         print(f"{r.curve.impl}: {r.items_per_second:,.0f} {r.items}/s over {r.curve.steps} "
