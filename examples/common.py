@@ -85,6 +85,7 @@ class Curve:
     step_loss: list = field(default_factory=list)
     eval_seconds: list = field(default_factory=list)
     eval_value: list = field(default_factory=list)
+    first_step_seconds: float = 0.0
 
     @property
     def steps(self) -> int:
@@ -93,6 +94,10 @@ class Curve:
     @property
     def seconds(self) -> float:
         return self.step_seconds[-1] if self.step_seconds else 0.0
+
+    def per_second(self, items_per_step) -> float:
+        """Training throughput: items per second over the timed steps (all but the first)."""
+        return items_per_step * (self.steps - 1) / self.seconds if self.seconds > 0 else 0.0
 
 
 @dataclass
@@ -119,9 +124,10 @@ class Result:
 
 def train(curve: Curve, step, *, seconds, max_steps=None, evaluate=None, eval_every=None,
           items_per_step=1, items="steps", quiet=False) -> Curve:
-    """Call ``step(i) -> loss`` until ``seconds`` of training time or ``max_steps`` steps,
-    recording each loss in ``curve``; every ``eval_every`` steps and at the end, record
-    ``evaluate()`` (its time is not counted). Shows a tqdm bar with the loss and the speed."""
+    """Call ``step(i) -> loss`` until ``seconds`` of training time (the first step's not
+    counted) or ``max_steps`` steps, recording each loss in ``curve``; every ``eval_every``
+    steps and at the end, record ``evaluate()`` (its time is not counted either). Shows a tqdm
+    bar with the loss and the speed."""
     from tqdm import tqdm
 
     bar = tqdm(total=max_steps, desc=curve.impl, unit="step", disable=quiet, mininterval=1.0)
@@ -129,11 +135,16 @@ def train(curve: Curve, step, *, seconds, max_steps=None, evaluate=None, eval_ev
     while elapsed < seconds and (max_steps is None or curve.steps < max_steps):
         start = time.perf_counter()
         loss = float(step(curve.steps))
-        elapsed += time.perf_counter() - start
+        if curve.steps == 0:
+            # The first step is not timed, for either implementation: on a fresh machine it
+            # includes Numba's compilation of the kernels (cached on disk after).
+            curve.first_step_seconds = time.perf_counter() - start
+        else:
+            elapsed += time.perf_counter() - start
         curve.step_seconds.append(elapsed)
         curve.step_loss.append(loss)
         bar.update(1)
-        bar.set_postfix_str(f"loss {loss:.4f}, {items_per_step * curve.steps / elapsed:,.0f} "
+        bar.set_postfix_str(f"loss {loss:.4f}, {curve.per_second(items_per_step):,.0f} "
                             f"{items}/s", refresh=False)
         if evaluate is not None and eval_every and curve.steps % eval_every == 0:
             _record(curve, evaluate, bar)
@@ -204,7 +215,7 @@ def main(name, run, args, title, extra_panel=None):
         results.append(run(impl, args))
     for r in results:
         print(f"{r.curve.impl}: {r.items_per_second:,.0f} {r.items}/s over {r.curve.steps} "
-              f"steps")
+              f"steps (the first, not timed, took {r.curve.first_step_seconds:.2f} s)")
     for r in results:
         print(r.line())
     path = args.plot or f"{name}.png"

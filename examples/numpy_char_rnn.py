@@ -166,7 +166,7 @@ def run(impl, args):
                                 args.temperature, rng))
     print(f"--- sample at temperature {args.temperature} ---\n{args.prime}{text}\n---")
     return common.Result(NAME, curve, "val_bpc", curve.eval_value[-1],
-                         args.batch * args.bptt * curve.steps / curve.seconds, "chars",
+                         curve.per_second(args.batch * args.bptt), "chars",
                          payload=args.prime + text)
 
 

@@ -198,7 +198,7 @@ def run(impl: str, args) -> common.Result:
                          eval_every=args.eval_every, items_per_step=args.batch, items="dates",
                          quiet=args.quiet)
     return common.Result(NAME, curve, "exact_match", curve.eval_value[-1],
-                         args.batch * curve.steps / max(curve.seconds, 1e-9), "dates",
+                         curve.per_second(args.batch), "dates",
                          {"train": args.train, "test": args.test, "hidden": args.hidden})
 
 
