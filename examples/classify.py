@@ -93,16 +93,10 @@ def run(impl, args) -> common.Result:
     model = classifier(impl, x.shape[2], args.hidden, args.layers)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     loss_fn = nn.CrossEntropyLoss()
-    generator = torch.Generator().manual_seed(args.seed)
-    n = len(y)
-    per_epoch = -(-n // args.batch)  # the last batch of an epoch may be smaller
-    order = None
+    batches = common.Batches(len(y), args.batch, args.seed)
 
     def step(i):
-        nonlocal order
-        if i % per_epoch == 0:
-            order = torch.randperm(n, generator=generator)
-        batch = order[(i % per_epoch) * args.batch:(i % per_epoch + 1) * args.batch]
+        batch = batches(i)
         b_lengths = lengths[batch]
         # Cut the padding to the batch's longest sequence: the packed run never reads it, but
         # the padded tensor would otherwise be copied in full.
@@ -121,15 +115,13 @@ def run(impl, args) -> common.Result:
             predicted = model(tx, tlengths).argmax(dim=1)
         return (predicted == ty).float().mean().item()
 
-    max_steps = args.epochs * per_epoch
-    if args.max_steps is not None:
-        max_steps = min(max_steps, args.max_steps)
-    curve = common.train(common.Curve(impl), step, seconds=args.seconds, max_steps=max_steps,
-                         evaluate=accuracy, eval_every=per_epoch, items_per_step=args.batch,
+    curve = common.train(common.Curve(impl), step, seconds=args.seconds,
+                         max_steps=batches.steps(args.epochs, args.max_steps),
+                         evaluate=accuracy, eval_every=batches.per_epoch, items_per_step=args.batch,
                          items="sequences", quiet=args.quiet)
     return common.Result(NAME, curve, "test_accuracy", curve.eval_value[-1],
                          args.batch * curve.steps / max(curve.seconds, 1e-9), "sequences",
-                         extra={"epochs": round(curve.steps / per_epoch, 2)})
+                         extra={"epochs": round(curve.steps / batches.per_epoch, 2)})
 
 
 def arguments():

@@ -76,6 +76,34 @@ def rnn_step(rnn, x_t, hx):
     return y.squeeze(1 if batch_first else 0), hx
 
 
+class Batches:
+    """Shuffled mini-batches of ``n`` items, epoch after epoch: ``batches(i)`` is the index
+    tensor of step i (steps taken in order from 0, as ``train`` does). The order comes from a
+    generator of its own seeded with ``seed``, so both implementations see the same batches
+    whatever else draws random numbers; an epoch's last batch may be smaller."""
+
+    def __init__(self, n: int, size: int, seed: int):
+        import torch
+
+        self.n, self.size = n, size
+        self.per_epoch = -(-n // size)
+        self._generator = torch.Generator().manual_seed(seed)
+        self._order = None
+
+    def __call__(self, step: int):
+        import torch
+
+        i = step % self.per_epoch
+        if i == 0:
+            self._order = torch.randperm(self.n, generator=self._generator)
+        return self._order[i * self.size:(i + 1) * self.size]
+
+    def steps(self, epochs: int, max_steps=None) -> int:
+        """The steps of ``epochs`` epochs, or ``max_steps`` if that is fewer."""
+        total = epochs * self.per_epoch
+        return total if max_steps is None else min(total, max_steps)
+
+
 @dataclass
 class Curve:
     """What one training run recorded: the loss of every step and each evaluation, against

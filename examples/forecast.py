@@ -121,16 +121,10 @@ def run(impl, args) -> common.Result:
 
     model = forecaster(impl, args.hidden, args.layers)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    generator = torch.Generator().manual_seed(args.seed)
-    n = len(y)
-    per_epoch = -(-n // args.batch)
-    order = None
+    batches = common.Batches(len(y), args.batch, args.seed)
 
     def step(i):
-        nonlocal order
-        if i % per_epoch == 0:
-            order = torch.randperm(n, generator=generator)
-        batch = order[(i % per_epoch) * args.batch:(i % per_epoch + 1) * args.batch]
+        batch = batches(i)
         model.train()
         optimizer.zero_grad()
         loss = nn.functional.mse_loss(model(x[batch]), y[batch])
@@ -148,11 +142,9 @@ def run(impl, args) -> common.Result:
         forecasts.append(forecast)
         return rmse(forecast, truth)
 
-    max_steps = args.epochs * per_epoch
-    if args.max_steps is not None:
-        max_steps = min(max_steps, args.max_steps)
-    curve = common.train(common.Curve(impl), step, seconds=args.seconds, max_steps=max_steps,
-                         evaluate=test_rmse, eval_every=args.eval_epochs * per_epoch,
+    curve = common.train(common.Curve(impl), step, seconds=args.seconds,
+                         max_steps=batches.steps(args.epochs, args.max_steps),
+                         evaluate=test_rmse, eval_every=args.eval_epochs * batches.per_epoch,
                          items_per_step=args.batch, items="windows", quiet=args.quiet)
     naive = seasonal_naive(values, start)
     return common.Result(NAME, curve, "test_rmse", curve.eval_value[-1],
