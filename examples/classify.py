@@ -27,6 +27,7 @@ import common
 NAME = "classify"
 N_CLASSES = 9
 PURPOSE = "classify.py's JapaneseVowels data"
+EVAL_BATCH = 1024
 
 
 def load():
@@ -51,7 +52,7 @@ def load():
 
 
 def as_tensors(sequences, labels):
-    """(padded (T_max, N, 12), lengths (N,), labels (N,)) as torch tensors."""
+    """(padded (T_max, N, ...), lengths (N,), labels (N,)) as torch tensors."""
     import torch
     from torch.nn.utils.rnn import pad_sequence
 
@@ -60,8 +61,10 @@ def as_tensors(sequences, labels):
     return padded, lengths, torch.from_numpy(labels)
 
 
-def classifier(impl, n_features, hidden, layers):
-    """The bidirectional GRU (of ``impl``) and its Linear head, as one module."""
+def classifier(impl, n_inputs, hidden, layers, n_classes, vocabulary=0):
+    """The bidirectional GRU (of ``impl``) and its Linear head, as one module. With a
+    ``vocabulary`` size the inputs are token ids (0 the padding), embedded in ``n_inputs``
+    dimensions first."""
     import torch
     from torch import nn
     from torch.nn.utils.rnn import pack_padded_sequence
@@ -69,11 +72,15 @@ def classifier(impl, n_features, hidden, layers):
     class Classifier(nn.Module):
         def __init__(self):
             super().__init__()
-            self.rnn = common.recurrent(impl, "GRU")(n_features, hidden, layers,
+            self.embed = nn.Embedding(vocabulary, n_inputs, padding_idx=0) if vocabulary \
+                else None
+            self.rnn = common.recurrent(impl, "GRU")(n_inputs, hidden, layers,
                                                      bidirectional=True)
-            self.head = nn.Linear(2 * hidden, N_CLASSES)
+            self.head = nn.Linear(2 * hidden, n_classes)
 
         def forward(self, padded, lengths):
+            if self.embed is not None:
+                padded = self.embed(padded)
             packed = pack_padded_sequence(padded, lengths, enforce_sorted=False)
             _, h_n = self.rnn(packed)  # (layers * 2, N, hidden), in the batch's own order
             # h_n[-2] is the last layer's forward direction after each sequence's last frame,
@@ -83,27 +90,28 @@ def classifier(impl, n_features, hidden, layers):
     return Classifier()
 
 
-def run(impl, args) -> common.Result:
+def fit(name, impl, args, model, train, test) -> common.Result:
+    """Train ``model`` on the (sequences, labels) of ``train`` with cross-entropy, Adam and
+    shuffled mini-batches; its accuracy on ``test`` after every epoch is the curve's metric."""
     import torch
     from torch import nn
 
-    (train_x, train_y), (test_x, test_y) = load()
-    x, lengths, y = as_tensors(train_x, train_y)
-    tx, tlengths, ty = as_tensors(test_x, test_y)
-    model = classifier(impl, x.shape[2], args.hidden, args.layers)
+    x, lengths, y = as_tensors(*train)
+    tx, tlengths, ty = as_tensors(*test)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     loss_fn = nn.CrossEntropyLoss()
     batches = common.Batches(len(y), args.batch, args.seed)
 
-    def step(i):
-        batch = batches(i)
-        b_lengths = lengths[batch]
+    def logits(padded, b_lengths):
         # Cut the padding to the batch's longest sequence: the packed run never reads it, but
         # the padded tensor would otherwise be copied in full.
-        b_x = x[:int(b_lengths.max()), batch]
+        return model(padded[:int(b_lengths.max())], b_lengths)
+
+    def step(i):
+        batch = batches(i)
         model.train()
         optimizer.zero_grad()
-        loss = loss_fn(model(b_x, b_lengths), y[batch])
+        loss = loss_fn(logits(x[:, batch], lengths[batch]), y[batch])
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), args.clip)
         optimizer.step()
@@ -111,28 +119,41 @@ def run(impl, args) -> common.Result:
 
     def accuracy():
         model.eval()
-        with torch.no_grad():
-            predicted = model(tx, tlengths).argmax(dim=1)
+        with torch.no_grad():  # in slices of EVAL_BATCH, to bound the memory
+            predicted = torch.cat([logits(tx[:, i:i + EVAL_BATCH], tlengths[i:i + EVAL_BATCH])
+                                   for i in range(0, len(ty), EVAL_BATCH)]).argmax(dim=1)
         return (predicted == ty).float().mean().item()
 
     curve = common.train(common.Curve(impl), step, seconds=args.seconds,
                          max_steps=batches.steps(args.epochs, args.max_steps),
-                         evaluate=accuracy, eval_every=batches.per_epoch, items_per_step=args.batch,
-                         items="sequences", quiet=args.quiet)
-    return common.Result(NAME, curve, "test_accuracy", curve.eval_value[-1],
+                         evaluate=accuracy, eval_every=batches.per_epoch,
+                         items_per_step=args.batch, items="sequences", quiet=args.quiet)
+    return common.Result(name, curve, "test_accuracy", curve.eval_value[-1],
                          args.batch * curve.steps / max(curve.seconds, 1e-9), "sequences",
                          extra={"epochs": round(curve.steps / batches.per_epoch, 2)})
 
 
-def arguments():
-    p = common.parser(__doc__.splitlines()[0], seconds=120.0)
-    p.add_argument("--hidden", type=int, default=64, help="GRU hidden size per direction")
+def run(impl, args) -> common.Result:
+    train, test = load()
+    model = classifier(impl, train[0][0].shape[1], args.hidden, args.layers, N_CLASSES)
+    return fit(NAME, impl, args, model, train, test)
+
+
+def model_and_fit_options(p, *, batch, epochs, lr, hidden=64):
+    """The model's sizes and fit's options, added to the parser ``p`` with an example's
+    defaults."""
+    p.add_argument("--hidden", type=int, default=hidden, help="GRU hidden size per direction")
     p.add_argument("--layers", type=int, default=1, help="GRU layers")
-    p.add_argument("--batch", type=int, default=16, help="sequences per mini-batch")
-    p.add_argument("--epochs", type=int, default=30, help="stop after this many epochs")
-    p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
+    p.add_argument("--batch", type=int, default=batch, help="sequences per mini-batch")
+    p.add_argument("--epochs", type=int, default=epochs, help="stop after this many epochs")
+    p.add_argument("--lr", type=float, default=lr, help="Adam learning rate")
     p.add_argument("--clip", type=float, default=1.0, help="gradient norm clipping")
     return p
+
+
+def arguments():
+    return model_and_fit_options(common.parser(__doc__.splitlines()[0], seconds=120.0),
+                                 batch=16, epochs=30, lr=3e-3)
 
 
 def main(argv=None):
