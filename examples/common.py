@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import os
+import pathlib
 import time
 from dataclasses import dataclass, field
 
@@ -27,10 +29,26 @@ def require(module: str, purpose: str):
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        package = module.split(".")[0]
-        raise MissingPackage(
-            f"{purpose} needs the package {package!r}, which is not installed; install the "
-            f"examples' packages with: pip install -e '.[examples]'") from exc
+        raise _missing(module.split(".")[0], purpose) from exc
+
+
+def package_file(package: str, path: str, purpose: str) -> pathlib.Path:
+    """The file ``path`` (relative to the package's folder) that the installed top-level
+    ``package`` ships, found without importing the package: a package kept only for its data
+    may no longer import (its code may need an old version of a dependency)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise _missing(package, purpose)
+    found = pathlib.Path(list(spec.submodule_search_locations)[0]) / path
+    if not found.is_file():
+        raise MissingPackage(f"{purpose} needs {path} from the package {package!r}, which is "
+                             f"installed without it (looked for {found})")
+    return found
+
+
+def _missing(package, purpose):
+    return MissingPackage(f"{purpose} needs the package {package!r}, which is not installed; "
+                          f"install the examples' packages with: pip install -e '.[examples]'")
 
 
 def parser(description: str, seconds: float, impls=IMPLS) -> argparse.ArgumentParser:
