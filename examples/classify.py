@@ -129,7 +129,7 @@ def fit(name, impl, args, model, train, test) -> common.Result:
                          evaluate=accuracy, eval_every=batches.per_epoch,
                          items_per_step=args.batch, items="sequences", quiet=args.quiet)
     return common.Result(name, curve, "test_accuracy", curve.eval_value[-1],
-                         args.batch * curve.steps / max(curve.seconds, 1e-9), "sequences",
+                         curve.per_second(args.batch), "sequences",
                          extra={"epochs": round(curve.steps / batches.per_epoch, 2)})
 
 

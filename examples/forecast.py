@@ -148,7 +148,7 @@ def run(impl, args) -> common.Result:
                          items_per_step=args.batch, items="windows", quiet=args.quiet)
     naive = seasonal_naive(values, start)
     return common.Result(NAME, curve, "test_rmse", curve.eval_value[-1],
-                         args.batch * curve.steps / max(curve.seconds, 1e-9), "windows",
+                         curve.per_second(args.batch), "windows",
                          extra={"baseline": rmse(naive, truth)},
                          payload={"years": years[start:], "truth": truth, "naive": naive,
                                   "forecast": forecasts[-1]})
