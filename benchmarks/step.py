@@ -2,6 +2,7 @@
 
     python benchmarks/step.py                 # the step at B = 1, H = 64 ... 512, every cell
     python benchmarks/step.py --calls         # functional calls at T = 1, B = 1 (LSTM)
+    python benchmarks/step.py --rows          # the step's two paths over batch rows
 
 Step: ``layer.step`` of a NumPy layer (eval) and ``module.step`` of a fastrnn.torch module
 (no_grad) against torch.nn.LSTMCell / GRUCell / RNNCell (no_grad), one layer, input size H.
@@ -56,6 +57,35 @@ def step_row(cell, H, B=1):
             "spread": max(float(v.max() / v.min()) for v in samples.values())}
 
 
+def path_rows(cell, H, B):
+    """The NumPy layer's eval step (I = H/2) through the one-call kernel and through a forward
+    of one step (the numba backend's two paths; ``step_forward_min_state`` picks one), beside
+    torch's cell: what tuning.step_forward_min_state was chosen from."""
+    layer_cls, _, torch_cls, _ = CELLS[cell]
+    layer, torch_cell = layer_cls(H // 2, H).eval(), torch_cls(H // 2, H)
+    x = np.random.default_rng(0).standard_normal((B, H // 2)).astype(np.float32)
+    xt = torch.from_numpy(x)
+    backend = fastrnn.get_backend("numba")
+    default = backend.step_forward_min_state
+
+    def through(limit):
+        def call():
+            backend.step_forward_min_state = limit
+            layer.step(x)
+        return call
+
+    def torch_step():
+        with torch.no_grad():
+            torch_cell(xt)
+
+    try:
+        samples = interleaved({"kernel": through(B * H + 1), "forward": through(0),
+                               "torch": torch_step})
+    finally:
+        backend.step_forward_min_state = default
+    return {k: float(np.median(v)) * 1e6 for k, v in samples.items()}
+
+
 def call_rows():
     rows = []
     for H in (8, 64, 256, 512):
@@ -88,9 +118,21 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--calls", action="store_true",
                         help="time functional LSTM calls at T = 1, B = 1 instead")
+    parser.add_argument("--rows", action="store_true",
+                        help="time the step's two paths over batch rows instead")
     parser.add_argument("--sizes", default="64,128,256,512", help="hidden sizes of the step")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
+    if args.rows:
+        print("| cell | H | B | kernel µs | forward of one step µs | kernel / forward | "
+              "torch cell µs |\n|---|--:|--:|--:|--:|--:|--:|")
+        for cell in ("lstm", "gru"):
+            for H in (64, 256):
+                for B in (16, 32, 64, 128, 256, 1000):
+                    r = path_rows(cell, H, B)
+                    print(f"| {cell} | {H} | {B} | {r['kernel']:.0f} | {r['forward']:.0f} | "
+                          f"{r['kernel'] / r['forward']:.2f} | {r['torch']:.0f} |", flush=True)
+        return
     if args.calls:
         print("| H | inference µs | training (forward + backward) µs | torch LSTMCell "
               "inference µs |\n|--:|--:|--:|--:|")

@@ -55,6 +55,25 @@ def test_steps_equal_forward(kind, dtype, backend):
 
 
 @pytest.mark.parametrize("kind", list(LAYERS))
+def test_large_batches_step_through_forward(kind, monkeypatch):
+    """From step_forward_min_state state elements on, the numba step is a forward of one step
+    per layer (never the serial kernel); both paths give forward's numbers."""
+    backend = fastrnn.get_backend("numba")
+    rng = np.random.default_rng(3)
+    layer = make(kind, 5, 7, num_layers=2, dtype=np.float64, backend="numba", seed=2).eval()
+    x = rng.standard_normal((4, 6, 5))
+    hx = random_hx(kind, 2, 6, 7, np.float64, rng)
+    per_path = []
+    for limit in (6 * 7 + 1, 6 * 7):
+        monkeypatch.setattr(backend, "step_forward_min_state", limit)
+        if limit == 6 * 7:
+            monkeypatch.setattr(backend, "_stepper", lambda *a: pytest.fail("the kernel ran"))
+        assert_steps_match_forward(layer, x, hx, np.float64, f"{kind} limit {limit}")
+        per_path.append(layer.step(x[0], hx)[0])
+    np.testing.assert_allclose(*per_path, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", list(LAYERS))
 def test_step_sees_in_place_updates(kind):
     """An update of the parameter arrays in place (an optimizer step, load_state_dict) between
     two steps is seen by the second."""

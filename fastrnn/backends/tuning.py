@@ -45,6 +45,16 @@ matmul_min_work = 1 << 21
 # pass over W_hh per call, which only pays when the packed panels serve many rows.
 direct_max_rows = 4
 
+# The decoding step of a batch whose state has at least this many elements (B*H) runs as a
+# forward of one step per layer (the input GEMM and the packed recurrent product on the
+# threads) instead of the one-call serial step kernel (step.py), whose per-row products read W
+# as it is. `python benchmarks/step.py --rows` (kernel / forward-path time, 2 threads, float32,
+# I = H/2): LSTM H = 64: B = 64 0.87, 128 1.30; H = 256: B = 16 0.94, 32 1.33; GRU H = 64:
+# B = 64 0.80, 128 1.02; H = 256: B = 16 0.58, 32 0.81, 64 1.57. The crossing sits near
+# B*H = 6-10 thousand for both sizes: the kernel's time grows with B*H^2, the forward path's
+# fixed cost (packing W_hh, the threads) with H^2.
+step_forward_min_state = 8192
+
 # Above this many elements of W_hh (a 256 x 256 matrix), the threads share the packing of the
 # panels; below it the packing takes less than starting them.
 PACK_PARALLEL_MIN = 1 << 16

@@ -104,6 +104,7 @@ class NumbaBackend(FusedBackend):
     few_rows = tuning.few_rows
     matmul_min_work = tuning.matmul_min_work
     direct_max_rows = tuning.direct_max_rows
+    step_forward_min_state = tuning.step_forward_min_state
     has_step_kernel = True
 
     def __init__(self):
@@ -144,7 +145,12 @@ class NumbaBackend(FusedBackend):
         return self._stepper.weights(layers)
 
     def step(self, cell, weights, x, hx):
-        """One compiled call for the whole stack (step.py): it calls no BLAS."""
+        """One compiled call for the whole stack (step.py), which calls no BLAS; from
+        ``step_forward_min_state`` state elements (B*H) on, a forward of one step per layer on
+        the threads."""
+        if x.shape[0] * hx[0].shape[2] >= self.step_forward_min_state:
+            w_ih, b_ih, w_hh, b_hh = weights
+            return super().step(cell, list(zip(w_ih, w_hh, b_ih, b_hh)), x, hx)
         return self._stepper(cell, weights, x, hx)
 
     def matmul(self, a, b, bias=None):
