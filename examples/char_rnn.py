@@ -96,9 +96,8 @@ def streams(codes: np.ndarray, batch: int) -> np.ndarray:
     return codes[:length * batch].reshape(batch, length).T.copy()
 
 
-def arguments():
-    p = common.parser("A character-level LSTM language model on the standard library's "
-                      "docstrings (truncated BPTT, gradient clipping, sampling).", seconds=120)
+def options(p):
+    """The model, data and sampling options of both char-RNNs, added to the parser ``p``."""
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--embedding", type=int, default=64)
@@ -113,6 +112,41 @@ def arguments():
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--prime", default="Return the ")
     return p
+
+
+def arguments():
+    return options(common.parser("A character-level LSTM language model on the standard "
+                                 "library's docstrings (truncated BPTT, gradient clipping, "
+                                 "sampling).", seconds=120))
+
+
+class Chunks:
+    """Truncated BPTT over the training text: ``batch`` streams read ``bptt`` characters at a
+    time; chunk i's (inputs, targets) and whether it starts a new pass over the text (whose
+    state then starts from zeros). ``array`` turns the streams into the model's arrays."""
+
+    def __init__(self, codes, batch, bptt, array=np.asarray):
+        self.data, self.bptt = array(streams(codes, batch)), bptt
+        self.count = (len(self.data) - 1) // bptt
+
+    def __call__(self, i):
+        start = (i % self.count) * self.bptt
+        return (self.data[start:start + self.bptt], self.data[start + 1:start + self.bptt + 1],
+                start == 0)
+
+
+def train_and_sample(name, impl, args, corpus, step, bits, sample) -> common.Result:
+    """Train with ``step(i) -> loss`` in the time budget, validating with ``bits()``; then
+    print ``sample(prime codes) -> codes`` after the prime. The result line's metric is the last
+    validation's bits per character."""
+    curve = common.train(common.Curve(impl), step, seconds=args.seconds, max_steps=args.max_steps,
+                         evaluate=bits, eval_every=args.eval_every,
+                         items_per_step=args.batch * args.bptt, items="chars", quiet=args.quiet)
+    text = corpus.decode(sample(corpus.encode(args.prime).tolist()))
+    print(f"--- {impl} sample at temperature {args.temperature} ---\n{args.prime}{text}\n---")
+    return common.Result(name, curve, "val_bpc", curve.eval_value[-1],
+                         curve.per_second(args.batch * args.bptt), "chars",
+                         payload=args.prime + text)
 
 
 def build(impl, args, vocabulary):
@@ -171,17 +205,12 @@ def run(impl, args):
     corpus = Corpus(docstring_corpus(), args.corpus_chars)
     model = build(impl, args, len(corpus.alphabet))
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    data = torch.from_numpy(streams(corpus.train, args.batch))
-    chunks = (len(data) - 1) // args.bptt
+    chunks = Chunks(corpus.train, args.batch, args.bptt, torch.from_numpy)
     state = {"hx": None}
 
     def step(i):
-        start = (i % chunks) * args.bptt
-        if start == 0:
-            state["hx"] = None  # a new pass over the text starts from zero states
-        inputs = data[start:start + args.bptt]
-        targets = data[start + 1:start + args.bptt + 1]
-        logits, hx = model(inputs, state["hx"])
+        inputs, targets, fresh = chunks(i)
+        logits, hx = model(inputs, None if fresh else state["hx"])
         state["hx"] = tuple(h.detach() for h in hx)
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
                                                  targets.reshape(-1))
@@ -191,18 +220,13 @@ def run(impl, args):
         optimizer.step()
         return loss.item()
 
-    curve = common.train(common.Curve(impl), step, seconds=args.seconds, max_steps=args.max_steps,
-                         evaluate=lambda: bits_per_character(model, corpus.valid, args.batch),
-                         eval_every=args.eval_every, items_per_step=args.batch * args.bptt,
-                         items="chars", quiet=args.quiet)
-    model.eval()
-    generator = torch.Generator().manual_seed(args.seed)
-    text = corpus.decode(model.sample(corpus.encode(args.prime).tolist(), args.sample,
-                                      args.temperature, generator))
-    print(f"--- {impl} sample at temperature {args.temperature} ---\n{args.prime}{text}\n---")
-    return common.Result(NAME, curve, "val_bpc", curve.eval_value[-1],
-                         curve.per_second(args.batch * args.bptt), "chars",
-                         payload=args.prime + text)
+    def sample(prime):
+        model.eval()
+        return model.sample(prime, args.sample, args.temperature,
+                            torch.Generator().manual_seed(args.seed))
+
+    return train_and_sample(NAME, impl, args, corpus, step,
+                            lambda: bits_per_character(model, corpus.valid, args.batch), sample)
 
 
 def main(argv=None):

@@ -105,7 +105,6 @@ def forecaster(impl, hidden, layers):
 
 
 def run(impl, args) -> common.Result:
-    import numpy as np
     import torch
     from torch import nn
 

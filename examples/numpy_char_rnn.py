@@ -13,7 +13,7 @@ import math
 import numpy as np
 
 import common
-from char_rnn import Corpus, docstring_corpus, streams
+from char_rnn import Chunks, Corpus, docstring_corpus, options, streams, train_and_sample
 
 import fastrnn
 
@@ -21,18 +21,8 @@ NAME = "numpy_char_rnn"
 
 
 def arguments():
-    p = common.parser("char_rnn.py's LSTM language model on fastrnn's NumPy layers alone "
-                      "(no torch).", seconds=120, impls=("fastrnn",))
-    for flag, default in (("--hidden", 256), ("--layers", 2), ("--embedding", 64),
-                          ("--batch", 32), ("--bptt", 100), ("--eval-every", 100),
-                          ("--sample", 300)):
-        p.add_argument(flag, type=int, default=default)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--clip", type=float, default=1.0)
-    p.add_argument("--corpus-chars", type=int, default=None)
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--prime", default="Return the ")
-    return p
+    return options(common.parser("char_rnn.py's LSTM language model on fastrnn's NumPy layers "
+                                 "alone (no torch).", seconds=120, impls=("fastrnn",)))
 
 
 class CharModel:
@@ -142,32 +132,21 @@ def run(impl, args):
     rng = np.random.default_rng(args.seed)
     model = CharModel(len(corpus.alphabet), args, rng)
     optimizer = Adam(model.parameters(), args.lr)
-    data = streams(corpus.train, args.batch)
-    chunks = (len(data) - 1) // args.bptt
+    chunks = Chunks(corpus.train, args.batch, args.bptt)
     state = {"hx": None}
 
     def step(i):
-        start = (i % chunks) * args.bptt
-        if start == 0:
-            state["hx"] = None
-        loss, state["hx"] = model.loss_and_grads(data[start:start + args.bptt],
-                                                 data[start + 1:start + args.bptt + 1],
-                                                 state["hx"])
+        inputs, targets, fresh = chunks(i)
+        loss, state["hx"] = model.loss_and_grads(inputs, targets, None if fresh else state["hx"])
         grads = model.grads()
         fastrnn.clip_grad_norm(grads, args.clip)
         optimizer.step(grads)
         return loss
 
-    curve = common.train(common.Curve(impl), step, seconds=args.seconds, max_steps=args.max_steps,
-                         evaluate=lambda: bits_per_character(model, corpus.valid, args.batch),
-                         eval_every=args.eval_every, items_per_step=args.batch * args.bptt,
-                         items="chars", quiet=args.quiet)
-    text = corpus.decode(sample(model, corpus.encode(args.prime).tolist(), args.sample,
-                                args.temperature, rng))
-    print(f"--- sample at temperature {args.temperature} ---\n{args.prime}{text}\n---")
-    return common.Result(NAME, curve, "val_bpc", curve.eval_value[-1],
-                         curve.per_second(args.batch * args.bptt), "chars",
-                         payload=args.prime + text)
+    return train_and_sample(NAME, impl, args, corpus, step,
+                            lambda: bits_per_character(model, corpus.valid, args.batch),
+                            lambda prime: sample(model, prime, args.sample, args.temperature,
+                                                 rng))
 
 
 def main(argv=None):
