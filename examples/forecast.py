@@ -168,8 +168,8 @@ def forecast_panel(ax, results):
 
 
 def arguments():
-    # The 12-year window was picked by looking at the test span's
-    # RMSE over three seeds (24 years overfit); there is no separate validation span.
+    # The 12-year window was picked by looking at the test span's RMSE over three seeds (24
+    # years overfit); there is no separate validation span.
     p = common.parser(__doc__.splitlines()[0], seconds=60.0)
     p.add_argument("--window", type=int, default=12,
                    help="past years the model reads (one solar cycle and one year)")
