@@ -41,6 +41,36 @@ def test_step_equals_forward(kind, dtype):
             torch.testing.assert_close(got, want, **TOL[dtype])
 
 
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_large_batch_steps_run_on_torchs_thread_count(kind, monkeypatch):
+    """A batch at or above the numba backend's step_forward_min_state steps through the
+    forward path, which runs on torch's thread count; the numbers are forward's."""
+    import fastrnn
+    from fastrnn.torch import devices
+
+    backend = fastrnn.get_backend("numba")
+    monkeypatch.setattr(backend, "step_forward_min_state", 3 * 6)
+    seen = []
+    running = devices.adapter_for(torch.device("cpu")).running
+
+    def spy(*args):
+        seen.append(args)
+        return running(*args)
+
+    monkeypatch.setattr(devices.adapter_for(torch.device("cpu")), "running", spy)
+    torch.manual_seed(2)
+    m = make(kind, 5, 6, num_layers=2, dtype=torch.float64).eval()
+    x = torch.randn(2, 3, 5, dtype=torch.float64)
+    y, _ = m(x)
+    y_0, h = m.step(x[0])
+    assert len(seen) == 2  # the forward, then the step
+    torch.testing.assert_close(y_0, y[0], **TOL[torch.float64])
+    torch.testing.assert_close(m.step(x[1], h)[0], y[1], **TOL[torch.float64])
+    monkeypatch.setattr(backend, "step_forward_min_state", 3 * 6 + 1)
+    m.step(x[0])
+    assert len(seen) == 3  # the step kernel is serial: no thread setting
+
+
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_step_sees_optimizer_steps_and_data_writes(kind):
     torch.manual_seed(1)

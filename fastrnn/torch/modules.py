@@ -138,9 +138,12 @@ class _RecurrentModule(nn.Module):
                 _check_dtype(name, t, params[0])
         adapter = adapter_for(device)
         backend = backend_for(device, self.backend)
-        # The numba step is one serial call: it needs no thread setting (the CuPy one needs
-        # torch's stream)
-        with adapter.running(backend, device) if adapter.library != "numpy" else _SERIAL:
+        # The numba step kernel is one serial call: it needs no thread setting, unless the
+        # batch is large enough to step through the threaded forward path (the CuPy step
+        # needs torch's stream)
+        serial = adapter.library == "numpy" and x.shape[0] * self.hidden_size < getattr(
+            backend, "step_forward_min_state", 0)
+        with _SERIAL if serial else adapter.running(backend, device):
             y, finals = stack.step(self._stack, backend, self._step_weights(backend, params),
                                    adapter.array(x), [adapter.array(s) for s in states])
         finals = [adapter.tensor(f) for f in finals]
