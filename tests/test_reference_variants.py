@@ -1,0 +1,241 @@
+"""The NumPy reference of the cell variants (reference_variants.py, cells.Variant): every
+gradient against central finite differences; the projection against torch.nn.LSTM(proj_size);
+layer norm against a slow torch transcription of its equations; peepholes against
+onnx.reference and, with clip, against ONNX Runtime; zoneout against its formula."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from fastrnn import reference_variants as rv
+from fastrnn.cells import ALL_CELLS, LN_EPS, Cell, Variant, cell_by_name
+from fastrnn.tolerances import FD_RTOL
+from helpers import FORWARD, TOL, make_cotangents, make_problem, run
+
+LSTM, GRU = Cell("lstm"), Cell("gru")
+
+
+def make_variant_problem(cell, variant, T, B, I, H, seed, lengths=False, bias=True,
+                         dtype=np.float64, training=True):
+    """Inputs for rv.forward: x, params (gains and b_c drawn near 1 and 0, so that their
+    gradients are generic), h0 (B, P), c0 (B, H), lengths, zoneout_mask."""
+    rng = np.random.default_rng(seed)
+    params = rv.initial_params(cell, variant, I, H, rng, dtype, bias=bias, scale=0.5)
+    for name in params:
+        if name.startswith("g_") or name == "b_c":
+            params[name] = params[name] + rng.uniform(-0.3, 0.3, params[name].shape)
+    P = variant.hidden_size(H)
+    problem = {"x": rng.standard_normal((T, B, I)).astype(dtype), "params": params,
+               "h0": (rng.standard_normal((B, P)) * 0.5).astype(dtype),
+               "c0": (rng.standard_normal((B, H)) * 0.5).astype(dtype)
+               if cell.has_cell_state else None,
+               "lengths": None, "zoneout_mask": None}
+    if lengths:
+        L = rng.integers(1, T + 1, B)
+        L[0] = T
+        problem["lengths"] = L
+    problem["zoneout_mask"] = variant.zoneout_mask((T, B, P), dtype, training, rng)
+    return problem
+
+
+def forward(cell, variant, problem, reverse=False, training=True):
+    pr = problem
+    return rv.forward(cell, variant, pr["x"], pr["params"], pr["h0"], pr["c0"],
+                      lengths=pr["lengths"], reverse=reverse, zoneout_mask=pr["zoneout_mask"],
+                      training=training)
+
+
+def cotangents(cell, variant, problem, seed):
+    T, B, _ = problem["x"].shape
+    H = problem["params"]["W_ih"].shape[0] // cell.gates
+    rng = np.random.default_rng(seed)
+    cot = {"dy": rng.standard_normal((T, B, variant.hidden_size(H))),
+           "dh_n": rng.standard_normal((B, variant.hidden_size(H)))}
+    cot["dc_n"] = rng.standard_normal((B, H)) if cell.has_cell_state else None
+    return cot
+
+
+def loss(cell, variant, problem, cot, reverse):
+    y, h_n, c_n, _ = forward(cell, variant, problem, reverse, training=False)
+    total = np.sum(y * cot["dy"]) + np.sum(h_n * cot["dh_n"])
+    return total + (np.sum(c_n * cot["dc_n"]) if c_n is not None else 0)
+
+
+def inputs_of(problem):
+    """(gradient name, array) of everything differentiable: x, states, each parameter."""
+    named = [("dx", problem["x"]), ("dh0", problem["h0"]), ("dc0", problem["c0"])]
+    named += [(f"d{n}", a) for n, a in problem["params"].items()]
+    return [(n, a) for n, a in named if a is not None]
+
+
+def finite_difference(cell, variant, problem, cot, reverse, target, eps=1e-6):
+    fd = np.zeros_like(target)
+    for idx in np.ndindex(target.shape):
+        for sign in (1, -1):
+            saved = target[idx]
+            target[idx] = saved + sign * eps  # restored below
+            fd[idx] += sign * loss(cell, variant, problem, cot, reverse)
+            target[idx] = saved
+    return fd / (2 * eps)
+
+
+FD_CASES = {
+    "lstm_proj": (LSTM, Variant(proj_size=2)),
+    "lstm_layer_norm": (LSTM, Variant(layer_norm=True)),
+    "gru_layer_norm": (GRU, Variant(layer_norm=True)),
+    "lstm_peepholes": (LSTM, Variant(peepholes=True)),
+    "lstm_peepholes_clip": (LSTM, Variant(peepholes=True, clip=0.6)),
+    "rnn_tanh_clip": (cell_by_name("rnn_tanh"), Variant(clip=0.6)),
+    "rnn_relu_clip": (cell_by_name("rnn_relu"), Variant(clip=0.6)),
+    "gru_clip": (GRU, Variant(clip=0.6)),
+    "gru_textbook_clip": (cell_by_name("gru_textbook"), Variant(clip=0.6)),
+    "rnn_zoneout": (cell_by_name("rnn_tanh"), Variant(zoneout=0.3)),
+    "lstm_zoneout": (LSTM, Variant(zoneout=0.3)),
+    "gru_zoneout": (GRU, Variant(zoneout=0.3)),
+    "gru_all": (GRU, Variant(layer_norm=True, clip=0.6, zoneout=0.3)),
+    "lstm_all": (LSTM, Variant(proj_size=3, layer_norm=True, peepholes=True, clip=0.6,
+                               zoneout=0.3)),
+}
+
+
+@pytest.mark.parametrize("case", list(FD_CASES))
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("lengths", [False, True], ids=["full", "lengths"])
+def test_variant_gradients_match_finite_differences(case, reverse, lengths):
+    cell, variant = FD_CASES[case]
+    problem = make_variant_problem(cell, variant, T=4, B=3, I=3, H=4, seed=5, lengths=lengths)
+    cot = cotangents(cell, variant, problem, seed=6)
+    saved = forward(cell, variant, problem, reverse)[3]
+    grads = rv.backward(saved, cot["dy"], cot["dh_n"], cot["dc_n"])
+    checked = []
+    for name, target in inputs_of(problem):
+        fd = finite_difference(cell, variant, problem, cot, reverse, target)
+        analytic = grads[name]
+        rel = np.linalg.norm(fd - analytic) / max(np.linalg.norm(fd), np.linalg.norm(analytic))
+        assert rel <= FD_RTOL, f"{case} {name}: relative error {rel:.2e}"
+        checked.append(name)
+    expected = {"dx", "dh0"} | {f"d{n}" for n in problem["params"]}
+    assert set(checked) == expected | ({"dc0"} if cell.has_cell_state else set())
+
+
+@pytest.mark.parametrize("case", [c for c in FD_CASES if FD_CASES[c][1].clip])
+def test_clip_bounds_some_gates_in_the_gradient_cases(case):
+    """The clip of the cases above changes the outputs and the gradients (some gate inputs lie
+    outside the bounds) without zeroing the gradients (some lie inside), so the finite
+    differences above see both sides of the clamp."""
+    cell, variant = FD_CASES[case]
+    results = []
+    for v in (variant, replace(variant, clip=None)):
+        problem = make_variant_problem(cell, v, T=4, B=3, I=3, H=4, seed=5)
+        cot = cotangents(cell, v, problem, seed=6)
+        y, _, _, saved = forward(cell, v, problem)
+        results.append((y, rv.backward(saved, cot["dy"], cot["dh_n"], cot["dc_n"])["dW_ih"]))
+    (y_clip, dW_clip), (y_free, dW_free) = results
+    assert np.abs(y_clip - y_free).max() > 1e-3
+    assert np.abs(dW_clip - dW_free).max() > 1e-3
+    assert np.linalg.norm(dW_clip) > 0.1 * np.linalg.norm(dW_free)
+
+
+@pytest.mark.parametrize("cell", ALL_CELLS, ids=[c.name for c in ALL_CELLS])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+def test_default_variant_is_the_plain_reference(cell, reverse):
+    """Variant() changes nothing: the same outputs and gradients as reference.py."""
+    T, B, I, H = 5, 4, 3, 6
+    problem = make_problem(cell, T, B, I, H, lengths=True, seed=2)
+    cot = make_cotangents(cell, T, B, H, seed=3)
+    outs, grads = run(cell, problem, cot, "numpy", reverse=reverse)
+    params = {k: problem[k] for k in ("W_ih", "W_hh", "b_ih", "b_hh")}
+    y, h_n, c_n, saved = rv.forward(cell, Variant(), problem["x"], params, problem["h0"],
+                                    problem.get("c0"), lengths=problem["lengths"],
+                                    reverse=reverse)
+    g = rv.backward(saved, cot["dy"], cot["dh_n"], cot.get("dc_n"))
+    tol = dict(rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(y, outs["y"], **tol)
+    np.testing.assert_allclose(h_n, outs["h_n"], **tol)
+    if cell.has_cell_state:
+        np.testing.assert_allclose(c_n, outs["c_n"], **tol)
+    for name, expected in grads.items():
+        np.testing.assert_allclose(g[name], expected, err_msg=name, **tol)
+
+
+def test_padding_never_enters():
+    """Invalid steps are never computed: NaN padding leaves outputs and gradients unchanged."""
+    variant = Variant(proj_size=2, layer_norm=True, peepholes=True, clip=0.6, zoneout=0.3)
+    problem = make_variant_problem(LSTM, variant, T=5, B=3, I=3, H=4, seed=1, lengths=True)
+    problem["lengths"] = np.array([5, 2, 3])
+    padded = {**problem, "x": problem["x"].copy()}
+    for b, L in enumerate(problem["lengths"]):
+        padded["x"][L:, b] = np.nan
+    cot = cotangents(LSTM, variant, problem, seed=2)
+    results = []
+    for pr in (problem, padded):
+        y, h_n, c_n, saved = forward(LSTM, variant, pr, reverse=True)
+        results.append((y, h_n, c_n, rv.backward(saved, cot["dy"], cot["dh_n"], cot["dc_n"])))
+    (y0, h0, c0, g0), (y1, h1, c1, g1) = results
+    assert np.isfinite(y1).all() and np.all(y1[3:, 1] == 0)
+    for a, b in [(y0, y1), (h0, h1), (c0, c1)] + [(g0[k], g1[k]) for k in g0 if k != "dx"]:
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(np.nan_to_num(g1["dx"], nan=-1), g0["dx"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Projection against torch.nn.LSTM(proj_size=...)
+
+
+def _torch_proj_run(problem, cot, reverse):
+    """Outputs and gradients of the same direction in torch.nn.LSTM(proj_size): reverse is the
+    reverse half of a bidirectional layer (the forward half zeros), lengths packed."""
+    import torch
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    p, x = problem["params"], problem["x"]
+    T, B, I = x.shape
+    P, H = p["W_hr"].shape
+    D = 2 if reverse else 1
+    mod = torch.nn.LSTM(I, H, proj_size=P, bidirectional=reverse, dtype=torch.float64)
+    suffix = "_reverse" if reverse else ""
+    with torch.no_grad():
+        for name, key in (("weight_ih", "W_ih"), ("weight_hh", "W_hh"), ("bias_ih", "b_ih"),
+                          ("bias_hh", "b_hh"), ("weight_hr", "W_hr")):
+            getattr(mod, f"{name}_l0{suffix}").copy_(torch.from_numpy(p[key]))
+            if reverse:
+                getattr(mod, f"{name}_l0").zero_()
+    xt = torch.from_numpy(x.copy()).requires_grad_()
+    h0 = np.stack([np.zeros_like(problem["h0"]), problem["h0"]][-D:])
+    c0 = np.stack([np.zeros_like(problem["c0"]), problem["c0"]][-D:])
+    h0t, c0t = (torch.from_numpy(s).requires_grad_() for s in (h0, c0))
+    inp = xt if problem["lengths"] is None else pack_padded_sequence(
+        xt, torch.as_tensor(problem["lengths"]), enforce_sorted=False)
+    out, (h_n, c_n) = mod(inp, (h0t, c0t))
+    if problem["lengths"] is not None:
+        out, _ = pad_packed_sequence(out, total_length=T)
+    y = out[..., (D - 1) * P:]
+    total = ((y * torch.from_numpy(cot["dy"])).sum() + (h_n[D - 1] * torch.from_numpy(
+        cot["dh_n"])).sum() + (c_n[D - 1] * torch.from_numpy(cot["dc_n"])).sum())
+    total.backward()
+    grads = {f"d{key}": getattr(mod, f"{name}_l0{suffix}").grad.numpy() for name, key in (
+        ("weight_ih", "W_ih"), ("weight_hh", "W_hh"), ("bias_ih", "b_ih"), ("bias_hh", "b_hh"),
+        ("weight_hr", "W_hr"))}
+    grads.update(dx=xt.grad.numpy(), dh0=h0t.grad[D - 1].numpy(), dc0=c0t.grad[D - 1].numpy())
+    outs = [t.detach().numpy() for t in (y, h_n[D - 1], c_n[D - 1])]
+    return outs, grads
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("lengths", [False, True], ids=["full", "lengths"])
+def test_projection_matches_torch(reverse, lengths):
+    pytest.importorskip("torch", reason="the PyTorch cross-checks need torch (test extra)")
+    variant = Variant(proj_size=3)
+    problem = make_variant_problem(LSTM, variant, T=6, B=4, I=5, H=7, seed=11, lengths=lengths)
+    cot = cotangents(LSTM, variant, problem, seed=12)
+    y, h_n, c_n, saved = forward(LSTM, variant, problem, reverse)
+    assert y.shape == (6, 4, 3) and h_n.shape == (4, 3) and c_n.shape == (4, 7)
+    grads = rv.backward(saved, cot["dy"], cot["dh_n"], cot["dc_n"])
+    t_outs, t_grads = _torch_proj_run(problem, cot, reverse)
+    for name, ours, theirs in zip(("y", "h_n", "c_n"), (y, h_n, c_n), t_outs):
+        np.testing.assert_allclose(ours, theirs, err_msg=name, **TOL[np.float64])
+    assert set(t_grads) <= set(grads)
+    for name, expected in t_grads.items():
+        np.testing.assert_allclose(grads[name], expected, err_msg=name, **TOL[np.float64])
