@@ -239,3 +239,203 @@ def test_projection_matches_torch(reverse, lengths):
     assert set(t_grads) <= set(grads)
     for name, expected in t_grads.items():
         np.testing.assert_allclose(grads[name], expected, err_msg=name, **TOL[np.float64])
+
+
+# ----------------------------------------------------------------------------------------------
+# Layer norm against a slow torch transcription of its equations (torch autograd's gradients)
+
+
+def _torch_layer_norm_loop(cell, problem, cot, reverse):
+    import torch
+
+    def LN(v):  # over the whole row, biased variance, eps as the reference
+        mean = v.mean(dim=1, keepdim=True)
+        var = ((v - mean) ** 2).mean(dim=1, keepdim=True)
+        return (v - mean) / torch.sqrt(var + LN_EPS)
+
+    leaves = {name: torch.tensor(a, requires_grad=True) for name, a in inputs_of(problem)}
+    p = {name[1:]: a for name, a in leaves.items()}
+    x, h, c = p["x"], p["h0"], p.get("c0")
+    T, B = x.shape[:2]
+    L = torch.full((B,), T) if problem["lengths"] is None else torch.as_tensor(
+        problem["lengths"])
+    ys = [None] * T
+    for t in (range(T - 1, -1, -1) if reverse else range(T)):
+        valid = (t < L)[:, None]
+        gx = LN(x[t] @ p["W_ih"].T) * p["g_ih"] + p["b_ih"]
+        gh = LN(h @ p["W_hh"].T) * p["g_hh"] + p["b_hh"]
+        if cell.kind == "lstm":
+            a_i, a_f, a_g, a_o = (gx + gh).chunk(4, dim=1)
+            c_new = torch.sigmoid(a_f) * c + torch.sigmoid(a_i) * torch.tanh(a_g)
+            h_new = torch.sigmoid(a_o) * torch.tanh(LN(c_new) * p["g_c"] + p["b_c"])
+            c = torch.where(valid, c_new, c)
+        else:
+            gx_r, gx_z, gx_n = gx.chunk(3, dim=1)
+            gh_r, gh_z, gh_n = gh.chunk(3, dim=1)
+            r, z = torch.sigmoid(gx_r + gh_r), torch.sigmoid(gx_z + gh_z)
+            n = torch.tanh(gx_n + r * gh_n)
+            h_new = (1 - z) * n + z * h
+        h = torch.where(valid, h_new, h)
+        ys[t] = torch.where(valid, h_new, torch.zeros_like(h_new))
+    y = torch.stack(ys)
+    total = (y * torch.from_numpy(cot["dy"])).sum() + (h * torch.from_numpy(cot["dh_n"])).sum()
+    if c is not None:
+        total = total + (c * torch.from_numpy(cot["dc_n"])).sum()
+    total.backward()
+    outs = [y.detach().numpy(), h.detach().numpy()] + ([c.detach().numpy()] if c is not None
+                                                       else [None])
+    return outs, {name: a.grad.numpy() for name, a in leaves.items()}
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("cell", [LSTM, GRU], ids=["lstm", "gru"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("lengths", [False, True], ids=["full", "lengths"])
+def test_layer_norm_matches_torch_transcription(cell, reverse, lengths):
+    pytest.importorskip("torch", reason="the PyTorch cross-checks need torch (test extra)")
+    variant = Variant(layer_norm=True)
+    problem = make_variant_problem(cell, variant, T=6, B=4, I=5, H=7, seed=21, lengths=lengths)
+    cot = cotangents(cell, variant, problem, seed=22)
+    y, h_n, c_n, saved = forward(cell, variant, problem, reverse)
+    grads = rv.backward(saved, cot["dy"], cot["dh_n"], cot["dc_n"])
+    (t_y, t_h, t_c), t_grads = _torch_layer_norm_loop(cell, problem, cot, reverse)
+    for name, ours, theirs in (("y", y, t_y), ("h_n", h_n, t_h), ("c_n", c_n, t_c)):
+        if theirs is not None:
+            np.testing.assert_allclose(ours, theirs, err_msg=name, **TOL[np.float64])
+    assert set(t_grads) == {k for k, v in grads.items() if v is not None}
+    for name, expected in t_grads.items():
+        np.testing.assert_allclose(grads[name], expected, err_msg=name, **TOL[np.float64])
+
+
+def test_layer_norm_starts_as_layer_norm_only():
+    """With its initial parameters (gains 1, b_c 0) a layer-normalised cell differs from the
+    plain one, and the normalisation removes a common offset of W_ih's rows' products."""
+    variant = Variant(layer_norm=True)
+    rng = np.random.default_rng(4)
+    params = rv.initial_params(LSTM, variant, 3, 5, rng)
+    assert np.all(params["g_ih"] == 1) and np.all(params["g_c"] == 1)
+    assert np.all(params["b_c"] == 0)
+    x = rng.standard_normal((4, 2, 3))
+    y, _, _, _ = rv.forward(LSTM, variant, x, params, training=False)
+    plain = {k: params[k] for k in ("W_ih", "W_hh", "b_ih", "b_hh")}
+    y_plain, _, _, _ = rv.forward(LSTM, Variant(), x, plain, training=False)
+    assert np.abs(y - y_plain).max() > 1e-2
+    scaled = {**params, "W_ih": params["W_ih"] * 3.0}  # LN(3 W x) = LN(W x) up to eps
+    y_scaled, _, _, _ = rv.forward(LSTM, variant, x, scaled, training=False)
+    np.testing.assert_allclose(y_scaled, y, rtol=0, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------------------------
+# Peepholes and clip against ONNX (onnx.reference ignores clip; ONNX Runtime implements it)
+
+ONNX_OP = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}
+ONNX_GATE_ORDER = {"rnn": [0], "lstm": [0, 3, 1, 2], "gru": [1, 0, 2]}  # ONNX: iofc, zrh
+
+
+def _onnx_inputs(cell, problem):
+    """The problem's direction as ONNX inputs: gates reordered, biases [Wb, Rb], a leading
+    num_directions axis of 1, peepholes in ONNX's order p_i, p_o, p_f."""
+    p = problem["params"]
+    H = p["W_ih"].shape[0] // cell.gates
+    order = ONNX_GATE_ORDER[cell.kind]
+
+    def gates(a):
+        return np.concatenate([a[k * H:(k + 1) * H] for k in order])
+
+    feeds = {"X": problem["x"], "W": gates(p["W_ih"])[None], "R": gates(p["W_hh"])[None],
+             "B": np.concatenate([gates(p["b_ih"]), gates(p["b_hh"])])[None],
+             "initial_h": problem["h0"][None]}
+    if problem["lengths"] is not None:
+        feeds["sequence_lens"] = problem["lengths"].astype(np.int32)
+    if cell.has_cell_state:
+        feeds["initial_c"] = problem["c0"][None]
+        if "P" in p:
+            feeds["P"] = p["P"][[0, 2, 1]].reshape(1, 3 * H)
+    return feeds
+
+
+def _onnx_model(cell, feeds, H, clip, reverse):
+    import onnx
+    from onnx import helper
+
+    elem = helper.np_dtype_to_tensor_dtype(feeds["X"].dtype)
+    T, B, _ = feeds["X"].shape
+    slots = ["X", "W", "R", "B", "sequence_lens", "initial_h", "initial_c", "P"]
+    slots = slots[:6] if not cell.has_cell_state else slots
+    names = [s if s in feeds else "" for s in slots]
+    while names[-1] == "":
+        names.pop()
+    attrs = {"hidden_size": H, "direction": "reverse" if reverse else "forward"}
+    if clip is not None:
+        attrs["clip"] = float(clip)
+    if cell.kind == "rnn":
+        attrs["activations"] = ["Tanh" if cell.nonlinearity == "tanh" else "Relu"]
+    if cell.kind == "gru":
+        attrs["linear_before_reset"] = int(cell.linear_before_reset)
+    outputs = ["Y", "Y_h"] + (["Y_c"] if cell.has_cell_state else [])
+    node = helper.make_node(ONNX_OP[cell.kind], names, outputs, **attrs)
+    graph = helper.make_graph(
+        [node], "variant",
+        [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
+         for n, a in feeds.items()],
+        [helper.make_tensor_value_info(n, elem, shape) for n, shape in zip(
+            outputs, [(T, 1, B, H), (1, B, H), (1, B, H)])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def _onnx_outputs(results, cell):
+    """(y (T, B, H), h_n, c_n or None) from ONNX's Y (T, 1, B, H), Y_h (1, B, H)..."""
+    y, h_n = results[0][:, 0], results[1][0]
+    return y, h_n, results[2][0] if cell.has_cell_state else None
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+def test_peepholes_match_onnx_reference(reverse):
+    pytest.importorskip("onnx", reason="the ONNX cross-checks need onnx (test extra)")
+    from onnx.reference import ReferenceEvaluator
+
+    variant = Variant(peepholes=True)
+    problem = make_variant_problem(LSTM, variant, T=6, B=4, I=5, H=7, seed=31)
+    feeds = _onnx_inputs(LSTM, problem)
+    evaluator = ReferenceEvaluator(_onnx_model(LSTM, feeds, 7, None, reverse))
+    expected = _onnx_outputs(evaluator.run(None, feeds), LSTM)
+    ours = forward(LSTM, variant, problem, reverse, training=False)[:3]
+    without = forward(LSTM, Variant(), {**problem, "params": {
+        k: v for k, v in problem["params"].items() if k != "P"}}, reverse, training=False)[0]
+    assert np.abs(ours[0] - without).max() > 1e-2  # the peepholes matter here
+    for name, a, b in zip(("y", "h_n", "c_n"), ours, expected):
+        np.testing.assert_allclose(a, b, err_msg=name, **TOL[np.float64])
+
+
+CLIP_CASES = {
+    "lstm_peepholes": (LSTM, Variant(peepholes=True, clip=0.6)),
+    "lstm": (LSTM, Variant(clip=0.6)),
+    "rnn_tanh": (cell_by_name("rnn_tanh"), Variant(clip=0.6)),
+    "rnn_relu": (cell_by_name("rnn_relu"), Variant(clip=0.6)),
+    "gru": (GRU, Variant(clip=0.6)),
+    "gru_textbook": (cell_by_name("gru_textbook"), Variant(clip=0.6)),
+}
+
+
+@pytest.mark.parametrize("case", list(CLIP_CASES))
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("lengths", [False, True], ids=["full", "lengths"])
+def test_clip_matches_onnxruntime(case, reverse, lengths):
+    ort = pytest.importorskip("onnxruntime", reason="the clip cross-check needs onnxruntime")
+    cell, variant = CLIP_CASES[case]
+    # ONNX Runtime's recurrent kernels take float32 only
+    problem = make_variant_problem(cell, variant, T=6, B=4, I=5, H=7, seed=41, lengths=lengths,
+                                   dtype=np.float32)
+    feeds = _onnx_inputs(cell, problem)
+    session = ort.InferenceSession(_onnx_model(cell, feeds, 7, variant.clip, reverse)
+                                   .SerializeToString(), providers=["CPUExecutionProvider"])
+    expected = _onnx_outputs(session.run(None, feeds), cell)
+    ours = forward(cell, variant, problem, reverse, training=False)[:3]
+    unclipped = forward(cell, replace(variant, clip=None), problem, reverse, training=False)[0]
+    assert np.abs(ours[0] - unclipped).max() > 1e-2  # the clip matters here
+    for name, a, b in zip(("y", "h_n", "c_n"), ours, expected):
+        if b is not None:
+            np.testing.assert_allclose(a, b, err_msg=name, **TOL[np.float32])
