@@ -252,11 +252,13 @@ def check_inputs(cell, variant, x, params, h0, c0, lengths, zoneout_mask):
     """Raise a TypeError/ValueError that names the argument when an input does not fit."""
     variant.check(cell)
     if not isinstance(x, np.ndarray) or x.ndim != 3:
-        raise ValueError(f"x must be a numpy array of shape (T, B, I), got {getattr(x, 'shape', x)!r}")
+        raise ValueError("x must be a numpy array of shape (T, B, I), "
+                         f"got {getattr(x, 'shape', type(x).__name__)!r}")
     T, B, I = x.shape
     W_ih = params.get("W_ih")
     if not isinstance(W_ih, np.ndarray) or W_ih.ndim != 2 or W_ih.shape[0] % cell.gates:
-        raise ValueError(f"params['W_ih'] must be a numpy array ({cell.gates}*H, I) for {cell.name}")
+        raise ValueError(
+            f"params['W_ih'] must be a numpy array ({cell.gates}*H, I) for {cell.name}")
     H = W_ih.shape[0] // cell.gates
     shapes = variant.param_shapes(cell, I, H)
     missing = sorted(set(shapes) - set(params))
@@ -278,7 +280,8 @@ def check_inputs(cell, variant, x, params, h0, c0, lengths, zoneout_mask):
     if lengths is not None:
         _check_array("lengths", lengths, (B,))
         if lengths.min() < 1 or lengths.max() > T:
-            raise ValueError(f"lengths must lie in [1, T={T}], got {lengths.min()}..{lengths.max()}")
+            raise ValueError(
+                f"lengths must lie in [1, T={T}], got {lengths.min()}..{lengths.max()}")
     if variant.zoneout and zoneout_mask is None:
         raise ValueError("zoneout needs zoneout_mask, (T, B, P or H): see Variant.zoneout_mask")
     if zoneout_mask is not None:

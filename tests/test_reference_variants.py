@@ -11,7 +11,7 @@ import pytest
 from fastrnn import reference_variants as rv
 from fastrnn.cells import ALL_CELLS, LN_EPS, Cell, Variant, cell_by_name
 from fastrnn.tolerances import FD_RTOL
-from helpers import FORWARD, TOL, make_cotangents, make_problem, run
+from helpers import TOL, make_cotangents, make_problem, run
 
 LSTM, GRU = Cell("lstm"), Cell("gru")
 
@@ -439,3 +439,102 @@ def test_clip_matches_onnxruntime(case, reverse, lengths):
     for name, a, b in zip(("y", "h_n", "c_n"), ours, expected):
         if b is not None:
             np.testing.assert_allclose(a, b, err_msg=name, **TOL[np.float32])
+
+
+# ----------------------------------------------------------------------------------------------
+# Zoneout
+
+
+def test_zoneout_masks():
+    variant = Variant(zoneout=0.3)
+    shape = (50, 40, 100)
+    train = variant.zoneout_mask(shape, np.float64, True, np.random.default_rng(0))
+    assert train.shape == shape and set(np.unique(train)) == {0.0, 1.0}
+    assert abs(train.mean() - 0.7) < 0.01  # 200000 draws: 4.5 standard deviations
+    # per step, unit and row: no axis repeats one pattern
+    assert np.abs(train[0] - train[1]).max() == 1 and np.abs(train[:, 0] - train[:, 1]).max() == 1
+    assert np.all(variant.zoneout_mask(shape, np.float64, False) == 0.7)
+    assert Variant().zoneout_mask(shape, np.float64, True, np.random.default_rng(0)) is None
+    with pytest.raises(ValueError, match="rng"):
+        variant.zoneout_mask(shape, np.float64, True)
+
+
+@pytest.mark.parametrize("cell", [c for c in ALL_CELLS if c.name != "rnn_relu"],
+                         ids=[c.name for c in ALL_CELLS if c.name != "rnn_relu"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_zoneout_matches_its_formula(cell, training):
+    """Step by step with the plain cell: in training h' = h + m (h_new - h) with the 0/1 mask;
+    in evaluation h' = p h + (1 - p) h_new; the LSTM's c is never zoned out; y is h'."""
+    p_zone = 0.3
+    variant = Variant(zoneout=p_zone)
+    T, B, I, H = 5, 3, 4, 6
+    problem = make_variant_problem(cell, variant, T, B, I, H, seed=51, training=training)
+    M = problem["zoneout_mask"]
+    y, h_n, c_n, _ = forward(cell, variant, problem, training=False)
+    plain = Variant()
+    h, c = problem["h0"], problem["c0"]
+    for t in range(T):
+        _, h_new, c_new, _ = rv.forward(cell, plain, problem["x"][t:t + 1], problem["params"],
+                                        h, c, training=False)
+        h = h + M[t] * (h_new - h) if training else p_zone * h + (1 - p_zone) * h_new
+        c = c_new
+        np.testing.assert_allclose(y[t], h, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(h_n, h, rtol=1e-12, atol=1e-12)
+    if cell.has_cell_state:
+        np.testing.assert_allclose(c_n, c, rtol=1e-12, atol=1e-12)
+
+
+def test_zoneout_keeps_the_zoned_out_units():
+    """Where the training mask is 0 the unit keeps its previous value exactly."""
+    variant = Variant(zoneout=0.5)
+    problem = make_variant_problem(GRU, variant, T=4, B=3, I=2, H=5, seed=61)
+    y, _, _, _ = forward(GRU, variant, problem, training=True)
+    M = problem["zoneout_mask"]
+    previous = np.concatenate([problem["h0"][None], y[:-1]])
+    assert (M == 0).sum() > 10
+    np.testing.assert_array_equal(y[M == 0], previous[M == 0])
+    assert np.all(y[M == 1] != previous[M == 1])
+
+
+# ----------------------------------------------------------------------------------------------
+# Errors name the argument
+
+
+DROP = object()  # a parameter left out
+RNN_TANH, GRU_TEXTBOOK = cell_by_name("rnn_tanh"), cell_by_name("gru_textbook")
+ZONE, PROJ = Variant(zoneout=0.2), Variant(proj_size=2)
+
+
+@pytest.mark.parametrize("cell, variant, made_for, change, message", [
+    # (cell, variant called, variant the inputs are made for, inputs changed, message)
+    (GRU, PROJ, Variant(), {}, "proj_size and peepholes are LSTM switches"),
+    (RNN_TANH, Variant(peepholes=True), Variant(), {}, "LSTM switches"),
+    (GRU_TEXTBOOK, Variant(layer_norm=True), Variant(), {}, "layer_norm applies"),
+    (RNN_TANH, Variant(layer_norm=True), Variant(), {}, "layer_norm applies"),
+    (LSTM, Variant(clip=0.0), Variant(), {}, "clip must be None or a positive float"),
+    (LSTM, Variant(clip=-1.0), Variant(), {}, "clip must be None or a positive float"),
+    (LSTM, Variant(zoneout=1.0), Variant(), {}, r"zoneout must be in \[0, 1\)"),
+    (LSTM, Variant(proj_size=-1), Variant(), {}, "proj_size must be an int"),
+    (LSTM, ZONE, Variant(), {}, "zoneout needs zoneout_mask"),
+    (LSTM, Variant(), ZONE, {}, "zoneout_mask given but the variant has zoneout=0"),
+    (LSTM, ZONE, ZONE, {"zoneout_mask": np.ones((4, 3, 5))}, r"zoneout_mask must have shape"),
+    (LSTM, PROJ, PROJ, {"h0": np.zeros((3, 4))}, r"h0 must have shape \(3, 2\)"),
+    (LSTM, PROJ, PROJ, {"c0": np.zeros((3, 2))}, r"c0 must have shape \(3, 4\)"),
+    (GRU, Variant(), Variant(), {"c0": np.zeros((3, 4))}, "c0 is an LSTM state"),
+    (LSTM, Variant(peepholes=True), Variant(peepholes=True), {"params": {"P": np.zeros((4, 4))}},
+     r"params\['P'\] must have shape \(3, 4\)"),
+    (LSTM, Variant(layer_norm=True), Variant(layer_norm=True), {"params": {"g_c": None}},
+     r"params\['g_c'\] must be a numpy array"),
+    (LSTM, Variant(), PROJ, {}, r"unexpected \['W_hr'\]"),
+    (LSTM, PROJ, PROJ, {"params": {"W_hr": DROP}}, r"missing \['W_hr'\]"),
+    (LSTM, Variant(), Variant(), {"lengths": np.array([1, 5, 2])},
+     r"lengths must lie in \[1, T=4\]"),
+    (LSTM, Variant(), Variant(), {"x": np.zeros((4, 3))},
+     r"x must be a numpy array of shape \(T, B, I\)"),
+])
+def test_bad_inputs_raise_clear_errors(cell, variant, made_for, change, message):
+    problem = make_variant_problem(cell, made_for, 4, 3, 2, 4, seed=0)
+    params = {**problem["params"], **change.get("params", {})}
+    problem = {**problem, **change, "params": {k: v for k, v in params.items() if v is not DROP}}
+    with pytest.raises((ValueError, TypeError), match=message):
+        forward(cell, variant, problem)
