@@ -84,6 +84,7 @@ def _unclamp(d, mask):
 
 
 def _gate_blocks(a, k):
+    """The k gate blocks (R, H) of a row of gates (R, k*H), in cell order."""
     H = a.shape[1] // k
     return [a[:, j * H:(j + 1) * H] for j in range(k)]
 
@@ -260,6 +261,9 @@ def check_inputs(cell, variant, x, params, h0, c0, lengths, zoneout_mask):
         raise ValueError(
             f"params['W_ih'] must be a numpy array ({cell.gates}*H, I) for {cell.name}")
     H = W_ih.shape[0] // cell.gates
+    if variant.proj_size >= H:  # as torch.nn.LSTM
+        raise ValueError(f"proj_size must be smaller than the hidden size H={H}, "
+                         f"got {variant.proj_size}")
     shapes = variant.param_shapes(cell, I, H)
     missing = sorted(set(shapes) - set(params))
     extra = sorted(set(params) - set(shapes))
@@ -330,8 +334,8 @@ def backward(saved, dy=None, dh_n=None, dc_n=None) -> dict:
     cell, variant, params, caches, reverse, zoneout_mask, (T, B, I) = saved
     step_back = STEPS[cell.kind][1]
     grads = {f"d{name}": np.zeros_like(a) for name, a in params.items() if a is not None}
-    P = variant.hidden_size(params["W_ih"].shape[0] // cell.gates)
     H = params["W_ih"].shape[0] // cell.gates
+    P = variant.hidden_size(H)
     dtype = params["W_ih"].dtype
     dy = np.zeros((T, B, P), dtype) if dy is None else dy
     d_state = [np.zeros((B, P), dtype) if dh_n is None else dh_n.copy()]

@@ -179,6 +179,20 @@ def test_padding_never_enters():
     np.testing.assert_array_equal(np.nan_to_num(g1["dx"], nan=-1), g0["dx"])
 
 
+def test_inputs_are_not_modified():
+    variant = Variant(proj_size=2, layer_norm=True, peepholes=True, clip=0.6, zoneout=0.3)
+    problem = make_variant_problem(LSTM, variant, T=4, B=3, I=3, H=4, seed=3, lengths=True)
+    cot = cotangents(LSTM, variant, problem, seed=4)
+    before = [a.copy() for _, a in inputs_of(problem)] + [
+        a.copy() for a in (problem["zoneout_mask"], problem["lengths"], *cot.values())]
+    saved = forward(LSTM, variant, problem, reverse=True)[3]
+    rv.backward(saved, cot["dy"], cot["dh_n"], cot["dc_n"])
+    after = [a for _, a in inputs_of(problem)] + [
+        problem["zoneout_mask"], problem["lengths"], *cot.values()]
+    for a, b in zip(before, after):
+        np.testing.assert_array_equal(a, b)
+
+
 # ----------------------------------------------------------------------------------------------
 # Projection against torch.nn.LSTM(proj_size=...)
 
@@ -527,6 +541,8 @@ ZONE, PROJ = Variant(zoneout=0.2), Variant(proj_size=2)
      r"params\['g_c'\] must be a numpy array"),
     (LSTM, Variant(), PROJ, {}, r"unexpected \['W_hr'\]"),
     (LSTM, PROJ, PROJ, {"params": {"W_hr": DROP}}, r"missing \['W_hr'\]"),
+    (LSTM, Variant(proj_size=4), Variant(), {"params": {"W_hr": np.zeros((4, 4))}},
+     r"proj_size must be smaller than the hidden size H=4"),
     (LSTM, Variant(), Variant(), {"lengths": np.array([1, 5, 2])},
      r"lengths must lie in \[1, T=4\]"),
     (LSTM, Variant(), Variant(), {"x": np.zeros((4, 3))},
