@@ -46,10 +46,12 @@ class Context:
 def run_forward(cell, backend, x, dirs, lengths, training):
     """One layer of 1 or 2 directions; returns (y (T, B, D*H), h_n (D, B, H), c_n or None, ctx),
     ctx None unless ``training``."""
+    check_variant(cell, backend)
     xp = backend.xp
     T, B, _ = x.shape
     H = dirs[0].W_hh.shape[1]
-    if T == 1 and not training and len(dirs) == 1 and backend.has_step_kernel:
+    plain = not cell.variant.switches  # the step kernels run plain cells only
+    if T == 1 and not training and len(dirs) == 1 and backend.has_step_kernel and plain:
         # One step of one direction is a decoding step: the backend's step kernel (lengths
         # are all 1 and reverse is forward at T = 1)
         d = dirs[0]
@@ -67,6 +69,18 @@ def run_forward(cell, backend, x, dirs, lengths, training):
     ctx = (Context(cell, backend, saved, tuple(x.shape), H, x.dtype, backend.library)
            if training else None)
     return y, h_n, c_n, ctx
+
+
+def check_variant(cell, backend):
+    """Raise NotImplementedError naming the switches of ``cell.variant`` that ``backend`` does
+    not run, rather than let it run the plain cell."""
+    missing = backend.unsupported(cell)
+    if missing:
+        described = cell.variant.described()
+        wanted = ", ".join(f"{name}={described[name]!r}" for name in missing)
+        raise NotImplementedError(
+            f"the {backend.name!r} backend cannot run {cell.name} with {wanted}; it runs "
+            f"the variant switches {sorted(backend.variant_switches) or 'none'}")
 
 
 def run_backward(ctx, dy, dh_n, dc_n):

@@ -88,18 +88,29 @@ class Saved:
     hn: Any
     lengths: Any
     reverse: bool
+    # Variants: P (3, H) the peepholes, read again by backward; inside (R, G*H) uint8, 1 where
+    # a clipped gate's input lay within [-clip, clip] (the clamp's derivative: deriving it
+    # from the activated gate, which equals act(clip) there, is not exact in floating point).
+    P: Any = None
+    inside: Any = None
 
     @property
     def h_in(self):
         """The state entering each step, (T, B, H)."""
         return entering_states(self.hs, self.reverse)
 
+    @property
+    def c_in_out(self):
+        """The cell states entering and leaving each step, (T, B, H) each."""
+        return entering_states(self.cs, self.reverse), entering_states(self.cs, not self.reverse)
+
 
 @dataclass
 class Direction:
     """One direction's parameters and initial state, already checked by the API.
 
-    W_ih (G*H, I), W_hh (G*H, H), b_ih/b_hh (G*H,) or None, h0/c0 (B, H) (c0 None unless LSTM).
+    W_ih (G*H, I), W_hh (G*H, H), b_ih/b_hh (G*H,) or None, h0/c0 (B, H) (c0 None unless LSTM),
+    P (3, H) the peepholes p_i, p_f, p_o of an LSTM with Variant.peepholes, else None.
     All C-contiguous, one dtype, one array library.
     """
 
@@ -110,11 +121,13 @@ class Direction:
     h0: Any
     c0: Any
     reverse: bool
+    P: Any = None
 
 
 @dataclass
 class DirectionGrads:
-    """Gradients of one direction. db_* is None where the bias was None; dc0 None unless LSTM."""
+    """Gradients of one direction. db_* is None where the bias was None; dc0 None unless LSTM;
+    dP (3, H) only with peepholes."""
 
     dW_ih: Any
     dW_hh: Any
@@ -122,6 +135,7 @@ class DirectionGrads:
     db_hh: Any
     dh0: Any
     dc0: Any
+    dP: Any = None
 
 
 class Backend:
@@ -140,6 +154,13 @@ class Backend:
     name = "?"
     library = "numpy"  # the array library it takes: "numpy" or "cupy"
     xp = None  # the module it computes with
+    # The Variant switches (cells.Variant.switches) it runs; a cell that sets any other is
+    # refused before the backend sees it (``unsupported``), never run as the plain cell.
+    variant_switches = frozenset()
+
+    def unsupported(self, cell: Cell) -> tuple:
+        """The switches of ``cell.variant`` this backend cannot run (empty when it can)."""
+        return tuple(s for s in cell.variant.switches if s not in self.variant_switches)
 
     def forward(self, cell: Cell, x, dirs, lengths, training):
         raise NotImplementedError
@@ -186,7 +207,7 @@ class _FusedSaved:
 class FusedBackend(Backend):
     """GEMMs once for every fused backend; the subclass supplies the time loop.
 
-    recurrence_forward(cell, x_proj, W_hh, b_hh, h0, c0, lengths, reverse, y, training)
+    recurrence_forward(cell, x_proj, W_hh, b_hh, h0, c0, lengths, reverse, y, training[, P])
             -> (h_n, c_n, saved)
         x_proj (T, B, G*H): W_ih x_t + b_ih for every step, the caller's scratch (a backend may
         overwrite it: the Numba backend keeps a training forward's gates there). y (T, B, H):
@@ -196,6 +217,9 @@ class FusedBackend(Backend):
         h0, c0 (B, H) C-contiguous (c0 None unless LSTM). lengths None or a host int64 array
         with 0 <= L_b <= T (0 happens when inference runs in chunks). Returns fresh h_n, c_n
         (B, H) and the backend's saved state (None when not training), laid out as cells.py says.
+        P (3, H), the peepholes, comes only for a cell with them (``variant_switches``), and
+        the backend keeps it in saved.P; backward then sums dP above the backends from d_gx
+        and saved.cs.
     recurrence_backward(cell, saved, W_hh, dy, dh_n, dc_n, d_gx) -> (hh_terms, dh0, dc0)
         dy (T, B, H) with unit last stride; dh_n, dc_n (B, H). d_gx (T, B, G*H): output to fill
         with the gradient with respect to x_proj (zeros at invalid steps); it may be a view.
@@ -288,7 +312,7 @@ class FusedBackend(Backend):
                 h, c, s = self.recurrence_forward(
                     cell, x_proj[..., k * GH:(k + 1) * GH], self.prepare_hh(cell, d.W_hh, T, B),
                     _hh_bias(xp, d), d.h0, d.c0, self._steps(lengths, packing, T, B),
-                    d.reverse, y_k, training)
+                    d.reverse, y_k, training, **_variant_params(d))
             h_n[k] = h
             if c_n is not None:
                 c_n[k] = c
@@ -328,7 +352,8 @@ class FusedBackend(Backend):
                 x_proj = x_proj.reshape(t1 - t0, B, GH)
                 L = None if lengths is None else (lengths - t0).clip(0, t1 - t0)
             h, c, _ = self.recurrence_forward(
-                cell, x_proj, W_hh, b_hh, h, c, L, d.reverse, y[t0:t1], False)
+                cell, x_proj, W_hh, b_hh, h, c, L, d.reverse, y[t0:t1], False,
+                **_variant_params(d))
         return h, c
 
     def backward(self, cell, saved, dy, dh_n, dc_n):
@@ -355,6 +380,11 @@ class FusedBackend(Backend):
             # NaN or Inf: their d_gx rows are zero, but 0 * NaN is NaN in the GEMMs.
             pad = xp.asarray(np.arange(T)[:, None, None] >= saved.lengths[None, :, None])
             unpadded = (lambda a: xp.where(pad, a.dtype.type(0), a))
+        if self.packs_lengths and packing is not None:
+            index = steps.index()
+            rows_of = (lambda a: a.reshape(T * B, -1)[index])
+        else:
+            rows_of = (lambda a: unpadded(a).reshape(T * B, -1))
         grads = []
         for k, s in enumerate(saved.directions):
             hh_terms, dh0, dc0 = self.recurrence_backward(
@@ -365,10 +395,14 @@ class FusedBackend(Backend):
             dW_hh = _stacked(xp, [self.matmul(d2.T, unpadded(h).reshape(-1, H))
                                   for d2, (_, h) in zip(blocks, hh_terms)])
             db_hh = _stacked(xp, [d2.sum(axis=0) for d2 in blocks])
+            dP = None
+            if s.P is not None:
+                d_k = d_gx[..., k * GH:(k + 1) * GH].reshape(-1, GH)
+                dP = _peephole_grad(xp, d_k, *(rows_of(c) for c in s.c_in_out))
             if packing is not None:
                 dh0 = packing.restored(dh0, 0)
                 dc0 = None if dc0 is None else packing.restored(dc0, 0)
-            grads.append(DirectionGrads(None, dW_hh, None, db_hh, dh0, dc0))
+            grads.append(DirectionGrads(None, dW_hh, None, db_hh, dh0, dc0, dP))
         d2 = d_gx.reshape(-1, D * GH)
         dx = self.matmul(d2, W_cat)
         dx = packing.unpack(dx, T, B) if packing is not None else dx.reshape(T, B, I)
@@ -381,6 +415,22 @@ class FusedBackend(Backend):
             if not has_b_hh:
                 g.db_hh = None
         return dx, grads
+
+
+def _variant_params(d: Direction) -> dict:
+    """The keyword arguments of ``recurrence_forward`` that only a variant cell gets (so that a
+    backend without variants keeps the plain signature)."""
+    return {} if d.P is None else {"P": d.P}
+
+
+def _peephole_grad(xp, d_gx, c_in, c_out):
+    """dP (3, H) from the gate gradients d_gx (N, 4H) of N (step, row) pairs and the cell
+    states entering (c_in) and leaving (c_out) them, (N, H): p_i and p_f multiply c, p_o c'
+    (cells.Variant), so each is the sum over every pair of its gate's gradient times that
+    state, as db_hh is of the gradient alone."""
+    H = c_in.shape[1]
+    return xp.stack([(d_gx[:, :H] * c_in).sum(axis=0), (d_gx[:, H:2 * H] * c_in).sum(axis=0),
+                     (d_gx[:, 3 * H:] * c_out).sum(axis=0)])
 
 
 def _stacked(xp, parts):

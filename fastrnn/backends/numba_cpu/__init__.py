@@ -5,6 +5,7 @@
     driver.py     one call through the skeleton: buffers, flat views, the registry of cells
     rnn.py, lstm.py, gru.py, gru_textbook.py   one cell variant each: its step's row math and
                   its registration (``driver.register``)
+    variants.py   the clip and the peepholes (cells.Variant) in the cells' row functions
     packed.py     the recurrent product (a hand-written gemm on packed panels) and the Plan
     vectors.py    64-byte vectors and row loops;  scalars.py  activations and compile flags
     blas.py       the GEMMs above the recurrence, the BLAS thread limit
@@ -106,6 +107,7 @@ class NumbaBackend(FusedBackend):
     direct_max_rows = tuning.direct_max_rows
     step_forward_min_state = tuning.step_forward_min_state
     has_step_kernel = True
+    variant_switches = frozenset({"peepholes", "clip"})
 
     def __init__(self):
         from . import blas, driver, packed, step, threads
@@ -182,7 +184,7 @@ class NumbaBackend(FusedBackend):
         return self._packed.Packed(np.ascontiguousarray(W_hh), plan, self._direct(T, B, plan))
 
     def recurrence_forward(self, cell, x_proj, W_hh, b_hh, h0, c0, lengths, reverse, y,
-                           training):
+                           training, P=None):
         """x_proj (R, G*H) the valid rows that ``lengths``, a packing.Steps, lists (see
         FusedBackend)."""
         T, B, _ = y.shape
@@ -191,7 +193,7 @@ class NumbaBackend(FusedBackend):
         y_out = y if self._driver.flat(y) is not None else np.empty(y.shape, y.dtype)
         h_n, c_n, saved = self._driver.forward(
             cell, x_proj, y_out, W_hh, np.ascontiguousarray(b_hh), h0, c0, lengths,
-            bool(reverse), bool(training))
+            bool(reverse), bool(training), P)
         if y_out is not y:
             y[...] = y_out
         return h_n, c_n, saved

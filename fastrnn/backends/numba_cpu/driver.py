@@ -187,10 +187,22 @@ def _whole(B):
     return np.array([0, B], np.int64)
 
 
-def forward(cell, x_proj, y, weights, b_hh, h0, c0, steps, reverse, training):
+def kernel_cell(cell, dtype, P, inside):
+    """The NamedTuple the kernels get for a cells.Cell: its Spec's, with the variant's fields
+    (variants.py) where the cell has them: the clip in ``dtype`` and the clamp flags
+    ``inside`` (flat uint8), the peepholes P (3, H) flat."""
+    fields, variant = {}, cell.variant
+    if variant.clip is not None:
+        fields.update(clip=dtype.type(variant.clip), inside=inside.reshape(-1))
+    if P is not None:
+        fields["P"] = np.ascontiguousarray(P, dtype).reshape(-1)
+    return SPECS[cell.name].cell._replace(**fields)
+
+
+def forward(cell, x_proj, y, weights, b_hh, h0, c0, steps, reverse, training, P=None):
     """One direction of a cells.Cell: x_proj (R, G*H) the valid rows that ``steps`` (a
-    packing.Steps) lists; weights a packed.Packed; y (T, B, H) is filled. Returns (h_n, c_n or
-    None, base.Saved or None)."""
+    packing.Steps) lists; weights a packed.Packed; y (T, B, H) is filled; P (3, H) the
+    peepholes of a cell with them. Returns (h_n, c_n or None, base.Saved or None)."""
     name = cell.name
     spec = SPECS[name]
     T, B, _ = y.shape
@@ -208,12 +220,15 @@ def forward(cell, x_proj, y, weights, b_hh, h0, c0, steps, reverse, training):
     ph, out, mid = forward_layout(name, B, H, plan, dtype.itemsize, weights.direct)
     work = (W, np.empty(out, dtype), np.empty(mid, dtype), ph)  # a skeleton.FWork
     geo = (T, B, H, G, plan.rows, plan.units, plan.size, reverse, training)  # a Geometry
-    time_loop(spec.cell, geo, flat_input(x_proj), flat(y), _steps(steps, plan), b_hh,
+    clipped = training and cell.variant.clip is not None
+    inside = np.empty((R if clipped else 0, G * H), np.uint8)
+    time_loop(kernel_cell(cell, dtype, P, inside), geo, flat_input(x_proj), flat(y), _steps(steps, plan), b_hh,
               tuple([st.reshape(-1) for st in states]),
               (_flat_or_empty(gates, dtype), _flat_or_empty(hn, dtype)), work)
     last = base.final_slot(T, reverse, training)
     hs, cs = (states + [None])[:2]
-    saved = base.Saved(hs, cs, gates, hn, None, reverse) if training else None
+    saved = (base.Saved(hs, cs, gates, hn, None, reverse, P, inside if clipped else None)
+             if training else None)
     return hs[last].copy(), None if cs is None else cs[last].copy(), saved
 
 
@@ -235,7 +250,7 @@ def backward(cell, saved, W_hh, dy, dh_n, dc_n, d_gx, plan, direct):
             _flat_or_empty(terms, dtype), ph, P, spec.kt)  # a skeleton.BWork
     geo = (T, B, H, cell.gates, plan.rows, k, size, saved.reverse, True)  # a Geometry
     state = (saved.hs, saved.cs)[:spec.states]
-    time_loop(spec.cell, geo, flat_input(dy), flat_rows(d_gx), _steps(saved.lengths, plan),
+    time_loop(kernel_cell(cell, dtype, saved.P, saved.inside), geo, flat_input(dy), flat_rows(d_gx), _steps(saved.lengths, plan),
               tuple([g.reshape(-1) for g in grads]), tuple([st.reshape(-1) for st in state]),
               (_flat_or_empty(saved.gates, dtype), _flat_or_empty(saved.hn, dtype)), work)
     h_in = base.entering_states(saved.hs, saved.reverse).reshape(T * B, H)

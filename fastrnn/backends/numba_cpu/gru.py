@@ -8,23 +8,27 @@ row, with dh reaching h' (plus dy):
     d_gx = [dr, dz, dn],  d_gh = [dr, dz, dn*r],  dh_prev = dh*z + d_gh @ W_hh
 
 d_gh (the terms of dW_hh) is written beside d_gx. gru_textbook.py shares _dn_dz.
+A clip (variants.py) clamps the inputs of r, z and n (gx_n + r*hn) and zeroes dr, dz, dn
+where they were clamped.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from numba import njit
 
-from .scalars import KERNEL, U, tanh
+from .scalars import KERNEL, U
 from .driver import Spec, register
-from .vectors import add_into, add_to, copy_row, sigmoid_row
+from .variants import clamp_row, unclamp_row
+from .vectors import add_into, add_to, copy_row, sigmoid_row, tanh_row
 
 G = 3
 
 
 class Gru(NamedTuple):
-    pass
+    clip: Any = None  # variants.py
+    inside: Any = None
 
 
 def _forward(cell, k, geo, pos, xp, b_hh, state, keep, work):
@@ -35,10 +39,14 @@ def _forward(cell, k, geo, pos, xp, b_hh, state, keep, work):
     add_to(gbuf, g + 2 * nu, b_hh, 2 * H + u0, n)  # hn = W_hn h + b_hn
     if geo.training:
         copy_row(keep[1], pos.tb * H + u0, gbuf, g + 2 * nu, n)
+    m0 = pos.tb * G * H + u0  # the row's clamp flags of r
+    for j in range(2):
+        clamp_row(cell, gbuf, g + j * nu, n, m0 + j * H, geo.training)
     sigmoid_row(gbuf, g, 2 * nu)
     for u in range(n):
-        gbuf[U(g + 2 * nu + u)] = tanh(xp[U(xo + 2 * H + u)]
-                                       + gbuf[U(g + u)] * gbuf[U(g + 2 * nu + u)])
+        gbuf[U(g + 2 * nu + u)] = xp[U(xo + 2 * H + u)] + gbuf[U(g + u)] * gbuf[U(g + 2 * nu + u)]
+    clamp_row(cell, gbuf, g + 2 * nu, n, m0 + 2 * H, geo.training)
+    tanh_row(gbuf, g + 2 * nu, n)
     for u in range(n):
         v = gbuf[U(g + 2 * nu + u)]
         hs[U(pos.i_out + u)] = v + gbuf[U(g + nu + u)] * (hs[U(pos.i_in + u)] - v)
@@ -67,10 +75,13 @@ def _backward(cell, k, geo, pos, dgx, state, grads, keep, work):
     gh = pos.tb * G * H + pos.u0  # gates, d_gh
     one = d.dtype.type(1)
     dn_dz(grads[0], hb, gates, gh, H, state[0], pos.i_in, tmp, hb, d, d0 + nu, n)
+    unclamp_row(cell, d, d0 + nu, n, gh + H)
+    unclamp_row(cell, tmp, hb, n, gh + 2 * H)
     ho = pos.tb * H + pos.u0
     for u in range(n):
         r = gates[U(gh + u)]
         d[U(d0 + u)] = tmp[U(hb + u)] * hn[U(ho + u)] * r * (one - r)
+    unclamp_row(cell, d, d0, n, gh)
     for u in range(n):
         d[U(d0 + 2 * nu + u)] = tmp[U(hb + u)] * gates[U(gh + u)]
     copy_row(dgx, go, d, d0, n)

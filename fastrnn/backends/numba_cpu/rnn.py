@@ -3,25 +3,29 @@
 Forward, per valid row: h' = act(h @ W_hh^T + x_proj + b_hh). Training keeps only the states.
 Backward, with dh reaching h' (plus dy): d_pre = dh * act'(h'), act' = 1 - h'^2 (tanh) or
 [h' > 0] (relu); dh <- 0, as h reaches the previous step only through d_pre @ W_hh.
+With a clip (variants.py) the pre-activation is clamped first, and d_pre is 0 where it was.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
+from typing import Any, NamedTuple
 
 from .scalars import U
 from .driver import Spec, register
+from .variants import clamp_row, unclamp_row
 from .vectors import add_into, copy_row, tanh_of, zero_row
 
 
 class Rnn(NamedTuple):
     relu: bool
+    clip: Any = None  # variants.py
+    inside: Any = None
 
 
 def _forward(cell, k, geo, pos, xp, b_hh, state, keep, work):
     g, n, gbuf, hs = pos.g, pos.n, work.out, state[0]
     add_into(gbuf, g, xp, pos.io, b_hh, pos.u0, n)
+    clamp_row(cell, gbuf, g, n, pos.tb * geo.H + pos.u0, geo.training)
     if cell.relu:
         zero = gbuf.dtype.type(0)
         for u in range(n):
@@ -43,6 +47,7 @@ def _backward(cell, k, geo, pos, dgx, state, grads, keep, work):
         for u in range(n):
             v = hs[U(ho + u)]
             d[U(g + u)] = dh[U(hb + u)] * (one - v * v)
+    unclamp_row(cell, d, g, n, pos.tb * geo.H + pos.u0)
     zero_row(dh, hb, n)
     copy_row(dgx, pos.io, d, g, n)
 
