@@ -14,7 +14,7 @@ import numpy as np
 
 from . import dispatch
 from .backends.base import Direction
-from .cells import ALL_CELLS, Cell, cell_by_name, saved_bytes
+from .cells import ALL_CELLS, Cell, Variant, cell_by_name, saved_bytes
 from .checks import (check_dtype, check_flag, check_lengths, check_same, check_shape, check_size,
                      contiguous)
 from .engine import Context, check_ctx, check_grad, run_backward, run_forward
@@ -38,7 +38,8 @@ class LSTMResult(NamedTuple):
 
 @dataclass
 class Gradients:
-    """Gradients of one backward call. db_* is None where the bias was None; dc0 only for LSTM."""
+    """Gradients of one backward call. db_* is None where the bias was None; dc0 only for LSTM;
+    dP (3, H) only for an LSTM with peepholes."""
 
     dx: Any
     dW_ih: Any
@@ -47,6 +48,7 @@ class Gradients:
     db_hh: Any
     dh0: Any
     dc0: Any = None
+    dP: Any = None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -59,10 +61,26 @@ def _cell(kind, **options):
     return Cell(kind, **options)
 
 
-def prepare(cell, x, W_ih, W_hh, b_ih, b_hh, h0, c0, lengths, reverse, training, backend):
+def _variant_cell(kind, peepholes=None, clip=None, **options):
+    """The Cell of a call with the variant its arguments select: ``peepholes`` an array or None,
+    ``clip`` None or a positive number (checked here, naming the argument)."""
+    if clip is not None:
+        if isinstance(clip, (bool, np.bool_)) or not isinstance(clip, (int, float, np.number)):
+            raise TypeError(f"clip must be None or a positive number, got {type(clip).__name__}")
+        clip = float(clip)
+        if not clip > 0 or clip == float("inf"):
+            raise ValueError(f"clip must be None or a positive finite number, got {clip!r}")
+    if peepholes is None and clip is None:
+        return _cell(kind, **options)
+    return _cell(kind, variant=Variant(peepholes=peepholes is not None, clip=clip), **options)
+
+
+def prepare(cell, x, W_ih, W_hh, b_ih, b_hh, h0, c0, lengths, reverse, training, backend,
+            peepholes=None):
     """Check one direction's inputs; returns (backend, x, Direction, lengths, training)."""
     named = {"x": x, "W_ih": W_ih, "W_hh": W_hh}
-    for name, a in (("b_ih", b_ih), ("b_hh", b_hh), ("h0", h0), ("c0", c0)):
+    for name, a in (("b_ih", b_ih), ("b_hh", b_hh), ("h0", h0), ("c0", c0),
+                    ("peepholes", peepholes)):
         if a is not None:
             named[name] = a
     library, dtype = check_same(named)
@@ -88,6 +106,8 @@ def prepare(cell, x, W_ih, W_hh, b_ih, b_hh, h0, c0, lengths, reverse, training,
             check_shape(name, s, (B, H), "(B, H)")
     if c0 is not None and not cell.has_cell_state:
         raise ValueError(f"c0 is only for the LSTM, not {cell.name}")
+    if peepholes is not None:
+        check_shape("peepholes", peepholes, (3, H), "(3, H) (rows p_i, p_f, p_o)")
     lengths = check_lengths(lengths, T, B)
     chosen = dispatch.select(backend, library)
     xp = chosen.xp
@@ -95,7 +115,7 @@ def prepare(cell, x, W_ih, W_hh, b_ih, b_hh, h0, c0, lengths, reverse, training,
     if cell.has_cell_state:
         c0 = xp.zeros((B, H), dtype) if c0 is None else contiguous(xp, c0)
     d = Direction(contiguous(xp, W_ih), contiguous(xp, W_hh), contiguous(xp, b_ih),
-                  contiguous(xp, b_hh), h0, c0, reverse)
+                  contiguous(xp, b_hh), h0, c0, reverse, contiguous(xp, peepholes))
     return chosen, contiguous(xp, x), d, lengths, training
 
 
@@ -103,9 +123,10 @@ def prepare(cell, x, W_ih, W_hh, b_ih, b_hh, h0, c0, lengths, reverse, training,
 # The public functions
 
 
-def _forward(cell, x, W_ih, W_hh, b_ih, b_hh, h0, c0, lengths, reverse, training, backend):
+def _forward(cell, x, W_ih, W_hh, b_ih, b_hh, h0, c0, lengths, reverse, training, backend,
+             peepholes=None):
     chosen, x, d, lengths, training = prepare(
-        cell, x, W_ih, W_hh, b_ih, b_hh, h0, c0, lengths, reverse, training, backend)
+        cell, x, W_ih, W_hh, b_ih, b_hh, h0, c0, lengths, reverse, training, backend, peepholes)
     y, h_n, c_n, ctx = run_forward(cell, chosen, x, [d], lengths, training)
     return y, h_n[0], None if c_n is None else c_n[0], ctx
 
@@ -119,47 +140,61 @@ def _backward(ctx, kind, func, dy, dh_n, dc_n=None):
     if ctx.cell.has_cell_state:
         dc_n = check_grad("dc_n", dc_n, (B, H), "(B, H)", ctx)[None]
     dx, (g,) = run_backward(ctx, dy, dh_n, dc_n)
-    return Gradients(dx, g.dW_ih, g.dW_hh, g.db_ih, g.db_hh, g.dh0, g.dc0)
+    return Gradients(dx, g.dW_ih, g.dW_hh, g.db_ih, g.db_hh, g.dh0, g.dc0, g.dP)
 
 
 def rnn_forward(x, W_ih, W_hh, b_ih=None, b_hh=None, h0=None, *, nonlinearity="tanh",
-                lengths=None, reverse=False, training=True, backend=None) -> RNNResult:
+                lengths=None, reverse=False, training=True, backend=None,
+                clip=None) -> RNNResult:
     """Elman RNN over x (T, B, I): h' = act(W_ih x + b_ih + W_hh h + b_hh), act tanh or relu.
 
     W_ih (H, I), W_hh (H, H), b_ih/b_hh (H,) or None, h0 (B, H) or None (zeros).
+    ``clip`` (ONNX's): None, or the bound the input of act is clamped to, [-clip, clip]
+    (cells.Variant; the Numba backend runs it).
     Returns (y (T, B, H), h_n (B, H), ctx); ctx is None when ``training`` is False.
     """
     if not isinstance(nonlinearity, str) or nonlinearity not in ("tanh", "relu"):
         raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
-    y, h_n, _, ctx = _forward(_cell("rnn", nonlinearity=nonlinearity), x, W_ih, W_hh, b_ih, b_hh,
-                              h0, None, lengths, reverse, training, backend)
+    cell = _variant_cell("rnn", clip=clip, nonlinearity=nonlinearity)
+    y, h_n, _, ctx = _forward(cell, x, W_ih, W_hh, b_ih, b_hh, h0, None, lengths, reverse,
+                              training, backend)
     return RNNResult(y, h_n, ctx)
 
 
 def lstm_forward(x, W_ih, W_hh, b_ih=None, b_hh=None, h0=None, c0=None, *, lengths=None,
-                 reverse=False, training=True, backend=None) -> LSTMResult:
+                 reverse=False, training=True, backend=None, peepholes=None,
+                 clip=None) -> LSTMResult:
     """LSTM over x (T, B, I), gates i, f, g, o stacked in that order (PyTorch's).
 
     W_ih (4H, I), W_hh (4H, H), b_ih/b_hh (4H,) or None, h0/c0 (B, H) or None (zeros).
+    ``peepholes`` (ONNX's P): None or (3, H), rows p_i, p_f, p_o: i and f see p * c, o sees
+    p_o * c'; lstm_backward then returns dP. ``clip`` (ONNX's): None, or the bound every gate's
+    input (peephole term included) is clamped to. Both as cells.Variant says; the Numba backend
+    runs them.
     Returns (y (T, B, H), h_n (B, H), c_n (B, H), ctx).
     """
-    y, h_n, c_n, ctx = _forward(_cell("lstm"), x, W_ih, W_hh, b_ih, b_hh, h0, c0, lengths,
-                                reverse, training, backend)
+    cell = _variant_cell("lstm", peepholes, clip)
+    y, h_n, c_n, ctx = _forward(cell, x, W_ih, W_hh, b_ih, b_hh, h0, c0, lengths, reverse,
+                                training, backend, peepholes)
     return LSTMResult(y, h_n, c_n, ctx)
 
 
 def gru_forward(x, W_ih, W_hh, b_ih=None, b_hh=None, h0=None, *, linear_before_reset=True,
-                lengths=None, reverse=False, training=True, backend=None) -> RNNResult:
+                lengths=None, reverse=False, training=True, backend=None,
+                clip=None) -> RNNResult:
     """GRU over x (T, B, I), gates r, z, n stacked in that order (PyTorch's).
 
     ``linear_before_reset=True`` is PyTorch's form, n = tanh(W_in x + b_in + r*(W_hn h + b_hn));
     False is the textbook form, n = tanh(W_in x + b_in + W_hn (r*h) + b_hn).
     W_ih (3H, I), W_hh (3H, H), b_ih/b_hh (3H,) or None, h0 (B, H) or None (zeros).
+    ``clip`` (ONNX's): None, or the bound the inputs of r, z and n are clamped to
+    (cells.Variant; the Numba backend runs it).
     Returns (y (T, B, H), h_n (B, H), ctx).
     """
     lbr = check_flag("linear_before_reset", linear_before_reset)
-    y, h_n, _, ctx = _forward(_cell("gru", linear_before_reset=lbr), x, W_ih, W_hh, b_ih, b_hh,
-                              h0, None, lengths, reverse, training, backend)
+    cell = _variant_cell("gru", clip=clip, linear_before_reset=lbr)
+    y, h_n, _, ctx = _forward(cell, x, W_ih, W_hh, b_ih, b_hh, h0, None, lengths, reverse,
+                              training, backend)
     return RNNResult(y, h_n, ctx)
 
 

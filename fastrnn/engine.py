@@ -99,7 +99,7 @@ def _empty_backward(cell, saved, dh_n, dc_n):
         zeros = [None if b is None else b * 0 for b in (d.b_ih, d.b_hh)]
         grads.append(DirectionGrads(
             d.W_ih * 0, d.W_hh * 0, zeros[0], zeros[1], dh_n[k].copy(),
-            dc_n[k].copy() if cell.has_cell_state else None))
+            dc_n[k].copy() if cell.has_cell_state else None, None if d.P is None else d.P * 0))
     return saved.x * 0, grads
 
 

@@ -251,3 +251,90 @@ def test_backend_refuses_a_variant_it_cannot_run(backend, name, variant, match):
         with pytest.raises(NotImplementedError, match=f"{backend!r} backend cannot run {name} "
                                                       f"with {match}"):
             engine.run_forward(cell, chosen, pr["x"], [d], None, training)
+
+
+# ----------------------------------------------------------------------------------------------
+# The functional API: peepholes= and clip= (lstm_forward), clip= (rnn_forward, gru_forward)
+
+
+def api_run(cell, pr, dtype, reverse, backend="numba"):
+    """The cell's *_forward / *_backward with the variant's arguments: (outputs, gradients)."""
+    p = {k: None if v is None else v.astype(dtype) for k, v in pr["params"].items()}
+    kwargs = dict(lengths=pr["lengths"], reverse=reverse, backend=backend, clip=cell.variant.clip)
+    args = (pr["x"].astype(dtype), p["W_ih"], p["W_hh"], p["b_ih"], p["b_hh"],
+            pr["h0"].astype(dtype))
+    if cell.kind == "lstm":
+        res = fastrnn.lstm_forward(*args, pr["c0"].astype(dtype), peepholes=p.get("P"),
+                                   **kwargs)
+        g = fastrnn.lstm_backward(res.ctx, pr["dy"].astype(dtype), pr["dh_n"].astype(dtype),
+                                  pr["dc_n"].astype(dtype))
+        out = {"y": res.y, "h_n": res.h_n, "c_n": res.c_n}
+    else:
+        forward, backward, option = {
+            "rnn": (fastrnn.rnn_forward, fastrnn.rnn_backward, "nonlinearity"),
+            "gru": (fastrnn.gru_forward, fastrnn.gru_backward, "linear_before_reset")}[cell.kind]
+        res = forward(*args, **{option: cell.options[option]}, **kwargs)
+        g = backward(res.ctx, pr["dy"].astype(dtype), pr["dh_n"].astype(dtype))
+        out = {"y": res.y, "h_n": res.h_n}
+    grads = {"dx": g.dx, "dW_ih": g.dW_ih, "dW_hh": g.dW_hh, "db_ih": g.db_ih,
+             "db_hh": g.db_hh, "dh0": g.dh0, "dc0": g.dc0, "dP": g.dP}
+    return out, {k: v for k, v in grads.items() if v is not None}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_api_matches_reference(variant, dtype):
+    """The functional API routes peepholes= and clip= to the Numba backend: outputs and every
+    gradient, dP among them, equal the reference's (lengths, reverse, initial states)."""
+    cell = variant_cell(*VARIANTS[variant])
+    pr = make(cell, (6, 5, 7, 33), True, seed=3)
+    pr = {k: v.astype(dtype).astype(np.float64) if isinstance(v, np.ndarray)
+          and v.dtype.kind == "f" else v for k, v in pr.items()}
+    pr["params"] = {k: None if v is None else v.astype(dtype).astype(np.float64)
+                    for k, v in pr["params"].items()}
+    out, grads = api_run(cell, pr, dtype, True)
+    want_out, want_grads = reference(cell, pr, True)
+    assert_close(out, want_out, dtype, f"{variant} forward")
+    assert_close(grads, want_grads, dtype, f"{variant} backward")
+
+
+def test_api_plain_calls_have_no_dP_and_empty_calls_give_zero_dP():
+    cell = variant_cell(*VARIANTS["lstm-peepholes"])
+    pr = make(cell, (4, 3, 5, 6), False)
+    p = pr["params"]
+    args = (pr["x"], p["W_ih"], p["W_hh"], p["b_ih"], p["b_hh"])
+    assert fastrnn.lstm_backward(fastrnn.lstm_forward(*args, backend="numba").ctx).dP is None
+    g = fastrnn.lstm_backward(fastrnn.lstm_forward(pr["x"][:0], *args[1:], peepholes=p["P"],
+                                                   backend="numba").ctx)
+    assert g.dP.shape == (3, 6) and not g.dP.any()
+
+
+@pytest.mark.parametrize("change, exc, words", [
+    (dict(peepholes=np.zeros((4, 6))), ValueError, r"peepholes must have shape \(3, H\)"),
+    (dict(peepholes=np.zeros((3, 6), np.float32)), TypeError, "peepholes is float32"),
+    (dict(clip=0.0), ValueError, "clip must be None or a positive finite number"),
+    (dict(clip=-1), ValueError, "clip must be None or a positive finite number"),
+    (dict(clip=np.inf), ValueError, "clip must be None or a positive finite number"),
+    (dict(clip="1"), TypeError, "clip must be None or a positive number, got str"),
+    (dict(clip=True), TypeError, "clip must be None or a positive number, got bool"),
+    (dict(peepholes=np.zeros((3, 6)), backend="numpy"), NotImplementedError,
+     "'numpy' backend cannot run lstm with peepholes=True"),
+    (dict(clip=2.0, backend="numpy"), NotImplementedError,
+     "'numpy' backend cannot run lstm with clip=2.0"),
+])
+def test_api_bad_variant_arguments_name_them(change, exc, words):
+    pr = make(Cell("lstm"), (4, 3, 5, 6), False)
+    p = pr["params"]
+    kwargs = dict(backend="numba") | change
+    with pytest.raises(exc, match=words):
+        fastrnn.lstm_forward(pr["x"], p["W_ih"], p["W_hh"], p["b_ih"], p["b_hh"], **kwargs)
+
+
+@pytest.mark.parametrize("forward", ["rnn_forward", "gru_forward"])
+def test_api_clip_on_the_reference_backend_is_refused(forward):
+    cell = Cell("rnn") if forward == "rnn_forward" else Cell("gru")
+    pr = make(cell, (4, 3, 5, 6), False)
+    p = pr["params"]
+    with pytest.raises(NotImplementedError, match=f"cannot run {cell.name} with clip=0.5"):
+        getattr(fastrnn, forward)(pr["x"], p["W_ih"], p["W_hh"], p["b_ih"], p["b_hh"],
+                                  clip=0.5, backend="numpy")

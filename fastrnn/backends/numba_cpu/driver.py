@@ -222,7 +222,8 @@ def forward(cell, x_proj, y, weights, b_hh, h0, c0, steps, reverse, training, P=
     geo = (T, B, H, G, plan.rows, plan.units, plan.size, reverse, training)  # a Geometry
     clipped = training and cell.variant.clip is not None
     inside = np.empty((R if clipped else 0, G * H), np.uint8)
-    time_loop(kernel_cell(cell, dtype, P, inside), geo, flat_input(x_proj), flat(y), _steps(steps, plan), b_hh,
+    time_loop(kernel_cell(cell, dtype, P, inside), geo, flat_input(x_proj), flat(y),
+              _steps(steps, plan), b_hh,
               tuple([st.reshape(-1) for st in states]),
               (_flat_or_empty(gates, dtype), _flat_or_empty(hn, dtype)), work)
     last = base.final_slot(T, reverse, training)
@@ -250,7 +251,8 @@ def backward(cell, saved, W_hh, dy, dh_n, dc_n, d_gx, plan, direct):
             _flat_or_empty(terms, dtype), ph, P, spec.kt)  # a skeleton.BWork
     geo = (T, B, H, cell.gates, plan.rows, k, size, saved.reverse, True)  # a Geometry
     state = (saved.hs, saved.cs)[:spec.states]
-    time_loop(kernel_cell(cell, dtype, saved.P, saved.inside), geo, flat_input(dy), flat_rows(d_gx), _steps(saved.lengths, plan),
+    time_loop(kernel_cell(cell, dtype, saved.P, saved.inside), geo, flat_input(dy),
+              flat_rows(d_gx), _steps(saved.lengths, plan),
               tuple([g.reshape(-1) for g in grads]), tuple([st.reshape(-1) for st in state]),
               (_flat_or_empty(saved.gates, dtype), _flat_or_empty(saved.hn, dtype)), work)
     h_in = base.entering_states(saved.hs, saved.reverse).reshape(T * B, H)
