@@ -10,8 +10,8 @@ lives in the time loop. The equations are in ``cells.Variant``'s docstring.
 
 Parameters are a dict keyed as ``Variant.param_shapes`` (W_ih, W_hh, b_ih, b_hh, W_hr, g_ih,
 g_hh, g_c, b_c, P); gradients a dict of the same names with a leading "d", plus dx, dh0, dc0.
-This module is reached directly (``forward`` / ``backward``); the functional API does not offer
-the variants until a fused backend runs them.
+This module is reached directly (``forward`` / ``backward``); it is the oracle of the fused
+backends' variants (the functional API offers peepholes and clip on the Numba backend).
 """
 
 from __future__ import annotations
