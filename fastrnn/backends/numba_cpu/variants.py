@@ -13,7 +13,7 @@ inside[(tb*G + j)*H + u0:] and P[j*H + u0:].
 
 from __future__ import annotations
 
-from numba import types
+from numba import njit, types
 from numba.extending import overload
 
 from .scalars import KERNEL, U
@@ -32,25 +32,28 @@ def clamp_row(cell, a, a0, n, m0, training):
     raise TypeError("compiled code only")
 
 
-# Not inlined at Numba's level (its inliner loses the selects' variables in the loops of the
-# callers, a NumbaIRAssumptionWarning): LLVM inlines the call.
-@overload(clamp_row, jit_options=KERNEL)
+@njit(**KERNEL)
+def _clamp(cell, a, a0, n, m0, training):
+    hi = cell.clip
+    lo = -hi
+    if training:
+        inside = cell.inside
+        for u in range(n):
+            v = a[U(a0 + u)]
+            inside[U(m0 + u)] = lo <= v <= hi
+    for u in range(n):
+        v = a[U(a0 + u)]
+        a[U(a0 + u)] = lo if v < lo else (hi if v > hi else v)
+
+
+# The overloads are inlined, so that a plain cell's call leaves nothing; a clipped cell's is a
+# call (Numba's inliner loses the selects' variables of _clamp and _unclamp in the loops of the
+# callers, a NumbaIRAssumptionWarning; LLVM inlines the call).
+@overload(clamp_row, jit_options=KERNEL, inline="always")
 def _clamp_row_impl(cell, a, a0, n, m0, training):
     if _plain(cell, "clip"):
         return lambda cell, a, a0, n, m0, training: None
-
-    def clamp(cell, a, a0, n, m0, training):
-        hi = cell.clip
-        lo = -hi
-        if training:
-            inside = cell.inside
-            for u in range(n):
-                v = a[U(a0 + u)]
-                inside[U(m0 + u)] = lo <= v <= hi
-        for u in range(n):
-            v = a[U(a0 + u)]
-            a[U(a0 + u)] = lo if v < lo else (hi if v > hi else v)
-    return clamp
+    return lambda cell, a, a0, n, m0, training: _clamp(cell, a, a0, n, m0, training)
 
 
 def unclamp_row(cell, d, d0, n, m0):
@@ -59,17 +62,19 @@ def unclamp_row(cell, d, d0, n, m0):
     raise TypeError("compiled code only")
 
 
-@overload(unclamp_row, jit_options=KERNEL)
+@njit(**KERNEL)
+def _unclamp(cell, d, d0, n, m0):
+    inside, zero, one = cell.inside, d.dtype.type(0), d.dtype.type(1)
+    for u in range(n):
+        # a product, not a select, so that a NaN in d stays NaN
+        d[U(d0 + u)] *= (one if inside[U(m0 + u)] else zero)
+
+
+@overload(unclamp_row, jit_options=KERNEL, inline="always")
 def _unclamp_row_impl(cell, d, d0, n, m0):
     if _plain(cell, "clip"):
         return lambda cell, d, d0, n, m0: None
-
-    def unclamp(cell, d, d0, n, m0):
-        inside, zero = cell.inside, d.dtype.type(0)
-        for u in range(n):
-            # a product, not a select, so that a NaN in d stays NaN
-            d[U(d0 + u)] *= (d.dtype.type(1) if inside[U(m0 + u)] else zero)
-    return unclamp
+    return lambda cell, d, d0, n, m0: _unclamp(cell, d, d0, n, m0)
 
 
 def peep_row(cell, j, p0, a, a0, c, c0, n):
