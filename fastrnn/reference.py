@@ -12,7 +12,9 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import expit as sigmoid
 
+from . import reference_variants
 from .backends.base import Backend, DirectionGrads, step_times
+from .cells import Variant
 
 
 def _affine(x, W, b):
@@ -189,16 +191,37 @@ def _run_back(cell, saved, dy, d_state_n):
         d_state[0], d_state[1] if len(d_state) > 1 else None)
 
 
+def _run_variant(cell, x, d, lengths, training):
+    """``_run`` of a variant cell: one direction through reference_variants."""
+    params = dict(W_ih=d.W_ih, W_hh=d.W_hh, b_ih=d.b_ih, b_hh=d.b_hh, **d.variant_params)
+    y, h_n, c_n, saved = reference_variants.forward(
+        cell, cell.variant, x, params, d.h0, d.c0, lengths=lengths, reverse=d.reverse,
+        zoneout_mask=d.zoneout_mask, training=training)
+    return y, (h_n, c_n), saved
+
+
+def _run_variant_back(cell, saved, dy, d_state_n):
+    """``_run_back`` of a variant cell."""
+    g = reference_variants.backward(saved, dy, *d_state_n)
+    names = ("dW_ih", "dW_hh", "db_ih", "db_hh", "dh0", "dc0")
+    extra = {name: value for name, value in g.items()
+             if name not in names and name != "dx" and value is not None}
+    return g["dx"], None, DirectionGrads(*(g.get(name) for name in names), **extra)
+
+
 class NumpyBackend(Backend):
-    """The reference as a backend: each direction run step by step, independently."""
+    """The reference as a backend: each direction run step by step, independently. A variant
+    cell runs through ``reference_variants``, the variants' oracle."""
 
     name = "numpy"
     xp = np
+    variant_switches = frozenset(Variant.__dataclass_fields__)
 
     def forward(self, cell, x, dirs, lengths, training):
         ys, hs, cs, saved = [], [], [], []
+        run = _run_variant if cell.variant.switches else _run
         for d in dirs:
-            y, state, s = _run(cell, x, d, lengths, training)
+            y, state, s = run(cell, x, d, lengths, training)
             ys.append(y)
             hs.append(state[0])
             cs.append(state[1] if cell.has_cell_state else None)
@@ -212,9 +235,10 @@ class NumpyBackend(Backend):
         H = dh_n.shape[2]
         dx = 0
         grads = []
+        run_back = _run_variant_back if cell.variant.switches else _run_back
         for k, s in enumerate(saved):
             d_state_n = (dh_n[k], dc_n[k]) if cell.has_cell_state else (dh_n[k],)
-            dx_k, _, g = _run_back(cell, s, dy[..., k * H:(k + 1) * H], d_state_n)
+            dx_k, _, g = run_back(cell, s, dy[..., k * H:(k + 1) * H], d_state_n)
             saved[k] = None
             dx = dx + dx_k
             grads.append(g)

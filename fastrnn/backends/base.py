@@ -109,8 +109,12 @@ class Saved:
 class Direction:
     """One direction's parameters and initial state, already checked by the API.
 
-    W_ih (G*H, I), W_hh (G*H, H), b_ih/b_hh (G*H,) or None, h0/c0 (B, H) (c0 None unless LSTM),
-    P (3, H) the peepholes p_i, p_f, p_o of an LSTM with Variant.peepholes, else None.
+    W_ih (G*H, I), W_hh (G*H, H), b_ih/b_hh (G*H,) or None, h0/c0 (B, H) (c0 None unless LSTM).
+    The parameters of a variant (cells.Variant.param_shapes), each None unless the cell's
+    variant has it: W_hr (P, H) the projection, with which h0 is (B, P) and W_hh (G*H, P);
+    g_ih, g_hh (G*H,) the layer-norm gains, g_c, b_c (H,) the LSTM's LN of c'; P (3, H) the
+    peepholes p_i, p_f, p_o. zoneout_mask (T, B, P or H): M of h' = h + M (h_new - h), made
+    by the front end (0/1 in training, 1 - p in evaluation), None without zoneout.
     All C-contiguous, one dtype, one array library.
     """
 
@@ -122,12 +126,28 @@ class Direction:
     c0: Any
     reverse: bool
     P: Any = None
+    W_hr: Any = None
+    g_ih: Any = None
+    g_hh: Any = None
+    g_c: Any = None
+    b_c: Any = None
+    zoneout_mask: Any = None
+
+    @property
+    def variant_params(self) -> dict:
+        """The variant's parameters this direction has, name -> array (VARIANT_PARAMS)."""
+        return {name: getattr(self, name) for name in VARIANT_PARAMS
+                if getattr(self, name) is not None}
+
+
+# The parameters a variant adds to a direction, by their cells.Variant.param_shapes names.
+VARIANT_PARAMS = ("W_hr", "g_ih", "g_hh", "g_c", "b_c", "P")
 
 
 @dataclass
 class DirectionGrads:
     """Gradients of one direction. db_* is None where the bias was None; dc0 None unless LSTM;
-    dP (3, H) only with peepholes."""
+    the gradient of each variant parameter ("d" + its name) only where the direction has it."""
 
     dW_ih: Any
     dW_hh: Any
@@ -136,6 +156,17 @@ class DirectionGrads:
     dh0: Any
     dc0: Any
     dP: Any = None
+    dW_hr: Any = None
+    dg_ih: Any = None
+    dg_hh: Any = None
+    dg_c: Any = None
+    db_c: Any = None
+
+    @property
+    def variant_grads(self) -> dict:
+        """The gradients of the variant's parameters, "d" + name -> array, where present."""
+        return {f"d{name}": getattr(self, f"d{name}") for name in VARIANT_PARAMS
+                if getattr(self, f"d{name}") is not None}
 
 
 class Backend:
@@ -419,8 +450,11 @@ class FusedBackend(Backend):
 
 def _variant_params(d: Direction) -> dict:
     """The keyword arguments of ``recurrence_forward`` that only a variant cell gets (so that a
-    backend without variants keeps the plain signature)."""
-    return {} if d.P is None else {"P": d.P}
+    backend without variants keeps the plain signature): its parameters and zoneout mask."""
+    extra = d.variant_params
+    if d.zoneout_mask is not None:
+        extra["zoneout_mask"] = d.zoneout_mask
+    return extra
 
 
 def _peephole_grad(xp, d_gx, c_in, c_out):
