@@ -129,6 +129,49 @@ __device__ __forceinline__ void leave_step(const Unit& me, T h, const T* h_prev,
   *me.at(y, ld_y) = me.valid ? h : T(0);
 }
 
+// The clip of a gate's input to [-bound, bound] (cells.Variant.clip), a compile-time switch:
+// Clamp<T, false> leaves every value as it is and keeps nothing. A training forward keeps one
+// byte per gate input, 1 where it lay within the bounds (the clamp's derivative), in `inside`,
+// this unit's element of a [B, G*H] uint8 matrix (nullptr in inference and in backward, which
+// reads the bytes through Unclamp). A NaN input stays NaN and counts as outside.
+template <typename T, bool Clip>
+struct Clamp {
+  T bound;
+  unsigned char* inside;  // at (b, j) of [B, G*H], or nullptr
+  int H;
+
+  __device__ __forceinline__ T operator()(T a, int k) const {
+    if (!Clip) return a;
+    if (inside != nullptr) inside[k * H] = (-bound <= a && a <= bound) ? 1 : 0;
+    return a < -bound ? -bound : (a > bound ? bound : a);
+  }
+};
+
+template <typename T, bool Clip>
+__device__ __forceinline__ Clamp<T, Clip> clamp_of(const Unit& me, T bound,
+                                                   unsigned char* inside, int gates) {
+  return Clamp<T, Clip>{bound, inside == nullptr ? nullptr : me.at(inside, gates * me.H), me.H};
+}
+
+// Backward of Clamp: the gradient of gate k's input times the kept byte (a product, not a
+// select, so that a NaN gradient stays NaN).
+template <typename T, bool Clip>
+struct Unclamp {
+  const unsigned char* inside;  // at (b, j) of [B, G*H]
+  int H;
+
+  __device__ __forceinline__ T operator()(T d, int k) const {
+    if (!Clip) return d;
+    return d * (inside[k * H] ? T(1) : T(0));
+  }
+};
+
+template <typename T, bool Clip>
+__device__ __forceinline__ Unclamp<T, Clip> unclamp_of(const Unit& me,
+                                                       const unsigned char* inside, int gates) {
+  return Unclamp<T, Clip>{Clip ? me.at(inside, gates * me.H) : nullptr, me.H};
+}
+
 // Start of a backward step: the gradient reaching the state that leaves step t. Besides dy it
 // has two parts, dh_carry (what bypassed W_hh: all of it after an invalid step, dh z for the
 // GRU) and dh_rec (the recurrent GEMM's output), both [B, H].

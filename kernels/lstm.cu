@@ -3,6 +3,13 @@
 //   i, f, o = sigmoid(.), g = tanh(.) of gx + gh + b_hh;  c' = f c + i g;  h' = o tanh(c')
 // The forward keeps the activated gates and the states hs, cs; backward recomputes tanh(c').
 //
+// Variants (cells.Variant): Clip clamps each gate's whole input to [-clip, clip] (a compile-time
+// switch; the flags of Clamp are kept in `inside` for backward); peepholes P (nullptr without)
+// add p_i c and p_f c to the inputs of i and f, and p_o c' to that of o, before the clamp:
+//   i = sigmoid(clamp(a_i + p_i c)), f likewise, g = tanh(clamp(a_g)),
+//   c' = f c + i g,  o = sigmoid(clamp(a_o + p_o c')),  h' = o tanh(c')
+// dP is summed above the backends from d_gx and the saved cs.
+//
 // Shapes as in rnn.cu: "[B, ld]" arguments may be views with rows ld elements apart.
 
 #include "common.cuh"
@@ -11,7 +18,7 @@ using namespace fastrnn;
 
 // Forward of step t: the recurrent GEMM gh = h_prev W_hh^T has already run.
 // Valid: h_next, c_next = the new state, y = h_next. Invalid: the state is kept, y = 0.
-template <typename T>
+template <typename T, bool Clip>
 __global__ void lstm_forward(
     const T* __restrict__ x_proj, int ld_x,  // [B, ld_x]  W_ih x_t + b_ih, columns [0, 4H): i,f,g,o
     const T* __restrict__ gh,      // [B, 4H]    h_prev W_hh^T
@@ -23,14 +30,26 @@ __global__ void lstm_forward(
     T* __restrict__ h_next,        // [B, H]     states leaving step t
     T* __restrict__ c_next,        // [B, H]
     T* __restrict__ gates,         // [B, 4H]    out: activated i, f, g, o; nullptr in inference
+    const T* __restrict__ P,       // [3, H]     peepholes p_i, p_f, p_o; nullptr without
+    T clip,                        //            the bound of Clip
+    unsigned char* __restrict__ inside,  // [B, 4H] out: Clip's flags; nullptr in inference
     int B, int H) {
   Unit me;
   if (!unit_of_thread(B, H, lengths, t, me)) return;
   const GateInputs<T> in = gate_inputs(me, x_proj, ld_x, gh, 4 * H, b_hh);
-  const T i = sigmoid(in.pre(0)), f = sigmoid(in.pre(1));
-  const T g = tanh_(in.pre(2)), o = sigmoid(in.pre(3));
+  const Clamp<T, Clip> clamp = clamp_of<T, Clip>(me, clip, inside, 4);
   const long long u = me.u;
-  const T c = f * c_prev[u] + i * g;
+  const T c_in = c_prev[u];
+  T a_i = in.pre(0), a_f = in.pre(1), a_o = in.pre(3);
+  if (P != nullptr) {
+    a_i += P[me.j] * c_in;
+    a_f += P[H + me.j] * c_in;
+  }
+  const T i = sigmoid(clamp(a_i, 0)), f = sigmoid(clamp(a_f, 1));
+  const T g = tanh_(clamp(in.pre(2), 2));
+  const T c = f * c_in + i * g;
+  if (P != nullptr) a_o += P[2 * H + me.j] * c;  // o looks at the new cell state
+  const T o = sigmoid(clamp(a_o, 3));
   keep_gates(me, gates, i, f, g, o);
   leave_step(me, o * tanh_(c), h_prev, h_next, y, ld_y);
   c_next[u] = me.valid ? c : c_prev[u];
@@ -38,9 +57,9 @@ __global__ void lstm_forward(
 
 // Backward of step t, before the GEMM dh_rec = d_gx W_hh that the next (earlier) step reads.
 // dL/dh_out = dh_carry + dh_rec (+ dy where valid), dL/dc_out = dc_carry.
-// Valid: d_gx = the gate pre-activation gradients, dh_carry = 0, dc_carry = dL/dc_out' * f.
-// Invalid: d_gx = 0 and both carries pass through.
-template <typename T>
+// Valid: d_gx = the gate pre-activation gradients, dh_carry = 0, dc_carry = dL/dc_out' * f
+// (plus the peepholes' d_i p_i + d_f p_f). Invalid: d_gx = 0 and both carries pass through.
+template <typename T, bool Clip>
 __global__ void lstm_backward(
     const T* __restrict__ gates,   // [B, 4H]    activated i, f, g, o of step t
     const T* __restrict__ c_prev,  // [B, H]     cell state entering step t
@@ -50,22 +69,30 @@ __global__ void lstm_backward(
     const T* __restrict__ dh_rec,  // [B, H]     d_gx of step t+1 (in time) times W_hh; 0 at first
     T* __restrict__ dh_carry,      // [B, H]     in: the rest of dL/dh_out; out: dL/dh_prev - dh_rec
     T* __restrict__ dc_carry,      // [B, H]     in: dL/dc_out; out: dL/dc_prev
-    T* __restrict__ d_gx, int ld_g,  // [B, ld_g]  out: gradients of i, f, g, o pre-activations
+    T* __restrict__ d_gx, int ld_g,  // [B, ld_g]  out: gradients of the i, f, g, o gate inputs
+    const T* __restrict__ P,       // [3, H]     peepholes p_i, p_f, p_o; nullptr without
+    const unsigned char* __restrict__ inside,  // [B, 4H] Clip's flags of step t
     int B, int H) {
   Unit me;
   if (!unit_of_thread(B, H, lengths, t, me)) return;
   T dh;
   if (!gradient_leaving(me, dy, ld_dy, dh_rec, dh_carry, d_gx, ld_g, 0, 4, dh)) return;
+  const Unclamp<T, Clip> unclamp = unclamp_of<T, Clip>(me, inside, 4);
   const long long u = me.u;
   const T* s = me.at(gates, 4 * H);
   const T i = s[0], f = s[H], g = s[2 * H], o = s[3 * H];
+  const T c_in = c_prev[u];
   const T tanh_c = tanh_(c_out[u]);
-  const T dc = dc_carry[u] + dh * o * d_tanh(tanh_c);
+  const T d_o = unclamp(dh * tanh_c * d_sigmoid(o), 3);
+  T dc = dc_carry[u] + dh * o * d_tanh(tanh_c);
+  if (P != nullptr) dc += d_o * P[2 * H + me.j];
+  const T d_i = unclamp(dc * g * d_sigmoid(i), 0);
+  const T d_f = unclamp(dc * c_in * d_sigmoid(f), 1);
   T* d = me.at(d_gx, ld_g);
-  d[0] = dc * g * d_sigmoid(i);
-  d[H] = dc * c_prev[u] * d_sigmoid(f);
-  d[2 * H] = dc * i * d_tanh(g);
-  d[3 * H] = dh * tanh_c * d_sigmoid(o);
+  d[0] = d_i;
+  d[H] = d_f;
+  d[2 * H] = unclamp(dc * i * d_tanh(g), 2);
+  d[3 * H] = d_o;
   dh_carry[u] = T(0);
-  dc_carry[u] = dc * f;
+  dc_carry[u] = dc * f + (P != nullptr ? d_i * P[me.j] + d_f * P[H + me.j] : T(0));
 }

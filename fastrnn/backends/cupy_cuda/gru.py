@@ -19,7 +19,8 @@ class GruRecurrence(Recurrence):
     def forward_step(self, s):
         self.xp.matmul(s.h_prev, self.W_hh.T, out=self.gh)
         self.launch("gru_forward", s.x_proj, self.ld_x, self.gh, self.b_hh, s.h_prev,
-                    self.lengths, s.t, s.y, self.ld_y, s.h_next, s.gates, s.hn)
+                    self.lengths, s.t, s.y, self.ld_y, s.h_next, s.gates, s.hn, self.clip,
+                    s.inside)
 
     def backward_buffers(self, T):
         self.d_gh = self.xp.empty((T, self.B, 3 * self.H), self.dtype)
@@ -27,7 +28,7 @@ class GruRecurrence(Recurrence):
     def backward_step(self, s):
         d_gh = self.d_gh[s.t]
         self.launch("gru_backward", s.gates, s.hn, s.h_prev, s.dy, self.ld_dy, self.lengths, s.t,
-                    self.dh_rec, self.dh_carry, s.d_gx, self.ld_g, d_gh)
+                    self.dh_rec, self.dh_carry, s.d_gx, self.ld_g, d_gh, s.inside)
         self.xp.matmul(d_gh, self.W_hh, out=self.dh_rec)
 
     def hh_terms(self, d_gx, h_in):
@@ -55,10 +56,11 @@ class GruTextbookRecurrence(Recurrence):
         gates = s.gates if s.gates is not None else self.scratch_gates
         self.xp.matmul(s.h_prev, self.W_rz.T, out=self.gh_rz)
         self.launch("gru_textbook_forward_gates", s.x_proj, self.ld_x, self.gh_rz, self.b_hh,
-                    s.h_prev, gates, self.rh)
+                    s.h_prev, gates, self.rh, self.clip, s.inside)
         self.xp.matmul(self.rh, self.W_n.T, out=self.gh_n)
         self.launch("gru_textbook_forward_state", s.x_proj, self.ld_x, self.gh_n, self.b_hh,
-                    s.h_prev, self.lengths, s.t, s.y, self.ld_y, s.h_next, gates)
+                    s.h_prev, self.lengths, s.t, s.y, self.ld_y, s.h_next, gates, self.clip,
+                    s.inside)
 
     def backward_buffers(self, T):
         self.d_rh = self.xp.empty((self.B, self.H), self.dtype)
@@ -67,10 +69,10 @@ class GruTextbookRecurrence(Recurrence):
     def backward_step(self, s):
         H = self.H
         self.launch("gru_textbook_backward_state", s.gates, s.h_prev, s.dy, self.ld_dy,
-                    self.lengths, s.t, self.dh_rec, self.dh_carry, s.d_gx, self.ld_g)
+                    self.lengths, s.t, self.dh_rec, self.dh_carry, s.d_gx, self.ld_g, s.inside)
         self.xp.matmul(s.d_gx[:, 2 * H:], self.W_n, out=self.d_rh)
         self.launch("gru_textbook_backward_reset", s.gates, s.h_prev, self.d_rh, self.lengths,
-                    s.t, self.dh_carry, s.d_gx, self.ld_g, self.rh[s.t])
+                    s.t, self.dh_carry, s.d_gx, self.ld_g, self.rh[s.t], s.inside)
         self.xp.matmul(s.d_gx[:, :2 * H], self.W_rz, out=self.dh_rec)
 
     def hh_terms(self, d_gx, h_in):

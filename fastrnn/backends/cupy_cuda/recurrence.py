@@ -26,7 +26,7 @@ class Step:
     """The views one step's launches work on; attributes unused by a cell stay None."""
 
     __slots__ = ("t", "x_proj", "y", "h_prev", "h_next", "c_prev", "c_next", "gates", "hn",
-                 "dy", "d_gx")
+                 "inside", "dy", "d_gx")
 
     def __init__(self, t, **views):
         self.t = np.int32(t)
@@ -60,26 +60,30 @@ def _state_buffer(xp, s0, T, reverse, training):
     return states
 
 
-def _kept_views(t, i, o, hs, cs, gates, hn):
+def _kept_views(t, i, o, hs, cs, gates, hn, inside):
     """Step t's views of the states (entering slot i, leaving slot o) and of what a training
     forward keeps; None for what the cell does not have."""
     def pick(a, k):
         return None if a is None else a[k]
 
     return dict(h_prev=hs[i], h_next=hs[o], c_prev=pick(cs, i), c_next=pick(cs, o),
-                gates=pick(gates, t), hn=pick(hn, t))
+                gates=pick(gates, t), hn=pick(hn, t), inside=pick(inside, t))
 
 
 class Recurrence:
     """One direction of one cell on one device. A cell subclass sets ``file`` (its kernel
     source), ``gate_blocks`` (k of the saved gates (T, B, k*H); 0 keeps none) and ``keeps_hn``,
     and defines ``forward_step(s)`` and ``backward_step(s)``, the launches of one ``Step``.
+
+    The variant (cells.Variant) reaches the kernels as their last template argument, Clip, with
+    ``clip`` the bound in the dtype; a clipped training forward keeps the clamp's flags,
+    ``inside`` (T, B, G*H) uint8. The peepholes ``P`` (3, H) are an argument of the LSTM's
+    kernels (None without).
     """
 
     file = ""
     gate_blocks = 0
     keeps_hn = False
-    template_extra = ""
 
     def __init__(self, backend, cell, W_hh, b_hh, B):
         self.device = backend.device
@@ -87,6 +91,13 @@ class Recurrence:
         self.W_hh, self.b_hh = W_hh, b_hh
         self.dtype = W_hh.dtype
         self.B, self.H = B, W_hh.shape[1]
+        self.G = W_hh.shape[0] // self.H
+        clip = cell.variant.clip
+        self.clipped = clip is not None
+        self.clip = self.dtype.type(0 if clip is None else clip)
+        self.template_extra = self.cell_template(cell) + (", true" if self.clipped
+                                                          else ", false")
+        self.P = None
         n = B * self.H
         if n >= 2 ** 31 or W_hh.shape[0] * B >= 2 ** 31:
             raise ValueError(f"B*G*H = {W_hh.shape[0] * B} is too large for 32-bit indexing")
@@ -94,6 +105,10 @@ class Recurrence:
         self.grid = ((n + per_block - 1) // per_block,)
         self.block = (per_block,)
         self.sizes = (np.int32(B), np.int32(self.H))
+
+    def cell_template(self, cell):
+        """The template arguments of the cell's kernels between the dtype and Clip."""
+        return ""
 
     def launch(self, kernel, *args):
         """Run ``kernel`` for this dtype over the B*H units; B and H are the last arguments."""
@@ -104,8 +119,9 @@ class Recurrence:
     # ------------------------------------------------------------------------------------------
     # Forward
 
-    def forward(self, x_proj, h0, c0, lengths, reverse, y, training):
+    def forward(self, x_proj, h0, c0, lengths, reverse, y, training, P=None):
         xp = self.xp
+        self.P = P
         T, B, _ = x_proj.shape
         H = self.H
         self.ld_x, self.ld_y = row_stride("x_proj", x_proj), row_stride("y", y)
@@ -117,17 +133,18 @@ class Recurrence:
             gates = xp.empty((T, B, self.gate_blocks * H), self.dtype)
         if training and self.keeps_hn:
             hn = xp.empty((T, B, H), self.dtype)
+        inside = xp.empty((T, B, self.G * H), np.uint8) if training and self.clipped else None
         self.forward_buffers(training)
         for n in range(T):
             t, i, o = base.state_slots(n, T, reverse, training)
             self.forward_step(Step(t, x_proj=x_proj[t], y=y[t],
-                                   **_kept_views(t, i, o, hs, cs, gates, hn)))
+                                   **_kept_views(t, i, o, hs, cs, gates, hn, inside)))
         last = base.final_slot(T, reverse, training)
         h_n = hs[last].copy()
         c_n = cs[last].copy() if cs is not None else None
         if not training:
             return h_n, c_n, None
-        return h_n, c_n, Saved(hs, cs, gates, hn, self.lengths, reverse)
+        return h_n, c_n, Saved(hs, cs, gates, hn, self.lengths, reverse, P, inside)
 
     def forward_buffers(self, training):
         """Allocate the per-step scratch of the forward (the recurrent GEMM's output)."""
@@ -142,6 +159,7 @@ class Recurrence:
         T = dy.shape[0]
         self.ld_dy, self.ld_g = row_stride("dy", dy), row_stride("d_gx", d_gx)
         self.lengths = saved.lengths
+        self.P = saved.P
         # dL/dh entering the step just run = dh_carry + dh_rec, dh_rec = (its d_gh) @ W_hh.
         self.dh_rec = xp.zeros((self.B, self.H), self.dtype)
         self.dh_carry = dh_n.copy()
@@ -150,7 +168,7 @@ class Recurrence:
         for n in reversed(range(T)):
             t, i, o = base.state_slots(n, T, saved.reverse, True)
             self.backward_step(Step(t, dy=dy[t], d_gx=d_gx[t], **_kept_views(
-                t, i, o, saved.hs, saved.cs, saved.gates, saved.hn)))
+                t, i, o, saved.hs, saved.cs, saved.gates, saved.hn, saved.inside)))
         return self.hh_terms(d_gx, saved.h_in), self.dh_carry + self.dh_rec, self.dc_carry
 
     def backward_buffers(self, T):
