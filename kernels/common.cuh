@@ -121,11 +121,15 @@ __device__ __forceinline__ void keep_gates(const Unit& me, T* gates, V... v) {
 }
 
 // End of a forward step for the state h: an invalid step keeps the entering state and outputs
-// 0 (fastrnn/cells.py, lengths). h_next and h_prev are [B, H]; y is [B, ld_y].
+// 0 (fastrnn/cells.py, lengths). h_next and h_prev are [B, H]; y is [B, ld_y]. With zoneout
+// (cells.Variant.zoneout), `zoneout` is M of step t, [B, ld_z] (nullptr without): the state
+// and output become h_prev + M (h - h_prev), M 0 or 1 in training, 1 - p in evaluation.
 template <typename T>
 __device__ __forceinline__ void leave_step(const Unit& me, T h, const T* h_prev, T* h_next,
-                                           T* y, int ld_y) {
-  h_next[me.u] = me.valid ? h : h_prev[me.u];
+                                           T* y, int ld_y, const T* zoneout, int ld_z) {
+  const T kept = h_prev[me.u];
+  if (zoneout != nullptr) h = kept + *me.at(zoneout, ld_z) * (h - kept);
+  h_next[me.u] = me.valid ? h : kept;
   *me.at(y, ld_y) = me.valid ? h : T(0);
 }
 
@@ -178,11 +182,15 @@ __device__ __forceinline__ Unclamp<T, Clip> unclamp_of(const Unit& me,
 // An invalid step passed its entering state through unchanged, so that gradient carries on
 // whole into dh_carry; the step's gate gradients, gate blocks [first, first + count) of d_gx
 // ([B, ld_g]), are zero. Returns false then. A valid step adds dy ([B, ld_dy]) and returns true
-// with the sum in dh; the kernel then writes the gate gradients and the new carry.
+// with the sum in dh; the kernel then writes the gate gradients and the new carry, which starts
+// from `kept`. With zoneout (M of step t in `zoneout`, [B, ld_z], nullptr without) the cell's
+// new state gets dh = M times the sum, and kept = (1 - M) times it goes straight to h_prev;
+// without, kept = 0.
 template <typename T>
 __device__ __forceinline__ bool gradient_leaving(const Unit& me, const T* dy, int ld_dy,
                                                  const T* dh_rec, T* dh_carry, T* d_gx, int ld_g,
-                                                 int first, int count, T& dh) {
+                                                 int first, int count, const T* zoneout,
+                                                 int ld_z, T& dh, T& kept) {
   const T dh_out = dh_carry[me.u] + dh_rec[me.u];
   if (!me.valid) {
     T* d = me.at(d_gx, ld_g);
@@ -191,6 +199,12 @@ __device__ __forceinline__ bool gradient_leaving(const Unit& me, const T* dy, in
     return false;
   }
   dh = dh_out + *me.at(dy, ld_dy);
+  kept = T(0);
+  if (zoneout != nullptr) {
+    const T m = *me.at(zoneout, ld_z);
+    kept = (T(1) - m) * dh;
+    dh = m * dh;
+  }
   return true;
 }
 

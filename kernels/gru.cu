@@ -11,7 +11,8 @@
 //
 // Clip (cells.Variant.clip, a compile-time switch) clamps the whole input of each of r, z, n's
 // activations to [-clip, clip] (n's after r multiplies its recurrent part, or after W_hn (r h));
-// the clamp's flags are kept in `inside` ([B, 3H] uint8 per step) for backward.
+// the clamp's flags are kept in `inside` ([B, 3H] uint8 per step) for backward. Zoneout acts
+// on the new h (common.cuh, leave_step and gradient_leaving).
 
 #include "common.cuh"
 
@@ -35,6 +36,7 @@ __global__ void gru_forward(
     T* __restrict__ hn,            // [B, H]     out: W_hn h_prev + b_hn; nullptr in inference
     T clip,                        //            the bound of Clip
     unsigned char* __restrict__ inside,  // [B, 3H] out: Clip's flags; nullptr in inference
+    const T* __restrict__ zoneout, int ld_z,  // [B, ld_z] M of step t; nullptr without zoneout
     int B, int H) {
   Unit me;
   if (!unit_of_thread(B, H, lengths, t, me)) return;
@@ -45,7 +47,7 @@ __global__ void gru_forward(
   const T n = tanh_(clamp(in.input(2) + r * lin, 2));
   keep_gates(me, gates, r, z, n);
   if (hn != nullptr) hn[me.u] = lin;  // null exactly when gates is
-  leave_step(me, (T(1) - z) * n + z * h_prev[me.u], h_prev, h_next, y, ld_y);
+  leave_step(me, (T(1) - z) * n + z * h_prev[me.u], h_prev, h_next, y, ld_y, zoneout, ld_z);
 }
 
 // Backward of step t, before the GEMM dh_rec = d_gh W_hh that the next (earlier) step reads.
@@ -64,12 +66,14 @@ __global__ void gru_backward(
     T* __restrict__ d_gx, int ld_g,  // [B, ld_g]  out: dr, dz, dn of the pre-activations, [0, 3H)
     T* __restrict__ d_gh,          // [B, 3H]    out: dr, dz, dn * r
     const unsigned char* __restrict__ inside,  // [B, 3H] Clip's flags of step t
+    const T* __restrict__ zoneout, int ld_z,  // [B, ld_z] M of step t; nullptr without zoneout
     int B, int H) {
   Unit me;
   if (!unit_of_thread(B, H, lengths, t, me)) return;
   T* dq = me.at(d_gh, 3 * H);
-  T dh;
-  if (!gradient_leaving(me, dy, ld_dy, dh_rec, dh_carry, d_gx, ld_g, 0, 3, dh)) {
+  T dh, kept;
+  if (!gradient_leaving(me, dy, ld_dy, dh_rec, dh_carry, d_gx, ld_g, 0, 3, zoneout, ld_z, dh,
+                        kept)) {
     dq[0] = dq[H] = dq[2 * H] = T(0);
     return;
   }
@@ -84,7 +88,7 @@ __global__ void gru_backward(
   dx[H] = dq[H] = dz;
   dx[2 * H] = dn;
   dq[2 * H] = dn * r;
-  dh_carry[me.u] = dh * z;
+  dh_carry[me.u] = dh * z + kept;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -128,6 +132,7 @@ __global__ void gru_textbook_forward_state(
     T* __restrict__ gates,         // [B, 3H]    in: z (columns [H, 2H)); out: n (columns [2H, 3H))
     T clip,                        //            the bound of Clip
     unsigned char* __restrict__ inside,  // [B, 3H] out: Clip's flag of n; nullptr in inference
+    const T* __restrict__ zoneout, int ld_z,  // [B, ld_z] M of step t; nullptr without zoneout
     int B, int H) {
   Unit me;
   if (!unit_of_thread(B, H, lengths, t, me)) return;
@@ -136,7 +141,7 @@ __global__ void gru_textbook_forward_state(
   const T n = tanh_(clamp_of<T, Clip>(me, clip, inside, 3)(
       me.at(x_proj, ld_x)[2 * H] + (gh_n[me.u] + b_hh[2 * H + me.j]), 2));
   s[2 * H] = n;
-  leave_step(me, (T(1) - z) * n + z * h_prev[me.u], h_prev, h_next, y, ld_y);
+  leave_step(me, (T(1) - z) * n + z * h_prev[me.u], h_prev, h_next, y, ld_y, zoneout, ld_z);
 }
 
 // Backward, first half of step t: the z and n gradients and the direct part of dL/dh_prev.
@@ -152,18 +157,21 @@ __global__ void gru_textbook_backward_state(
     T* __restrict__ dh_carry,      // [B, H]     in: the rest of dL/dh_out; out: its z h_prev part
     T* __restrict__ d_gx, int ld_g,  // [B, ld_g]  out: dz, dn (columns [H, 3H))
     const unsigned char* __restrict__ inside,  // [B, 3H] Clip's flags of step t
+    const T* __restrict__ zoneout, int ld_z,  // [B, ld_z] M of step t; nullptr without zoneout
     int B, int H) {
   Unit me;
   if (!unit_of_thread(B, H, lengths, t, me)) return;
-  T dh;
-  if (!gradient_leaving(me, dy, ld_dy, dh_rec, dh_carry, d_gx, ld_g, 1, 2, dh)) return;
+  T dh, kept;
+  if (!gradient_leaving(me, dy, ld_dy, dh_rec, dh_carry, d_gx, ld_g, 1, 2, zoneout, ld_z, dh,
+                        kept))
+    return;
   const Unclamp<T, Clip> unclamp = unclamp_of<T, Clip>(me, inside, 3);
   const T* s = me.at(gates, 3 * H);
   const T z = s[H], n = s[2 * H];
   T* dx = me.at(d_gx, ld_g);
   dx[H] = unclamp(dh * (h_prev[me.u] - n) * d_sigmoid(z), 1);
   dx[2 * H] = unclamp(dh * (T(1) - z) * d_tanh(n), 2);
-  dh_carry[me.u] = dh * z;
+  dh_carry[me.u] = dh * z + kept;
 }
 
 // Backward, second half of step t, after d_rh = dn W_hn: the r gradient, the r part of

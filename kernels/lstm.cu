@@ -8,7 +8,8 @@
 // add p_i c and p_f c to the inputs of i and f, and p_o c' to that of o, before the clamp:
 //   i = sigmoid(clamp(a_i + p_i c)), f likewise, g = tanh(clamp(a_g)),
 //   c' = f c + i g,  o = sigmoid(clamp(a_o + p_o c')),  h' = o tanh(c')
-// dP is summed above the backends from d_gx and the saved cs.
+// dP is summed above the backends from d_gx and the saved cs. Zoneout acts on h only
+// (common.cuh, leave_step and gradient_leaving); c is never zoned out.
 //
 // Shapes as in rnn.cu: "[B, ld]" arguments may be views with rows ld elements apart.
 
@@ -33,6 +34,7 @@ __global__ void lstm_forward(
     const T* __restrict__ P,       // [3, H]     peepholes p_i, p_f, p_o; nullptr without
     T clip,                        //            the bound of Clip
     unsigned char* __restrict__ inside,  // [B, 4H] out: Clip's flags; nullptr in inference
+    const T* __restrict__ zoneout, int ld_z,  // [B, ld_z] M of step t; nullptr without zoneout
     int B, int H) {
   Unit me;
   if (!unit_of_thread(B, H, lengths, t, me)) return;
@@ -51,7 +53,7 @@ __global__ void lstm_forward(
   if (P != nullptr) a_o += P[2 * H + me.j] * c;  // o looks at the new cell state
   const T o = sigmoid(clamp(a_o, 3));
   keep_gates(me, gates, i, f, g, o);
-  leave_step(me, o * tanh_(c), h_prev, h_next, y, ld_y);
+  leave_step(me, o * tanh_(c), h_prev, h_next, y, ld_y, zoneout, ld_z);
   c_next[u] = me.valid ? c : c_prev[u];
 }
 
@@ -72,11 +74,14 @@ __global__ void lstm_backward(
     T* __restrict__ d_gx, int ld_g,  // [B, ld_g]  out: gradients of the i, f, g, o gate inputs
     const T* __restrict__ P,       // [3, H]     peepholes p_i, p_f, p_o; nullptr without
     const unsigned char* __restrict__ inside,  // [B, 4H] Clip's flags of step t
+    const T* __restrict__ zoneout, int ld_z,  // [B, ld_z] M of step t; nullptr without zoneout
     int B, int H) {
   Unit me;
   if (!unit_of_thread(B, H, lengths, t, me)) return;
-  T dh;
-  if (!gradient_leaving(me, dy, ld_dy, dh_rec, dh_carry, d_gx, ld_g, 0, 4, dh)) return;
+  T dh, kept;
+  if (!gradient_leaving(me, dy, ld_dy, dh_rec, dh_carry, d_gx, ld_g, 0, 4, zoneout, ld_z, dh,
+                        kept))
+    return;
   const Unclamp<T, Clip> unclamp = unclamp_of<T, Clip>(me, inside, 4);
   const long long u = me.u;
   const T* s = me.at(gates, 4 * H);
@@ -93,6 +98,6 @@ __global__ void lstm_backward(
   d[H] = d_f;
   d[2 * H] = unclamp(dc * i * d_tanh(g), 2);
   d[3 * H] = d_o;
-  dh_carry[u] = T(0);
+  dh_carry[u] = kept;
   dc_carry[u] = dc * f + (P != nullptr ? d_i * P[me.j] + d_f * P[H + me.j] : T(0));
 }

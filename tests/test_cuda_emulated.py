@@ -191,14 +191,14 @@ def test_stand_in_checks_kernel_arguments():
     f = loader.kernel(device, "rnn.cu", "rnn_forward<double, false, false>")
     a = np.zeros((2, 3))
     args = [a, np.int32(3), a, np.zeros(3), a, None, np.int32(0), a.copy(), np.int32(3),
-            a.copy(), np.float64(0), None, np.int32(2), np.int32(3)]
+            a.copy(), np.float64(0), None, None, np.int32(0), None, np.int32(2), np.int32(3)]
     f((1,), (8,), tuple(args))  # accepted
     np.testing.assert_array_equal(args[7], np.zeros((2, 3)))
     with pytest.raises(TypeError, match="NumPy scalar"):
         f((1,), (8,), tuple(args[:1] + [3] + args[2:]))
     with pytest.raises(TypeError, match="float32 array"):
         f((1,), (8,), tuple([a.astype(np.float32)] + args[1:]))
-    with pytest.raises(TypeError, match="takes 14 arguments"):
+    with pytest.raises(TypeError, match="takes 17 arguments"):
         f((1,), (8,), tuple(args[:-1]))
 
 

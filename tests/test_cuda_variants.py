@@ -29,6 +29,12 @@ VARIANTS = {
     "lstm-peepholes-clip": ("lstm", Variant(peepholes=True, clip=CLIP)),
     "gru-clip": ("gru", Variant(clip=CLIP)),
     "gru_textbook-clip": ("gru_textbook", Variant(clip=CLIP)),
+    "rnn_tanh-zoneout": ("rnn_tanh", Variant(zoneout=0.3)),
+    "rnn_relu-zoneout-clip": ("rnn_relu", Variant(zoneout=0.3, clip=CLIP)),
+    "lstm-zoneout": ("lstm", Variant(zoneout=0.3)),
+    "gru-zoneout": ("gru", Variant(zoneout=0.3)),
+    "gru_textbook-zoneout": ("gru_textbook", Variant(zoneout=0.3)),
+    "lstm-zoneout-peepholes-clip": ("lstm", Variant(zoneout=0.3, peepholes=True, clip=CLIP)),
 }
 # (T, B, I, H): B*H = 65 is not a multiple of the block size; lengths with a full-length row.
 SHAPE = (6, 5, 7, 13)
@@ -45,9 +51,10 @@ def variant_cell(name):
     return replace(cell_by_name(cell_name), variant=variant)
 
 
-def make(cell: Cell, reverses, lengths, shape=SHAPE, seed=0):
+def make(cell: Cell, reverses, lengths, shape=SHAPE, seed=0, training=True):
     """A float64 problem: x, lengths, one parameter dict (reference_variants' names) with
-    initial states per direction, and the cotangents dy, dh_n, dc_n."""
+    initial states and the zoneout mask (of a training forward, or of evaluation) per
+    direction, and the cotangents dy, dh_n, dc_n."""
     T, B, I, H = shape
     rng = np.random.default_rng(seed)
     plain = replace(cell, variant=Variant())
@@ -61,6 +68,7 @@ def make(cell: Cell, reverses, lengths, shape=SHAPE, seed=0):
         p["h0"] = 0.5 * rng.standard_normal((B, P))
         p["c0"] = 0.5 * rng.standard_normal((B, H)) if cell.has_cell_state else None
         p["reverse"] = reverse
+        p["zoneout_mask"] = cell.variant.zoneout_mask((T, B, P), np.float64, training, rng)
         dirs.append(p)
     L = None
     if lengths:
@@ -88,6 +96,7 @@ def directions(pr, dtype):
         return None if a is None else np.ascontiguousarray(a, dtype)
     names = ("W_ih", "W_hh", "b_ih", "b_hh", "h0", "c0")
     return [Direction(*(cast(d[n]) for n in names), d["reverse"],
+                      zoneout_mask=cast(d["zoneout_mask"]),
                       **{n: cast(d.get(n)) for n in VARIANT_PARAMS}) for d in pr["dirs"]]
 
 
@@ -156,7 +165,7 @@ def test_variant_is_active(variant):
     finally:
         del backend.recurrence_forward
     plain_pr = dict(pr, dirs=[{k: v for k, v in d.items() if k not in VARIANT_PARAMS}
-                              for d in pr["dirs"]])
+                              | {"zoneout_mask": None} for d in pr["dirs"]])
     plain_out, plain_grads = run(plain, backend, plain_pr, np.float64)
     assert np.abs(out["y"] - plain_out["y"]).max() > 1e-3
     assert np.abs(grads["dW_hh[0]"] - plain_grads["dW_hh[0]"]).max() > 1e-3
@@ -179,9 +188,10 @@ def test_variant_is_active(variant):
 def test_inference_and_chunks_equal_training(variant, dtype):
     """Inference (nothing kept) gives the training outputs exactly; chunked inference (two
     steps per chunk, the variant's parameters reaching every chunk, a chunk past a sequence's
-    end with length 0) the same to rounding."""
+    end with length 0) the same to rounding. Zoneout has its evaluation mask, 1 - p, here, as
+    an inference has; the training forward takes the same."""
     cell = variant_cell(variant)
-    pr = make(cell, (False, True), True, seed=1)
+    pr = make(cell, (False, True), True, seed=1, training=False)
     pr["lengths"] = np.array([6, 2, 5, 1, 3])
     trained, _ = run(cell, emulated_backend(), pr, dtype)
     inferred, _ = run(cell, emulated_backend(), pr, dtype, training=False)
@@ -214,3 +224,16 @@ def test_inputs_not_modified():
     for d, b in zip(pr["dirs"], dirs_before):
         for k, v in b.items():
             np.testing.assert_array_equal(d[k], v, err_msg=k)
+
+
+@pytest.mark.parametrize("variant", [v for v in VARIANTS if "zoneout" in v])
+def test_zoneout_evaluation_mask_matches_reference(variant):
+    """Zoneout's evaluation mask, 1 - p everywhere, mixes the old and new states rather than
+    picking one: outputs and gradients against the reference, both directions, lengths."""
+    cell = variant_cell(variant)
+    pr = make(cell, (False, True), True, seed=2, training=False)
+    assert np.all(pr["dirs"][0]["zoneout_mask"] == 0.7)
+    out, grads = run(cell, emulated_backend(), pr, np.float64)
+    want_out, want_grads = run(cell, REFERENCE, pr, np.float64)
+    assert_close(out, want_out, np.float64, f"{variant} forward")
+    assert_close(grads, want_grads, np.float64, f"{variant} backward")

@@ -93,6 +93,9 @@ class Saved:
     # from the activated gate, which equals act(clip) there, is not exact in floating point).
     P: Any = None
     inside: Any = None
+    # zoneout_mask (T, B, H): M of the forward (cells.Variant.zoneout), which backward applies
+    # again; None without zoneout. (The CUDA backend's; the Numba one keeps its own.)
+    zoneout_mask: Any = None
 
     @property
     def h_in(self):

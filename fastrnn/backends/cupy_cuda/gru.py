@@ -20,7 +20,7 @@ class GruRecurrence(Recurrence):
         self.xp.matmul(s.h_prev, self.W_hh.T, out=self.gh)
         self.launch("gru_forward", s.x_proj, self.ld_x, self.gh, self.b_hh, s.h_prev,
                     self.lengths, s.t, s.y, self.ld_y, s.h_next, s.gates, s.hn, self.clip,
-                    s.inside)
+                    s.inside, s.zoneout, self.ld_z)
 
     def backward_buffers(self, T):
         self.d_gh = self.xp.empty((T, self.B, 3 * self.H), self.dtype)
@@ -28,7 +28,8 @@ class GruRecurrence(Recurrence):
     def backward_step(self, s):
         d_gh = self.d_gh[s.t]
         self.launch("gru_backward", s.gates, s.hn, s.h_prev, s.dy, self.ld_dy, self.lengths, s.t,
-                    self.dh_rec, self.dh_carry, s.d_gx, self.ld_g, d_gh, s.inside)
+                    self.dh_rec, self.dh_carry, s.d_gx, self.ld_g, d_gh, s.inside, s.zoneout,
+                    self.ld_z)
         self.xp.matmul(d_gh, self.W_hh, out=self.dh_rec)
 
     def hh_terms(self, d_gx, h_in):
@@ -60,7 +61,7 @@ class GruTextbookRecurrence(Recurrence):
         self.xp.matmul(self.rh, self.W_n.T, out=self.gh_n)
         self.launch("gru_textbook_forward_state", s.x_proj, self.ld_x, self.gh_n, self.b_hh,
                     s.h_prev, self.lengths, s.t, s.y, self.ld_y, s.h_next, gates, self.clip,
-                    s.inside)
+                    s.inside, s.zoneout, self.ld_z)
 
     def backward_buffers(self, T):
         self.d_rh = self.xp.empty((self.B, self.H), self.dtype)
@@ -69,7 +70,8 @@ class GruTextbookRecurrence(Recurrence):
     def backward_step(self, s):
         H = self.H
         self.launch("gru_textbook_backward_state", s.gates, s.h_prev, s.dy, self.ld_dy,
-                    self.lengths, s.t, self.dh_rec, self.dh_carry, s.d_gx, self.ld_g, s.inside)
+                    self.lengths, s.t, self.dh_rec, self.dh_carry, s.d_gx, self.ld_g, s.inside,
+                    s.zoneout, self.ld_z)
         self.xp.matmul(s.d_gx[:, 2 * H:], self.W_n, out=self.d_rh)
         self.launch("gru_textbook_backward_reset", s.gates, s.h_prev, self.d_rh, self.lengths,
                     s.t, self.dh_carry, s.d_gx, self.ld_g, self.rh[s.t], s.inside)

@@ -26,7 +26,7 @@ class Step:
     """The views one step's launches work on; attributes unused by a cell stay None."""
 
     __slots__ = ("t", "x_proj", "y", "h_prev", "h_next", "c_prev", "c_next", "gates", "hn",
-                 "inside", "dy", "d_gx")
+                 "inside", "zoneout", "dy", "d_gx")
 
     def __init__(self, t, **views):
         self.t = np.int32(t)
@@ -60,14 +60,15 @@ def _state_buffer(xp, s0, T, reverse, training):
     return states
 
 
-def _kept_views(t, i, o, hs, cs, gates, hn, inside):
-    """Step t's views of the states (entering slot i, leaving slot o) and of what a training
-    forward keeps; None for what the cell does not have."""
+def _kept_views(t, i, o, hs, cs, gates, hn, inside, zoneout):
+    """Step t's views of the states (entering slot i, leaving slot o), of what a training
+    forward keeps and of the zoneout mask; None for what the cell does not have."""
     def pick(a, k):
         return None if a is None else a[k]
 
     return dict(h_prev=hs[i], h_next=hs[o], c_prev=pick(cs, i), c_next=pick(cs, o),
-                gates=pick(gates, t), hn=pick(hn, t), inside=pick(inside, t))
+                gates=pick(gates, t), hn=pick(hn, t), inside=pick(inside, t),
+                zoneout=pick(zoneout, t))
 
 
 class Recurrence:
@@ -78,7 +79,9 @@ class Recurrence:
     The variant (cells.Variant) reaches the kernels as their last template argument, Clip, with
     ``clip`` the bound in the dtype; a clipped training forward keeps the clamp's flags,
     ``inside`` (T, B, G*H) uint8. The peepholes ``P`` (3, H) are an argument of the LSTM's
-    kernels (None without).
+    kernels (None without). The zoneout mask M (T, B, H) reaches every kernel that ends a
+    step (``leave_step``) or starts its backward (``gradient_leaving``), a view of rows
+    ``ld_z`` apart (None without zoneout).
     """
 
     file = ""
@@ -97,7 +100,8 @@ class Recurrence:
         self.clip = self.dtype.type(0 if clip is None else clip)
         self.template_extra = self.cell_template(cell) + (", true" if self.clipped
                                                           else ", false")
-        self.P = None
+        self.P = self.zoneout = None
+        self.ld_z = np.int32(0)
         n = B * self.H
         if n >= 2 ** 31 or W_hh.shape[0] * B >= 2 ** 31:
             raise ValueError(f"B*G*H = {W_hh.shape[0] * B} is too large for 32-bit indexing")
@@ -119,9 +123,18 @@ class Recurrence:
     # ------------------------------------------------------------------------------------------
     # Forward
 
-    def forward(self, x_proj, h0, c0, lengths, reverse, y, training, P=None):
+    def kept_gate_blocks(self):
+        """k of the saved gates (T, B, k*H) of a training forward."""
+        return self.gate_blocks
+
+    def use_zoneout(self, mask):
+        self.zoneout = mask
+        self.ld_z = np.int32(0) if mask is None else row_stride("zoneout_mask", mask)
+
+    def forward(self, x_proj, h0, c0, lengths, reverse, y, training, P=None, zoneout_mask=None):
         xp = self.xp
         self.P = P
+        self.use_zoneout(zoneout_mask)
         T, B, _ = x_proj.shape
         H = self.H
         self.ld_x, self.ld_y = row_stride("x_proj", x_proj), row_stride("y", y)
@@ -129,8 +142,8 @@ class Recurrence:
         hs = _state_buffer(xp, h0, T, reverse, training)
         cs = _state_buffer(xp, c0, T, reverse, training) if c0 is not None else None
         gates = hn = None
-        if training and self.gate_blocks:
-            gates = xp.empty((T, B, self.gate_blocks * H), self.dtype)
+        if training and self.kept_gate_blocks():
+            gates = xp.empty((T, B, self.kept_gate_blocks() * H), self.dtype)
         if training and self.keeps_hn:
             hn = xp.empty((T, B, H), self.dtype)
         inside = xp.empty((T, B, self.G * H), np.uint8) if training and self.clipped else None
@@ -138,13 +151,15 @@ class Recurrence:
         for n in range(T):
             t, i, o = base.state_slots(n, T, reverse, training)
             self.forward_step(Step(t, x_proj=x_proj[t], y=y[t],
-                                   **_kept_views(t, i, o, hs, cs, gates, hn, inside)))
+                                   **_kept_views(t, i, o, hs, cs, gates, hn, inside,
+                                                 zoneout_mask)))
         last = base.final_slot(T, reverse, training)
         h_n = hs[last].copy()
         c_n = cs[last].copy() if cs is not None else None
         if not training:
             return h_n, c_n, None
-        return h_n, c_n, Saved(hs, cs, gates, hn, self.lengths, reverse, P, inside)
+        return h_n, c_n, Saved(hs, cs, gates, hn, self.lengths, reverse, P, inside,
+                               zoneout_mask)
 
     def forward_buffers(self, training):
         """Allocate the per-step scratch of the forward (the recurrent GEMM's output)."""
@@ -160,6 +175,7 @@ class Recurrence:
         self.ld_dy, self.ld_g = row_stride("dy", dy), row_stride("d_gx", d_gx)
         self.lengths = saved.lengths
         self.P = saved.P
+        self.use_zoneout(saved.zoneout_mask)
         # dL/dh entering the step just run = dh_carry + dh_rec, dh_rec = (its d_gh) @ W_hh.
         self.dh_rec = xp.zeros((self.B, self.H), self.dtype)
         self.dh_carry = dh_n.copy()
@@ -168,7 +184,8 @@ class Recurrence:
         for n in reversed(range(T)):
             t, i, o = base.state_slots(n, T, saved.reverse, True)
             self.backward_step(Step(t, dy=dy[t], d_gx=d_gx[t], **_kept_views(
-                t, i, o, saved.hs, saved.cs, saved.gates, saved.hn, saved.inside)))
+                t, i, o, saved.hs, saved.cs, saved.gates, saved.hn, saved.inside,
+                saved.zoneout_mask)))
         return self.hh_terms(d_gx, saved.h_in), self.dh_carry + self.dh_rec, self.dc_carry
 
     def backward_buffers(self, T):
