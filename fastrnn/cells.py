@@ -97,8 +97,8 @@ class Variant:
             raise ValueError(f"proj_size must be an int >= 0, got {self.proj_size!r}")
         if self.clip is not None and not self.clip > 0:
             raise ValueError(f"clip must be None or a positive float, got {self.clip!r}")
-        if not 0 <= self.zoneout < 1:
-            raise ValueError(f"zoneout must be in [0, 1), got {self.zoneout!r}")
+        if not 0 <= self.zoneout <= 1:
+            raise ValueError(f"zoneout must be in [0, 1], got {self.zoneout!r}")
         if cell.kind != "lstm" and (self.proj_size or self.peepholes):
             raise ValueError(f"proj_size and peepholes are LSTM switches, not {cell.name}'s")
         if self.layer_norm and cell.name not in ("lstm", "gru"):

@@ -527,7 +527,7 @@ ZONE, PROJ = Variant(zoneout=0.2), Variant(proj_size=2)
     (RNN_TANH, Variant(layer_norm=True), Variant(), {}, "layer_norm applies"),
     (LSTM, Variant(clip=0.0), Variant(), {}, "clip must be None or a positive float"),
     (LSTM, Variant(clip=-1.0), Variant(), {}, "clip must be None or a positive float"),
-    (LSTM, Variant(zoneout=1.0), Variant(), {}, r"zoneout must be in \[0, 1\)"),
+    (LSTM, Variant(zoneout=1.5), Variant(), {}, r"zoneout must be in \[0, 1\]"),
     (LSTM, Variant(proj_size=-1), Variant(), {}, "proj_size must be an int"),
     (LSTM, ZONE, Variant(), {}, "zoneout needs zoneout_mask"),
     (LSTM, Variant(), ZONE, {}, "zoneout_mask given but the variant has zoneout=0"),
