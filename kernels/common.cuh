@@ -185,17 +185,17 @@ __device__ __forceinline__ Unclamp<T, Clip> unclamp_of(const Unit& me,
 // with the sum in dh; the kernel then writes the gate gradients and the new carry, which starts
 // from `kept`. With zoneout (M of step t in `zoneout`, [B, ld_z], nullptr without) the cell's
 // new state gets dh = M times the sum, and kept = (1 - M) times it goes straight to h_prev;
-// without, kept = 0.
+// without, kept = 0. dh_carry and dh_rec are nullptr where dy is the whole gradient (the LSTM's
+// behind its projection, which lstm_projection_backward started), d_gx where count is 0.
 template <typename T>
 __device__ __forceinline__ bool gradient_leaving(const Unit& me, const T* dy, int ld_dy,
                                                  const T* dh_rec, T* dh_carry, T* d_gx, int ld_g,
                                                  int first, int count, const T* zoneout,
                                                  int ld_z, T& dh, T& kept) {
-  const T dh_out = dh_carry[me.u] + dh_rec[me.u];
+  const T dh_out = dh_carry == nullptr ? T(0) : dh_carry[me.u] + dh_rec[me.u];
   if (!me.valid) {
-    T* d = me.at(d_gx, ld_g);
-    for (int k = first; k < first + count; ++k) d[k * me.H] = T(0);
-    dh_carry[me.u] = dh_out;
+    for (int k = first; k < first + count; ++k) me.at(d_gx, ld_g)[k * me.H] = T(0);
+    if (dh_carry != nullptr) dh_carry[me.u] = dh_out;
     return false;
   }
   dh = dh_out + *me.at(dy, ld_dy);

@@ -11,6 +11,12 @@
 // dP is summed above the backends from d_gx and the saved cs. Zoneout acts on h only
 // (common.cuh, leave_step and gradient_leaving); c is never zoned out.
 //
+// Projection (cells.Variant.proj_size, W_hr [P, H]): lstm_forward writes h_full = o tanh(c')
+// instead of the state; the GEMM h_full W_hr^T and lstm_projection_forward then make the state
+// h' of width P (lengths and zoneout there). Backward mirrors it: lstm_projection_backward
+// starts the step on the P-wide gradient, the GEMM times W_hr gives dL/dh_full, which
+// lstm_backward takes as dy (its h carries nullptr).
+//
 // Shapes as in rnn.cu: "[B, ld]" arguments may be views with rows ld elements apart.
 
 #include "common.cuh"
@@ -24,13 +30,16 @@ __global__ void lstm_forward(
     const T* __restrict__ x_proj, int ld_x,  // [B, ld_x]  W_ih x_t + b_ih, columns [0, 4H): i,f,g,o
     const T* __restrict__ gh,      // [B, 4H]    h_prev W_hh^T
     const T* __restrict__ b_hh,    // [4H]
-    const T* __restrict__ h_prev,  // [B, H]     states entering step t
+    const T* __restrict__ h_prev,  // [B, H]     states entering step t (h [B, P] if projecting)
     const T* __restrict__ c_prev,  // [B, H]
     const long long* __restrict__ lengths, int t,  // [B] or nullptr (every step valid)
     T* __restrict__ y, int ld_y,  // [B, ld_y]  output of step t, columns [0, H)
-    T* __restrict__ h_next,        // [B, H]     states leaving step t
+    T* __restrict__ h_next,        // [B, H]     states leaving step t (h [B, P] if projecting)
     T* __restrict__ c_next,        // [B, H]
     T* __restrict__ gates,         // [B, 4H]    out: activated i, f, g, o; nullptr in inference
+    T* __restrict__ h_full,        // [B, H]     out: o tanh(c'), 0 at an invalid step, where W_hr
+                                   //            follows (h_prev, y, h_next, zoneout unused then);
+                                   //            nullptr without projection
     const T* __restrict__ P,       // [3, H]     peepholes p_i, p_f, p_o; nullptr without
     T clip,                        //            the bound of Clip
     unsigned char* __restrict__ inside,  // [B, 4H] out: Clip's flags; nullptr in inference
@@ -53,8 +62,52 @@ __global__ void lstm_forward(
   if (P != nullptr) a_o += P[2 * H + me.j] * c;  // o looks at the new cell state
   const T o = sigmoid(clamp(a_o, 3));
   keep_gates(me, gates, i, f, g, o);
-  leave_step(me, o * tanh_(c), h_prev, h_next, y, ld_y, zoneout, ld_z);
+  if (h_full != nullptr)
+    h_full[u] = me.valid ? o * tanh_(c) : T(0);
+  else
+    leave_step(me, o * tanh_(c), h_prev, h_next, y, ld_y, zoneout, ld_z);
   c_next[u] = me.valid ? c : c_prev[u];
+}
+
+// Forward of step t of a projecting LSTM, after h_proj = h_full W_hr^T: the state and output,
+// P wide, as leave_step makes them (lengths, zoneout).
+template <typename T>
+__global__ void lstm_projection_forward(
+    const T* __restrict__ h_proj,  // [B, P]     h_full W_hr^T of step t
+    const T* __restrict__ h_prev,  // [B, P]     state entering step t
+    const long long* __restrict__ lengths, int t,  // [B] or nullptr (every step valid)
+    T* __restrict__ y, int ld_y,  // [B, ld_y]  output of step t, columns [0, P)
+    T* __restrict__ h_next,        // [B, P]     state leaving step t
+    const T* __restrict__ zoneout, int ld_z,  // [B, ld_z] M of step t; nullptr without zoneout
+    int B, int P) {
+  Unit me;
+  if (!unit_of_thread(B, P, lengths, t, me)) return;
+  leave_step(me, h_proj[me.u], h_prev, h_next, y, ld_y, zoneout, ld_z);
+}
+
+// Start of the backward of step t of a projecting LSTM, P wide: dh_proj = the gradient of
+// h_full W_hr^T (gradient_leaving: M times the sum of dh_carry, dh_rec and dy at a valid step,
+// 0 at an invalid one), and the new carry.
+template <typename T>
+__global__ void lstm_projection_backward(
+    const T* __restrict__ dy, int ld_dy,  // [B, ld_dy] dL/dy of step t, columns [0, P)
+    const long long* __restrict__ lengths, int t,  // [B] or nullptr
+    const T* __restrict__ dh_rec,  // [B, P]     d_gx of step t+1 (in time) times W_hh; 0 at first
+    T* __restrict__ dh_carry,      // [B, P]     in: the rest of dL/dh_out; out: dL/dh_prev - dh_rec
+    const T* __restrict__ zoneout, int ld_z,  // [B, ld_z] M of step t; nullptr without zoneout
+    T* __restrict__ dh_proj,       // [B, P]     out: dL/d(h_full W_hr^T) of step t
+    int B, int P) {
+  Unit me;
+  if (!unit_of_thread(B, P, lengths, t, me)) return;
+  T dh, kept;
+  T* no_gates = nullptr;
+  if (!gradient_leaving(me, dy, ld_dy, dh_rec, dh_carry, no_gates, 0, 0, 0, zoneout, ld_z, dh,
+                        kept)) {
+    dh_proj[me.u] = T(0);
+    return;
+  }
+  dh_proj[me.u] = dh;
+  dh_carry[me.u] = kept;
 }
 
 // Backward of step t, before the GEMM dh_rec = d_gx W_hh that the next (earlier) step reads.
@@ -67,9 +120,11 @@ __global__ void lstm_backward(
     const T* __restrict__ c_prev,  // [B, H]     cell state entering step t
     const T* __restrict__ c_out,   // [B, H]     cell state leaving step t
     const T* __restrict__ dy, int ld_dy,  // [B, ld_dy] dL/dy of step t, columns [0, H)
+                                          //            (dL/dh_full where projecting)
     const long long* __restrict__ lengths, int t,  // [B] or nullptr
     const T* __restrict__ dh_rec,  // [B, H]     d_gx of step t+1 (in time) times W_hh; 0 at first
     T* __restrict__ dh_carry,      // [B, H]     in: the rest of dL/dh_out; out: dL/dh_prev - dh_rec
+                                   //            (both nullptr where projecting)
     T* __restrict__ dc_carry,      // [B, H]     in: dL/dc_out; out: dL/dc_prev
     T* __restrict__ d_gx, int ld_g,  // [B, ld_g]  out: gradients of the i, f, g, o gate inputs
     const T* __restrict__ P,       // [3, H]     peepholes p_i, p_f, p_o; nullptr without
@@ -98,6 +153,6 @@ __global__ void lstm_backward(
   d[H] = d_f;
   d[2 * H] = unclamp(dc * i * d_tanh(g), 2);
   d[3 * H] = d_o;
-  dh_carry[u] = kept;
+  if (dh_carry != nullptr) dh_carry[u] = kept;
   dc_carry[u] = dc * f + (P != nullptr ? d_i * P[me.j] + d_f * P[H + me.j] : T(0));
 }

@@ -35,6 +35,9 @@ VARIANTS = {
     "gru-zoneout": ("gru", Variant(zoneout=0.3)),
     "gru_textbook-zoneout": ("gru_textbook", Variant(zoneout=0.3)),
     "lstm-zoneout-peepholes-clip": ("lstm", Variant(zoneout=0.3, peepholes=True, clip=CLIP)),
+    "lstm-proj": ("lstm", Variant(proj_size=5)),
+    "lstm-proj-zoneout-peepholes-clip": ("lstm", Variant(proj_size=5, zoneout=0.3,
+                                                         peepholes=True, clip=CLIP)),
 }
 # (T, B, I, H): B*H = 65 is not a multiple of the block size; lengths with a full-length row.
 SHAPE = (6, 5, 7, 13)
@@ -145,8 +148,9 @@ def test_matches_reference(variant, dtype, layout):
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_variant_is_active(variant):
     """The comparison above is not of the plain cell twice: the variant changes the outputs and
-    dW_hh, and a clip clamps some inputs of every gate and lets others through (the kept flags
-    hold both)."""
+    dW_hh (a projection, which has no plain cell of the same shapes, gives y of proj_size
+    columns and a dW_hr), and a clip clamps some inputs of every gate and lets others through
+    (the kept flags hold both)."""
     cell = variant_cell(variant)
     plain = replace(cell, variant=Variant())
     pr = make(cell, (True,), True)
@@ -164,11 +168,16 @@ def test_variant_is_active(variant):
         out, grads = run(cell, backend, pr, np.float64)
     finally:
         del backend.recurrence_forward
-    plain_pr = dict(pr, dirs=[{k: v for k, v in d.items() if k not in VARIANT_PARAMS}
-                              | {"zoneout_mask": None} for d in pr["dirs"]])
-    plain_out, plain_grads = run(plain, backend, plain_pr, np.float64)
-    assert np.abs(out["y"] - plain_out["y"]).max() > 1e-3
-    assert np.abs(grads["dW_hh[0]"] - plain_grads["dW_hh[0]"]).max() > 1e-3
+    if cell.variant.proj_size:
+        assert out["y"].shape[2] == out["h_n"].shape[2] == cell.variant.proj_size
+        assert grads["dW_hr[0]"].shape == (cell.variant.proj_size, SHAPE[3])
+        assert np.all(np.abs(grads["dW_hr[0]"]) > 0)
+    else:
+        plain_pr = dict(pr, dirs=[{k: v for k, v in d.items() if k not in VARIANT_PARAMS}
+                                  | {"zoneout_mask": None} for d in pr["dirs"]])
+        plain_out, plain_grads = run(plain, backend, plain_pr, np.float64)
+        assert np.abs(out["y"] - plain_out["y"]).max() > 1e-3
+        assert np.abs(grads["dW_hh[0]"] - plain_grads["dW_hh[0]"]).max() > 1e-3
     inside = kept["saved"].inside
     if cell.variant.clip is None:
         assert inside is None
@@ -188,10 +197,10 @@ def test_variant_is_active(variant):
 def test_inference_and_chunks_equal_training(variant, dtype):
     """Inference (nothing kept) gives the training outputs exactly; chunked inference (two
     steps per chunk, the variant's parameters reaching every chunk, a chunk past a sequence's
-    end with length 0) the same to rounding. Zoneout has its evaluation mask, 1 - p, here, as
-    an inference has; the training forward takes the same."""
+    end with length 0) the same to rounding. Zoneout's mask is a training one (0 or 1 per
+    unit), so that each chunk must get its own window of it."""
     cell = variant_cell(variant)
-    pr = make(cell, (False, True), True, seed=1, training=False)
+    pr = make(cell, (False, True), True, seed=1)
     pr["lengths"] = np.array([6, 2, 5, 1, 3])
     trained, _ = run(cell, emulated_backend(), pr, dtype)
     inferred, _ = run(cell, emulated_backend(), pr, dtype, training=False)

@@ -93,9 +93,10 @@ class Saved:
     # from the activated gate, which equals act(clip) there, is not exact in floating point).
     P: Any = None
     inside: Any = None
-    # zoneout_mask (T, B, H): M of the forward (cells.Variant.zoneout), which backward applies
-    # again; None without zoneout. (The CUDA backend's; the Numba one keeps its own.)
-    zoneout_mask: Any = None
+    # kept: a backend's own dict of the variant's parameters and what their backward needs (the
+    # CUDA backend: each parameter recurrence_forward got, the zoneout mask, and h_full =
+    # o tanh(c') (T, B, H) of a projecting LSTM, the input of W_hr).
+    kept: Any = None
 
     @property
     def h_in(self):

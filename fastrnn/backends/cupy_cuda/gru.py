@@ -45,7 +45,7 @@ class GruTextbookRecurrence(Recurrence):
         H = self.H
         self.W_rz, self.W_n = W_hh[:2 * H], W_hh[2 * H:]
 
-    def forward_buffers(self, training):
+    def forward_buffers(self, T, training):
         xp, B, H = self.xp, self.B, self.H
         self.gh_rz = xp.empty((B, 2 * H), self.dtype)
         self.gh_n = xp.empty((B, H), self.dtype)

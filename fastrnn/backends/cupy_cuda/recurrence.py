@@ -81,7 +81,13 @@ class Recurrence:
     ``inside`` (T, B, G*H) uint8. The peepholes ``P`` (3, H) are an argument of the LSTM's
     kernels (None without). The zoneout mask M (T, B, H) reaches every kernel that ends a
     step (``leave_step``) or starts its backward (``gradient_leaving``), a view of rows
-    ``ld_z`` apart (None without zoneout).
+    ``ld_z`` apart (None without zoneout). The other variant parameters (``W_hr``, ``g_hh``,
+    ``g_c``, ``b_c``) are attributes, None where the direction has none; the cell subclass
+    that runs them keeps what their backward needs in ``Saved.kept`` (``kept_for_backward``)
+    and returns their gradients from ``variant_grads``.
+
+    Widths: H that of the gates and of c, Hp = W_hh.shape[1] that of h (the projection's
+    proj_size where the LSTM projects, else H).
     """
 
     file = ""
@@ -93,32 +99,33 @@ class Recurrence:
         self.xp = backend.xp
         self.W_hh, self.b_hh = W_hh, b_hh
         self.dtype = W_hh.dtype
-        self.B, self.H = B, W_hh.shape[1]
-        self.G = W_hh.shape[0] // self.H
+        self.G = cell.gates
+        self.B, self.H, self.Hp = B, W_hh.shape[0] // self.G, W_hh.shape[1]
         clip = cell.variant.clip
         self.clipped = clip is not None
         self.clip = self.dtype.type(0 if clip is None else clip)
         self.template_extra = self.cell_template(cell) + (", true" if self.clipped
                                                           else ", false")
-        self.P = self.zoneout = None
-        self.ld_z = np.int32(0)
-        n = B * self.H
-        if n >= 2 ** 31 or W_hh.shape[0] * B >= 2 ** 31:
+        self.use_variant({})
+        if W_hh.shape[0] * B >= 2 ** 31:
             raise ValueError(f"B*G*H = {W_hh.shape[0] * B} is too large for 32-bit indexing")
-        per_block = backend.threads_per_block
-        self.grid = ((n + per_block - 1) // per_block,)
-        self.block = (per_block,)
-        self.sizes = (np.int32(B), np.int32(self.H))
+        self.block = (backend.threads_per_block,)
 
     def cell_template(self, cell):
         """The template arguments of the cell's kernels between the dtype and Clip."""
         return ""
 
-    def launch(self, kernel, *args):
-        """Run ``kernel`` for this dtype over the B*H units; B and H are the last arguments."""
-        expression = loader.name_expression(kernel, self.dtype, self.template_extra)
-        loader.kernel(self.device, self.file, expression)(self.grid, self.block,
-                                                          args + self.sizes)
+    def launch(self, kernel, *args, width=None, template=None):
+        """Run ``kernel`` for this dtype over the B*width units (width H unless given); B and
+        width are the last arguments. Its template arguments after the dtype are the cell's
+        (``template_extra``) unless given."""
+        width = self.H if width is None else width
+        extra = self.template_extra if template is None else template
+        expression = loader.name_expression(kernel, self.dtype, extra)
+        per_block = self.block[0]
+        grid = ((self.B * width + per_block - 1) // per_block,)
+        loader.kernel(self.device, self.file, expression)(
+            grid, self.block, args + (np.int32(self.B), np.int32(width)))
 
     # ------------------------------------------------------------------------------------------
     # Forward
@@ -127,14 +134,18 @@ class Recurrence:
         """k of the saved gates (T, B, k*H) of a training forward."""
         return self.gate_blocks
 
-    def use_zoneout(self, mask):
-        self.zoneout = mask
-        self.ld_z = np.int32(0) if mask is None else row_stride("zoneout_mask", mask)
+    def use_variant(self, params):
+        """The variant parameters of the direction (recurrence_forward's keyword arguments, or
+        Saved.kept), as attributes; the zoneout mask with its row stride."""
+        for name in ("P", "W_hr", "g_hh", "g_c", "b_c", "zoneout_mask"):
+            setattr(self, name, params.get(name))
+        M = self.zoneout_mask
+        self.ld_z = np.int32(0) if M is None else row_stride("zoneout_mask", M)
 
-    def forward(self, x_proj, h0, c0, lengths, reverse, y, training, P=None, zoneout_mask=None):
+    def forward(self, x_proj, h0, c0, lengths, reverse, y, training, **variant):
         xp = self.xp
-        self.P = P
-        self.use_zoneout(zoneout_mask)
+        self.use_variant(variant)
+        zoneout_mask = self.zoneout_mask
         T, B, _ = x_proj.shape
         H = self.H
         self.ld_x, self.ld_y = row_stride("x_proj", x_proj), row_stride("y", y)
@@ -147,7 +158,7 @@ class Recurrence:
         if training and self.keeps_hn:
             hn = xp.empty((T, B, H), self.dtype)
         inside = xp.empty((T, B, self.G * H), np.uint8) if training and self.clipped else None
-        self.forward_buffers(training)
+        self.forward_buffers(T, training)
         for n in range(T):
             t, i, o = base.state_slots(n, T, reverse, training)
             self.forward_step(Step(t, x_proj=x_proj[t], y=y[t],
@@ -158,10 +169,15 @@ class Recurrence:
         c_n = cs[last].copy() if cs is not None else None
         if not training:
             return h_n, c_n, None
-        return h_n, c_n, Saved(hs, cs, gates, hn, self.lengths, reverse, P, inside,
-                               zoneout_mask)
+        return h_n, c_n, Saved(hs, cs, gates, hn, self.lengths, reverse, self.P, inside,
+                               kept=self.kept_for_backward(variant))
 
-    def forward_buffers(self, training):
+    def kept_for_backward(self, variant):
+        """Saved.kept: the variant's parameters and what their backward needs (a subclass adds
+        its own)."""
+        return dict(variant)
+
+    def forward_buffers(self, T, training):
         """Allocate the per-step scratch of the forward (the recurrent GEMM's output)."""
         self.gh = self.xp.empty((self.B, self.W_hh.shape[0]), self.dtype)
 
@@ -169,15 +185,16 @@ class Recurrence:
     # Backward
 
     def backward(self, saved: Saved, dy, dh_n, dc_n, d_gx):
-        """Returns (hh_terms, dh0, dc0) as FusedBackend.recurrence_backward specifies."""
+        """Returns (hh_terms, dh0, dc0[, variant_grads]) as FusedBackend.recurrence_backward
+        specifies."""
         xp = self.xp
         T = dy.shape[0]
         self.ld_dy, self.ld_g = row_stride("dy", dy), row_stride("d_gx", d_gx)
         self.lengths = saved.lengths
-        self.P = saved.P
-        self.use_zoneout(saved.zoneout_mask)
+        self.use_variant(saved.kept)
+        self.kept = saved.kept
         # dL/dh entering the step just run = dh_carry + dh_rec, dh_rec = (its d_gh) @ W_hh.
-        self.dh_rec = xp.zeros((self.B, self.H), self.dtype)
+        self.dh_rec = xp.zeros((self.B, self.Hp), self.dtype)
         self.dh_carry = dh_n.copy()
         self.dc_carry = None if dc_n is None else dc_n.copy()
         self.backward_buffers(T)
@@ -185,11 +202,17 @@ class Recurrence:
             t, i, o = base.state_slots(n, T, saved.reverse, True)
             self.backward_step(Step(t, dy=dy[t], d_gx=d_gx[t], **_kept_views(
                 t, i, o, saved.hs, saved.cs, saved.gates, saved.hn, saved.inside,
-                saved.zoneout_mask)))
-        return self.hh_terms(d_gx, saved.h_in), self.dh_carry + self.dh_rec, self.dc_carry
+                self.zoneout_mask)))
+        result = (self.hh_terms(d_gx, saved.h_in), self.dh_carry + self.dh_rec, self.dc_carry)
+        variant_grads = self.variant_grads()
+        return result + (variant_grads,) if variant_grads else result
 
     def backward_buffers(self, T):
         """Allocate what the backward needs beyond dh_rec and the carries."""
+
+    def variant_grads(self):
+        """The gradients of the variant's parameters the backward made, by "d" + name."""
+        return {}
 
     def hh_terms(self, d_gx, h_in):
         """[(d_block (T, B, k), h_in (T, B, H))] whose products make dW_hh (FusedBackend)."""

@@ -10,7 +10,7 @@ class RnnRecurrence(Recurrence):
 
     def kept_gate_blocks(self):
         # with zoneout hs holds the zoned-out states, so act's own output is kept for act'
-        return 1 if self.zoneout is not None else 0
+        return 1 if self.zoneout_mask is not None else 0
 
     def cell_template(self, cell):
         return ", true" if cell.nonlinearity == "relu" else ", false"
