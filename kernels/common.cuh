@@ -3,14 +3,18 @@
 // inputs, keeping the gates, writing the masked state and output, and the gradient that enters
 // a backward step). A cell's .cu file then holds only its equations.
 //
-// Every kernel of fastrnn runs one thread per (batch row b, hidden unit j) of one time step: the
-// thread reads the gate pre-activations of its unit, writes its unit's outputs and touches no
-// other thread's data. No shared memory, no warp shuffles, no atomics, so the kernels give the
-// same result in any thread order (the CPU emulation in tests/cuda_emulation runs them serially).
+// Every kernel of fastrnn but the layer-normalised ones runs one thread per (batch row b, hidden
+// unit j) of one time step: the thread reads the gate pre-activations of its unit, writes its
+// unit's outputs and touches no other thread's data. No shared memory, no warp shuffles, no
+// atomics, so the kernels give the same result in any thread order (the CPU emulation in
+// tests/cuda_emulation runs them one thread at a time). The layer-normalised kernels run one
+// block per batch row: their threads share the row's sums through `block_sum` (shared memory
+// and barriers, in a fixed order, so the result still does not depend on the thread order).
 //
 // This file includes nothing: NVRTC (through cupy.RawModule) compiles without host headers, and
-// its math functions (expf, exp, tanhf, tanh) are built in. The loader pastes this file in place
-// of its #include line, so the code CuPy hashes for its kernel cache is the whole source.
+// its math functions (expf, exp, tanhf, tanh, sqrtf, sqrt) are built in. The loader pastes this
+// file in place of its #include line, so the code CuPy hashes for its kernel cache is the whole
+// source.
 
 #ifndef FASTRNN_COMMON_CUH
 #define FASTRNN_COMMON_CUH
@@ -21,6 +25,8 @@ __device__ __forceinline__ float exp_(float x) { return expf(x); }
 __device__ __forceinline__ double exp_(double x) { return exp(x); }
 __device__ __forceinline__ float tanh_(float x) { return tanhf(x); }
 __device__ __forceinline__ double tanh_(double x) { return tanh(x); }
+__device__ __forceinline__ float sqrt_(float x) { return sqrtf(x); }
+__device__ __forceinline__ double sqrt_(double x) { return sqrt(x); }
 
 // sigmoid(x) = 1 / (1 + exp(-x)), evaluated through exp(-|x|) <= 1 so it never overflows.
 // A NaN input gives NaN.
@@ -174,6 +180,44 @@ template <typename T, bool Clip>
 __device__ __forceinline__ Unclamp<T, Clip> unclamp_of(const Unit& me,
                                                        const unsigned char* inside, int gates) {
   return Unclamp<T, Clip>{Clip ? me.at(inside, gates * me.H) : nullptr, me.H};
+}
+
+// The sum of v over the threads of the block, returned to every thread: a tree over shared
+// memory, the pairs summed in a fixed order. Every thread of the block must call it (barriers).
+// blockDim.x <= 1024.
+template <typename T>
+__device__ __forceinline__ T block_sum(T v) {
+  __shared__ T partial[1024];
+  const int me = threadIdx.x, n = blockDim.x;
+  partial[me] = v;
+  __syncthreads();
+  for (int stride = 1; stride < n; stride *= 2) {
+    if (me % (2 * stride) == 0 && me + stride < n) partial[me] += partial[me + stride];
+    __syncthreads();
+  }
+  const T total = partial[0];
+  __syncthreads();  // every thread has read it before the next call writes partial
+  return total;
+}
+
+// Layer norm of the row v[0, n) (cells.LN_EPS as eps) in place, by the block that owns the row:
+// v becomes (v - mean) * inv_std. Returns inv_std = 1 / sqrt(var + eps).
+template <typename T>
+__device__ __forceinline__ T normalise_row(T* v, int n, T eps) {
+  T s = T(0);
+  for (int k = threadIdx.x; k < n; k += blockDim.x) s += v[k];
+  const T mean = block_sum(s) / T(n);
+  T q = T(0);
+  for (int k = threadIdx.x; k < n; k += blockDim.x) q += (v[k] - mean) * (v[k] - mean);
+  const T inv_std = T(1) / sqrt_(block_sum(q) / T(n) + eps);
+  for (int k = threadIdx.x; k < n; k += blockDim.x) v[k] = (v[k] - mean) * inv_std;
+  __syncthreads();  // the row is read across threads next
+  return inv_std;
+}
+
+// The unit (b, j) of a kernel that runs one block per row b, its threads stepping over j.
+__device__ __forceinline__ Unit unit_of_row(int b, int j, int H, bool valid) {
+  return Unit{b, j, H, (long long)b * H + j, valid};
 }
 
 // Start of a backward step: the gradient reaching the state that leaves step t. Besides dy it

@@ -201,3 +201,120 @@ __global__ void gru_textbook_backward_reset(
   dh_carry[u] += d_rh[u] * r;
   rh[u] = r * hp;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Layer norm (cells.Variant.layer_norm, linear_before_reset=True only):
+// gh = LN(W_hh h) g_hh + b_hh, then r, z, n as gru_forward (the input side is x_proj already).
+// The LN needs the whole row of W_hh h, so these kernels run one block per batch row b, the
+// block's threads stepping over the row's units, and share the row's sums through block_sum.
+// An invalid step is the whole row's, so a block never leaves a barrier half-crossed.
+
+// Forward of step t, after the GEMM gh = h_prev W_hh^T, normalised here in place (kept for
+// backward in training; 0 at an invalid step, as gates and hn are, so that the sums over all
+// steps after the loop see no stale values).
+template <typename T, bool Clip>
+__global__ void gru_layer_norm_forward(
+    const T* __restrict__ x_proj, int ld_x,  // [B, ld_x]  the input side, columns [0, 3H)
+    T* __restrict__ gh,            // [B, 3H]    in: h_prev W_hh^T; out: its LN (before g_hh)
+    const T* __restrict__ g_hh,    // [3H]
+    const T* __restrict__ b_hh,    // [3H]
+    T eps,                         //            cells.LN_EPS
+    const T* __restrict__ h_prev,  // [B, H]     state entering step t
+    const long long* __restrict__ lengths, int t,  // [B] or nullptr (every step valid)
+    T* __restrict__ y, int ld_y,  // [B, ld_y]  output of step t, columns [0, H)
+    T* __restrict__ h_next,        // [B, H]     state leaving step t
+    T* __restrict__ gates,         // [B, 3H]    out: r, z, n; nullptr in inference
+    T* __restrict__ hn,            // [B, H]     out: the n block of gh; nullptr in inference
+    T* __restrict__ stats,         // [B]        out: 1/std of gh; nullptr in inference
+    T clip,                        //            the bound of Clip
+    unsigned char* __restrict__ inside,  // [B, 3H] out: Clip's flags; nullptr in inference
+    const T* __restrict__ zoneout, int ld_z,  // [B, ld_z] M of step t; nullptr without zoneout
+    int B, int H) {
+  const int b = blockIdx.x;
+  if (b >= B) return;
+  T* row = gh + (long long)b * 3 * H;
+  if (!valid_step(lengths, b, t)) {
+    for (int j = threadIdx.x; j < H; j += blockDim.x) {
+      const Unit me = unit_of_row(b, j, H, false);
+      leave_step(me, T(0), h_prev, h_next, y, ld_y, zoneout, ld_z);
+      for (int k = 0; k < 3; ++k) row[k * H + j] = T(0);
+      keep_gates(me, gates, T(0), T(0), T(0));
+      if (hn != nullptr) hn[me.u] = T(0);
+    }
+    if (stats != nullptr && threadIdx.x == 0) stats[b] = T(0);
+    return;
+  }
+  const T inv_h = normalise_row(row, 3 * H, eps);
+  for (int j = threadIdx.x; j < H; j += blockDim.x) {
+    const Unit me = unit_of_row(b, j, H, true);
+    const Clamp<T, Clip> clamp = clamp_of<T, Clip>(me, clip, inside, 3);
+    const T* x = me.at(x_proj, ld_x);
+    T lin[3];
+    for (int k = 0; k < 3; ++k) lin[k] = row[k * H + j] * g_hh[k * H + j] + b_hh[k * H + j];
+    const T r = sigmoid(clamp(x[0] + lin[0], 0)), z = sigmoid(clamp(x[H] + lin[1], 1));
+    const T n = tanh_(clamp(x[2 * H] + r * lin[2], 2));
+    keep_gates(me, gates, r, z, n);
+    if (hn != nullptr) hn[me.u] = lin[2];
+    leave_step(me, (T(1) - z) * n + z * h_prev[me.u], h_prev, h_next, y, ld_y, zoneout, ld_z);
+  }
+  if (stats != nullptr && threadIdx.x == 0) stats[b] = inv_h;
+}
+
+// Backward of step t, before the GEMM dh_rec = d_gh W_hh. d_gx as gru_backward's; d_gh is the
+// gradient of the raw W_hh h_prev (the LN's backward) of the gradient of gh, which is d_gx
+// with dn * r in the n block. Invalid: zeros, and the carry passes through.
+template <typename T, bool Clip>
+__global__ void gru_layer_norm_backward(
+    const T* __restrict__ gates,   // [B, 3H]    r, z, n of step t
+    const T* __restrict__ hn,      // [B, H]     the n block of gh of step t
+    const T* __restrict__ gh_norm,  // [B, 3H]   LN(W_hh h_prev) of step t
+    const T* __restrict__ stats,   // [B]        1/std of gh of step t
+    const T* __restrict__ g_hh,    // [3H]
+    const T* __restrict__ h_prev,  // [B, H]     state entering step t
+    const T* __restrict__ dy, int ld_dy,  // [B, ld_dy] dL/dy of step t, columns [0, H)
+    const long long* __restrict__ lengths, int t,  // [B] or nullptr
+    const T* __restrict__ dh_rec,  // [B, H]     d_gh of step t+1 (in time) times W_hh; 0 at first
+    T* __restrict__ dh_carry,      // [B, H]     in: the rest of dL/dh_out; out: dL/dh_prev - dh_rec
+    T* __restrict__ d_gx, int ld_g,  // [B, ld_g]  out: dr, dz, dn of the gate inputs, [0, 3H)
+    T* __restrict__ d_gh,          // [B, 3H]    out: gradient of W_hh h_prev (before LN)
+    const unsigned char* __restrict__ inside,  // [B, 3H] Clip's flags of step t
+    const T* __restrict__ zoneout, int ld_z,  // [B, ld_z] M of step t; nullptr without zoneout
+    int B, int H) {
+  const int b = blockIdx.x;
+  if (b >= B) return;
+  const bool valid = valid_step(lengths, b, t);
+  T* q = d_gh + (long long)b * 3 * H;  // first the gradient of gh, then of W_hh h_prev
+  const T* v = gh_norm + (long long)b * 3 * H;
+  T r1 = T(0), r2 = T(0);
+  for (int j = threadIdx.x; j < H; j += blockDim.x) {
+    const Unit me = unit_of_row(b, j, H, valid);
+    T dh, kept;
+    if (!gradient_leaving(me, dy, ld_dy, dh_rec, dh_carry, d_gx, ld_g, 0, 3, zoneout, ld_z, dh,
+                          kept)) {
+      q[j] = q[H + j] = q[2 * H + j] = T(0);
+      continue;
+    }
+    const Unclamp<T, Clip> unclamp = unclamp_of<T, Clip>(me, inside, 3);
+    const T* s = me.at(gates, 3 * H);
+    const T r = s[0], z = s[H], n = s[2 * H];
+    const T dn = unclamp(dh * (T(1) - z) * d_tanh(n), 2);
+    const T dz = unclamp(dh * (h_prev[me.u] - n) * d_sigmoid(z), 1);
+    const T dr = unclamp(dn * hn[me.u] * d_sigmoid(r), 0);
+    T* dx = me.at(d_gx, ld_g);
+    dx[0] = q[j] = dr;
+    dx[H] = q[H + j] = dz;
+    dx[2 * H] = dn;
+    q[2 * H + j] = dn * r;
+    dh_carry[me.u] = dh * z + kept;
+    for (int k = 0; k < 3; ++k) {
+      const T d_hat = q[k * H + j] * g_hh[k * H + j];
+      r1 += d_hat;
+      r2 += d_hat * v[k * H + j];
+    }
+  }
+  if (!valid) return;  // the whole block
+  const T m1 = block_sum(r1) / T(3 * H), m2 = block_sum(r2) / T(3 * H);
+  const T inv_h = stats[b];
+  for (int k = threadIdx.x; k < 3 * H; k += blockDim.x)
+    q[k] = inv_h * (q[k] * g_hh[k] - m1 - v[k] * m2);
+}

@@ -38,6 +38,11 @@ VARIANTS = {
     "lstm-proj": ("lstm", Variant(proj_size=5)),
     "lstm-proj-zoneout-peepholes-clip": ("lstm", Variant(proj_size=5, zoneout=0.3,
                                                          peepholes=True, clip=CLIP)),
+    "lstm-layer_norm": ("lstm", Variant(layer_norm=True)),
+    "lstm-layer_norm-all": ("lstm", Variant(layer_norm=True, proj_size=5, zoneout=0.3,
+                                            peepholes=True, clip=CLIP)),
+    "gru-layer_norm": ("gru", Variant(layer_norm=True)),
+    "gru-layer_norm-zoneout-clip": ("gru", Variant(layer_norm=True, zoneout=0.3, clip=CLIP)),
 }
 # (T, B, I, H): B*H = 65 is not a multiple of the block size; lengths with a full-length row.
 SHAPE = (6, 5, 7, 13)
@@ -246,3 +251,26 @@ def test_zoneout_evaluation_mask_matches_reference(variant):
     want_out, want_grads = run(cell, REFERENCE, pr, np.float64)
     assert_close(out, want_out, np.float64, f"{variant} forward")
     assert_close(grads, want_grads, np.float64, f"{variant} backward")
+
+
+@pytest.mark.parametrize("threads", [16, 48])
+@pytest.mark.parametrize("variant", ["lstm-layer_norm-all", "gru-layer_norm-zoneout-clip"])
+def test_layer_norm_block_sizes_and_thread_order(variant, threads):
+    """The layer-normalised kernels run one block per batch row: with blocks narrower than the
+    row (16 or 48 threads for rows of 3*13 or 4*13 units) each thread steps over several units,
+    and the result equals the reference; the block sums are taken in a fixed order, so running
+    every block's threads backwards (the emulation's fibers) gives the same bits."""
+    cell = variant_cell(variant)
+    pr = make(cell, (False, True), True, seed=3)
+    want_out, want_grads = run(cell, REFERENCE, pr, np.float64)
+    results = []
+    for reverse_threads in (False, True):
+        backend = make_backend(threads_per_block=threads, reverse_threads=reverse_threads)
+        out, grads = run(cell, backend, pr, np.float64)
+        assert_close(out, want_out, np.float64, f"{variant} {threads} forward")
+        assert_close(grads, want_grads, np.float64, f"{variant} {threads} backward")
+        assert {block for shapes in backend.device.shapes.values() for _, block in shapes
+                if block != (threads,)} == set()
+        results.append(out | grads)
+    for k in results[0]:
+        np.testing.assert_array_equal(results[0][k], results[1][k], err_msg=k)

@@ -27,7 +27,7 @@ class CupyBackend(FusedBackend):
     name = "cupy"
     library = "cupy"
     threads_per_block = 256
-    variant_switches = frozenset({"clip", "peepholes", "zoneout", "proj_size"})
+    variant_switches = frozenset({"clip", "peepholes", "zoneout", "proj_size", "layer_norm"})
 
     def __init__(self, device=None, name=None):
         if device is None:

@@ -24,11 +24,13 @@ _CLIP = (", false", ", true")
 TEMPLATES = {
     "rnn.cu": [(k, relu + clip) for k in ("rnn_forward", "rnn_backward")
                for relu in (", false", ", true") for clip in _CLIP],
-    "lstm.cu": [(k, clip) for k in ("lstm_forward", "lstm_backward") for clip in _CLIP]
+    "lstm.cu": [(k, clip) for k in ("lstm_forward", "lstm_backward", "lstm_layer_norm_forward",
+                                    "lstm_layer_norm_backward") for clip in _CLIP]
     + [("lstm_projection_forward", ""), ("lstm_projection_backward", "")],
     "gru.cu": [(k, clip) for k in ("gru_forward", "gru_backward", "gru_textbook_forward_gates",
                                    "gru_textbook_forward_state", "gru_textbook_backward_state",
-                                   "gru_textbook_backward_reset") for clip in _CLIP],
+                                   "gru_textbook_backward_reset", "gru_layer_norm_forward",
+                                   "gru_layer_norm_backward") for clip in _CLIP],
 }
 
 _INCLUDE = re.compile(r'^#include "([\w.]+)"[ \t]*$', re.MULTILINE)

@@ -115,17 +115,22 @@ class Recurrence:
         """The template arguments of the cell's kernels between the dtype and Clip."""
         return ""
 
-    def launch(self, kernel, *args, width=None, template=None):
-        """Run ``kernel`` for this dtype over the B*width units (width H unless given); B and
-        width are the last arguments. Its template arguments after the dtype are the cell's
-        (``template_extra``) unless given."""
+    def launch(self, kernel, *args, width=None, template=None, per_row=False):
+        """Run ``kernel`` for this dtype over the B*width units (width H unless given), one
+        thread per unit, or (``per_row``) one block per batch row (the layer-normalised
+        kernels: the block's threads step over the row's G*H units, as many threads as there
+        are up to threads_per_block, in whole warps). B and width are the last arguments. Its
+        template arguments after the dtype are the cell's (``template_extra``) unless given."""
         width = self.H if width is None else width
         extra = self.template_extra if template is None else template
         expression = loader.name_expression(kernel, self.dtype, extra)
         per_block = self.block[0]
-        grid = ((self.B * width + per_block - 1) // per_block,)
+        if per_row:
+            grid, block = (self.B,), (min(per_block, -(-self.G * self.H // 32) * 32),)
+        else:
+            grid, block = ((self.B * width + per_block - 1) // per_block,), self.block
         loader.kernel(self.device, self.file, expression)(
-            grid, self.block, args + (np.int32(self.B), np.int32(width)))
+            grid, block, args + (np.int32(self.B), np.int32(width)))
 
     # ------------------------------------------------------------------------------------------
     # Forward
@@ -192,7 +197,7 @@ class Recurrence:
         self.ld_dy, self.ld_g = row_stride("dy", dy), row_stride("d_gx", d_gx)
         self.lengths = saved.lengths
         self.use_variant(saved.kept)
-        self.kept = saved.kept
+        self.saved, self.kept, self.d_gx = saved, saved.kept, d_gx
         # dL/dh entering the step just run = dh_carry + dh_rec, dh_rec = (its d_gh) @ W_hh.
         self.dh_rec = xp.zeros((self.B, self.Hp), self.dtype)
         self.dh_carry = dh_n.copy()
