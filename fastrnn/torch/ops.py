@@ -226,18 +226,14 @@ def forward(x, states, params, lengths, masks, config, training, backend):
 def _differentiable_backward(config, x, states, params, lengths, masks, dy, d_finals):
     """The gradients as torch operations (create_graph=True): the stack recomputed by
     reference.py and differentiated by autograd, so they can be differentiated again."""
-    cell, hidden_size, num_layers, bidirectional, batch_first, _ = config
+    cell, hidden_size, num_layers, bidirectional, batch_first, dropout = config
     stack_, names = geometry(cell, x.shape[-1], hidden_size, num_layers, len(params),
                              bidirectional)
-    if stack_.cell.variant.switches:
-        raise NotImplementedError(
-            f"higher-order gradients (create_graph=True) are not available for "
-            f"{stack_.cell.spec}: the torch re-expression of the stack covers the plain cells "
-            f"only")
     inputs = [x, *states, *params]
     with torch.enable_grad():
         y, finals = reference.forward(stack_, x.transpose(0, 1) if batch_first else x,
-                                      tuple(states), dict(zip(names, params)), lengths, masks)
+                                      tuple(states), dict(zip(names, params)), lengths, masks,
+                                      dropout)
         y = y.transpose(0, 1) if batch_first else y
         wanted = [t for t in inputs if t.requires_grad]
         found = iter(torch.autograd.grad([y, *finals], wanted, [dy, *d_finals],
