@@ -428,3 +428,44 @@ def test_double_backward_of_variants(case):
     assert recorded.requires_grad
     torch.testing.assert_close(recorded, fused, rtol=1e-10, atol=1e-12)
     assert torch.autograd.gradgradcheck(run, (x,), eps=1e-6, atol=1e-8, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------
+# torch.compile
+
+
+@pytest.mark.parametrize("case", ["lstm_proj_zoneout", "ln_gru"])
+def test_compile_fullgraph_of_variant_modules(case):
+    """torch.compile(fullgraph=True) traces a variant module (the custom op carries the
+    variant; its fake implementation knows proj_size's width) and gives the eager numbers, the
+    zoneout masks drawn in the graph from the same seed as eager; opcheck passes."""
+    from fastrnn.torch import ops
+
+    cls, kwargs = MODULES[case]
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    module = cls(3, 6, 2, bidirectional=True, dtype=torch.float64, backend="numpy", **kwargs)
+    randomise(module, 1)
+    x = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
+
+    def loss(x):
+        y, _ = module(x)
+        return (y ** 2).sum()
+
+    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
+    torch.manual_seed(3)
+    eager_value = loss(x)
+    eager_grads = torch.autograd.grad(eager_value, [x, *module.parameters()])
+    torch.manual_seed(3)
+    value = compiled(x)
+    grads = torch.autograd.grad(value, [x, *module.parameters()])
+    torch.testing.assert_close(value, eager_value, rtol=1e-12, atol=1e-12)
+    for a, b in zip(grads, eager_grads):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    states = [torch.zeros(4, 2, module.proj_size or 6, dtype=torch.float64)]
+    if module.cell.kind == "lstm":
+        states.append(torch.zeros(4, 2, 6, dtype=torch.float64))
+    args = (x, states, list(module.parameters()), None, [], module.cell.spec, 6, 2, True, False,
+            0.0, True, "numpy")
+    torch.library.opcheck(ops.stack_forward, args, test_utils=(
+        "test_schema", "test_faketensor", "test_autograd_registration"))
