@@ -229,7 +229,8 @@ def forward(stack: Stack, backend, params, x, states, lengths, *, training, batc
     for zeros or (L*D, B, H)) are checked, ``lengths`` is None or checked host int64.
     With zoneout (cell.variant.zoneout = p) a training forward takes each direction's mask M
     (T, B, H_out) from ``draw_zoneout(shape)`` (1 with probability 1 - p, else 0), layer by
-    layer, before that layer's dropout mask; an inference forward uses M = 1 - p.
+    layer, before that layer's dropout mask; an inference forward, or one without
+    ``draw_zoneout`` (evaluation that keeps the state for backward), uses M = 1 - p.
     Returns (y, final states tuple, StackSaved or None)."""
     cell, xp = stack.cell, backend.xp
     L, D = stack.num_layers, stack.num_directions
@@ -247,7 +248,8 @@ def forward(stack: Stack, backend, params, x, states, lengths, *, training, batc
                           **dict(zip(("h0", "c0"), _initial(states, k * D + j))),
                           reverse=j == 1,
                           zoneout_mask=None if not zoneout else draw_zoneout(zoneout_shape)
-                          if training else xp.full(zoneout_shape, 1 - zoneout, x.dtype))
+                          if training and draw_zoneout is not None
+                          else xp.full(zoneout_shape, 1 - zoneout, x.dtype))
                 for j, suffix in enumerate(stack.suffixes)]
         y, *finals_k, ctx = run_forward(cell, backend, inp, dirs, lengths, training)
         for final, value in zip(finals, finals_k):
