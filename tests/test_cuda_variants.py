@@ -1,6 +1,6 @@
 """The "cupy" backend's cell variants (cells.Variant) on the CPU emulation (tests/cuda_emulation:
 the very kernels/*.cu compiled with g++, NumPy in CuPy's place) against the "numpy" backend,
-which runs them through their reference (reference_variants.py): outputs and every gradient,
+which runs them through the NumPy reference (reference.py): outputs and every gradient,
 float32 and float64, one and two directions, lengths with reverse, initial states; inference
 and chunked inference equal training; each variant is shown to change the result."""
 
@@ -13,7 +13,7 @@ import pytest
 
 from cuda_emulation import emulated_backend, make_backend
 from fastrnn import engine
-from fastrnn import reference_variants as rv
+from fastrnn import reference as rv
 from fastrnn.backends.base import VARIANT_PARAMS, Direction
 from fastrnn.cells import Cell, Variant, cell_by_name
 from fastrnn.reference import NumpyBackend
@@ -60,7 +60,7 @@ def variant_cell(name):
 
 
 def make(cell: Cell, reverses, lengths, shape=SHAPE, seed=0, training=True):
-    """A float64 problem: x, lengths, one parameter dict (reference_variants' names) with
+    """A float64 problem: x, lengths, one parameter dict (reference.py's names) with
     initial states and the zoneout mask (of a training forward, or of evaluation) per
     direction, and the cotangents dy, dh_n, dc_n."""
     T, B, I, H = shape
@@ -274,3 +274,58 @@ def test_layer_norm_block_sizes_and_thread_order(variant, threads):
         results.append(out | grads)
     for k in results[0]:
         np.testing.assert_array_equal(results[0][k], results[1][k], err_msg=k)
+
+
+@pytest.mark.parametrize("forward", ["lstm_forward", "gru_forward"])
+def test_functional_api_every_variant(forward):
+    """The functional API with every variant argument its cell takes, on the emulated backend
+    and on the reference: outputs and every field of Gradients."""
+    import fastrnn
+
+    lstm = forward == "lstm_forward"
+    cell = variant_cell("lstm-layer_norm-all" if lstm else "gru-layer_norm-zoneout-clip")
+    pr = make(cell, (True,), True, seed=4)
+    d = pr["dirs"][0]
+    names = ["P", "W_hr", "g_ih", "g_hh", "g_c", "b_c"] if lstm else ["g_ih", "g_hh"]
+    kwargs = {("peepholes" if n == "P" else n): d[n] for n in names}
+    kwargs |= dict(h0=d["h0"], lengths=pr["lengths"], reverse=True, clip=CLIP,
+                   zoneout=cell.variant.zoneout, zoneout_mask=d["zoneout_mask"])
+    if lstm:
+        kwargs["c0"] = d["c0"]
+    results = {}
+    for backend in (emulated_backend(), "numpy"):
+        res = getattr(fastrnn, forward)(pr["x"], d["W_ih"], d["W_hh"], d["b_ih"], d["b_hh"],
+                                        backend=backend, **kwargs)
+        cot = (pr["dy"], pr["dh_n"][0]) + ((pr["dc_n"][0],) if lstm else ())
+        g = getattr(fastrnn, forward.replace("forward", "backward"))(res.ctx, *cot)
+        outs = {k: v for k, v in res._asdict().items() if k != "ctx"}
+        grads = {f.name: getattr(g, f.name) for f in fields(g) if getattr(g, f.name) is not None}
+        results[backend if isinstance(backend, str) else "emulated"] = outs | grads
+    variant_grads = {"dP", "dW_hr", "dg_ih", "dg_hh", "dg_c", "db_c"} if lstm else {"dg_ih",
+                                                                                  "dg_hh"}
+    assert variant_grads <= set(results["numpy"])
+    assert_close(results["emulated"], results["numpy"], np.float64, forward)
+
+
+def test_emulated_barrier_orders_the_block():
+    """The emulation runs a block's threads as fibers: after __syncthreads every thread sees
+    what the others wrote before it, whichever order the threads run in."""
+    from cuda_emulation import EmulatedDevice
+
+    code = """
+    template <typename T>
+    __global__ void rotate(const T* in, T* out) {
+      __shared__ T s[64];
+      s[threadIdx.x] = in[blockIdx.x * blockDim.x + threadIdx.x];
+      __syncthreads();
+      out[blockIdx.x * blockDim.x + threadIdx.x] = s[(threadIdx.x + 1) % blockDim.x];
+    }
+    """
+    x = np.arange(3 * 40, dtype=np.float64)
+    want = np.roll(x.reshape(3, 40), -1, axis=1).ravel()
+    for reverse in (False, True):
+        device = EmulatedDevice(reverse_threads=reverse)
+        f = device.compile(code, (), ["rotate<double>"])["rotate<double>"]
+        out = np.full_like(x, np.nan)
+        f((3,), (40,), (x, out))
+        np.testing.assert_array_equal(out, want)
