@@ -5,7 +5,8 @@ Forward, per step t: the recurrent GEMM(s) ``h_prev @ W_hh.T`` through ``xp.matm
 and one fused pointwise kernel (two around a second GEMM for the textbook GRU). Backward, per
 step in the opposite order: one fused pointwise kernel, then one GEMM ``d_gh @ W_hh`` for the
 gradient flowing into the previous state. Every kernel runs one thread per (b, j) of the
-(B, H) state: ``threads_per_block`` threads per block, ceil(B*H / threads_per_block) blocks.
+(B, H) state: ``threads_per_block`` threads per block, ceil(B*H / threads_per_block) blocks;
+the layer-normalised ones run one block per batch row (``launch(per_row=True)``).
 
 What a training forward keeps (see fastrnn/cells.py) is a ``base.Saved``. The states are laid
 out in the slots of ``base.state_slots``: (T+1, B, H) in time order when training, so step t
