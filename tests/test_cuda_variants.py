@@ -329,3 +329,14 @@ def test_emulated_barrier_orders_the_block():
         out = np.full_like(x, np.nan)
         f((3,), (40,), (x, out))
         np.testing.assert_array_equal(out, want)
+
+
+def test_an_unknown_variant_argument_is_an_error():
+    """recurrence_forward names a keyword argument it would otherwise ignore."""
+    cell = variant_cell("lstm-clip")
+    B, H = 2, 3
+    x_proj = np.zeros((1, B, 4 * H))
+    with pytest.raises(TypeError, match=r"does not know: \['g_ih'\]"):
+        emulated_backend().recurrence_forward(
+            cell, x_proj, np.zeros((4 * H, H)), np.zeros(4 * H), np.zeros((B, H)),
+            np.zeros((B, H)), None, False, np.zeros((1, B, H)), True, g_ih=np.ones(4 * H))

@@ -72,6 +72,11 @@ def _kept_views(t, i, o, hs, cs, gates, hn, inside, zoneout):
                 zoneout=pick(zoneout, t))
 
 
+# The keyword arguments of recurrence_forward that a variant cell gets (FusedBackend): the
+# direction's variant parameters (g_ih is applied above the backends) and the zoneout mask.
+VARIANT_ARGUMENTS = ("P", "W_hr", "g_hh", "g_c", "b_c", "zoneout_mask")
+
+
 class Recurrence:
     """One direction of one cell on one device. A cell subclass sets ``file`` (its kernel
     source), ``gate_blocks`` (k of the saved gates (T, B, k*H); 0 keeps none) and ``keeps_hn``,
@@ -143,13 +148,17 @@ class Recurrence:
     def use_variant(self, params):
         """The variant parameters of the direction (recurrence_forward's keyword arguments, or
         Saved.kept), as attributes; the zoneout mask with its row stride."""
-        for name in ("P", "W_hr", "g_hh", "g_c", "b_c", "zoneout_mask"):
+        for name in VARIANT_ARGUMENTS:
             setattr(self, name, params.get(name))
         M = self.zoneout_mask
         self.ld_z = np.int32(0) if M is None else row_stride("zoneout_mask", M)
 
     def forward(self, x_proj, h0, c0, lengths, reverse, y, training, **variant):
         xp = self.xp
+        unknown = sorted(set(variant) - set(VARIANT_ARGUMENTS))
+        if unknown:
+            raise TypeError(f"recurrence_forward got variant arguments it does not know: "
+                            f"{unknown}; it takes {list(VARIANT_ARGUMENTS)}")
         self.use_variant(variant)
         zoneout_mask = self.zoneout_mask
         T, B, _ = x_proj.shape
