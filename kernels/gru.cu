@@ -18,6 +18,35 @@
 
 using namespace fastrnn;
 
+// The step of linear_before_reset=True, shared by gru_forward and gru_layer_norm_forward: r, z,
+// n from this unit's input side x (gate k at x[k * H]) and the recurrent parts lin_k of its
+// gates (W_hh h + b_hh, or its layer-normalised form).
+template <typename T>
+struct GruGates {
+  T r, z, n;
+};
+
+template <typename T, bool Clip>
+__device__ __forceinline__ GruGates<T> gru_gates(const T* x, T lin_r, T lin_z, T lin_n, int H,
+                                                 const Clamp<T, Clip>& clamp) {
+  GruGates<T> s;
+  s.r = sigmoid(clamp(x[0] + lin_r, 0));
+  s.z = sigmoid(clamp(x[H] + lin_z, 1));
+  s.n = tanh_(clamp(x[2 * H] + s.r * lin_n, 2));
+  return s;
+}
+
+// Its backward: the gradients dr, dz, dn of the gate inputs (into d, gate k at d[k * H]) from
+// dh, that of the new state; s the kept r, z, n, hn the n gate's recurrent part.
+template <typename T, bool Clip>
+__device__ __forceinline__ void gru_gates_back(T dh, const T* s, T h_prev, T hn, int H,
+                                               const Unclamp<T, Clip>& unclamp, T* d) {
+  const T r = s[0], z = s[H], n = s[2 * H];
+  d[2 * H] = unclamp(dh * (T(1) - z) * d_tanh(n), 2);
+  d[H] = unclamp(dh * (h_prev - n) * d_sigmoid(z), 1);
+  d[0] = unclamp(d[2 * H] * hn * d_sigmoid(r), 0);
+}
+
 // ---------------------------------------------------------------------------------------------
 // linear_before_reset=True
 
@@ -41,13 +70,13 @@ __global__ void gru_forward(
   Unit me;
   if (!unit_of_thread(B, H, lengths, t, me)) return;
   const GateInputs<T> in = gate_inputs(me, x_proj, ld_x, gh, 3 * H, b_hh);
-  const Clamp<T, Clip> clamp = clamp_of<T, Clip>(me, clip, inside, 3);
-  const T r = sigmoid(clamp(in.pre(0), 0)), z = sigmoid(clamp(in.pre(1), 1));
   const T lin = in.recurrent(2);
-  const T n = tanh_(clamp(in.input(2) + r * lin, 2));
-  keep_gates(me, gates, r, z, n);
+  const GruGates<T> s = gru_gates(in.x, in.recurrent(0), in.recurrent(1), lin, H,
+                                  clamp_of<T, Clip>(me, clip, inside, 3));
+  keep_gates(me, gates, s.r, s.z, s.n);
   if (hn != nullptr) hn[me.u] = lin;  // null exactly when gates is
-  leave_step(me, (T(1) - z) * n + z * h_prev[me.u], h_prev, h_next, y, ld_y, zoneout, ld_z);
+  leave_step(me, (T(1) - s.z) * s.n + s.z * h_prev[me.u], h_prev, h_next, y, ld_y, zoneout,
+             ld_z);
 }
 
 // Backward of step t, before the GEMM dh_rec = d_gh W_hh that the next (earlier) step reads.
@@ -77,18 +106,13 @@ __global__ void gru_backward(
     dq[0] = dq[H] = dq[2 * H] = T(0);
     return;
   }
-  const Unclamp<T, Clip> unclamp = unclamp_of<T, Clip>(me, inside, 3);
   const T* s = me.at(gates, 3 * H);
-  const T r = s[0], z = s[H], n = s[2 * H];
-  const T dn = unclamp(dh * (T(1) - z) * d_tanh(n), 2);
-  const T dz = unclamp(dh * (h_prev[me.u] - n) * d_sigmoid(z), 1);
-  const T dr = unclamp(dn * hn[me.u] * d_sigmoid(r), 0);
   T* dx = me.at(d_gx, ld_g);
-  dx[0] = dq[0] = dr;
-  dx[H] = dq[H] = dz;
-  dx[2 * H] = dn;
-  dq[2 * H] = dn * r;
-  dh_carry[me.u] = dh * z + kept;
+  gru_gates_back(dh, s, h_prev[me.u], hn[me.u], H, unclamp_of<T, Clip>(me, inside, 3), dx);
+  dq[0] = dx[0];
+  dq[H] = dx[H];
+  dq[2 * H] = dx[2 * H] * s[0];  // the gradient of W_hn h + b_hn is dn * r
+  dh_carry[me.u] = dh * s[H] + kept;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -247,15 +271,14 @@ __global__ void gru_layer_norm_forward(
   const T inv_h = normalise_row(row, 3 * H, eps);
   for (int j = threadIdx.x; j < H; j += blockDim.x) {
     const Unit me = unit_of_row(b, j, H, true);
-    const Clamp<T, Clip> clamp = clamp_of<T, Clip>(me, clip, inside, 3);
-    const T* x = me.at(x_proj, ld_x);
     T lin[3];
     for (int k = 0; k < 3; ++k) lin[k] = row[k * H + j] * g_hh[k * H + j] + b_hh[k * H + j];
-    const T r = sigmoid(clamp(x[0] + lin[0], 0)), z = sigmoid(clamp(x[H] + lin[1], 1));
-    const T n = tanh_(clamp(x[2 * H] + r * lin[2], 2));
-    keep_gates(me, gates, r, z, n);
+    const GruGates<T> s = gru_gates(me.at(x_proj, ld_x), lin[0], lin[1], lin[2], H,
+                                    clamp_of<T, Clip>(me, clip, inside, 3));
+    keep_gates(me, gates, s.r, s.z, s.n);
     if (hn != nullptr) hn[me.u] = lin[2];
-    leave_step(me, (T(1) - z) * n + z * h_prev[me.u], h_prev, h_next, y, ld_y, zoneout, ld_z);
+    leave_step(me, (T(1) - s.z) * s.n + s.z * h_prev[me.u], h_prev, h_next, y, ld_y, zoneout,
+               ld_z);
   }
   if (stats != nullptr && threadIdx.x == 0) stats[b] = inv_h;
 }
@@ -294,18 +317,13 @@ __global__ void gru_layer_norm_backward(
       q[j] = q[H + j] = q[2 * H + j] = T(0);
       continue;
     }
-    const Unclamp<T, Clip> unclamp = unclamp_of<T, Clip>(me, inside, 3);
     const T* s = me.at(gates, 3 * H);
-    const T r = s[0], z = s[H], n = s[2 * H];
-    const T dn = unclamp(dh * (T(1) - z) * d_tanh(n), 2);
-    const T dz = unclamp(dh * (h_prev[me.u] - n) * d_sigmoid(z), 1);
-    const T dr = unclamp(dn * hn[me.u] * d_sigmoid(r), 0);
     T* dx = me.at(d_gx, ld_g);
-    dx[0] = q[j] = dr;
-    dx[H] = q[H + j] = dz;
-    dx[2 * H] = dn;
-    q[2 * H + j] = dn * r;
-    dh_carry[me.u] = dh * z + kept;
+    gru_gates_back(dh, s, h_prev[me.u], hn[me.u], H, unclamp_of<T, Clip>(me, inside, 3), dx);
+    q[j] = dx[0];
+    q[H + j] = dx[H];
+    q[2 * H + j] = dx[2 * H] * s[0];  // the gradient of gh's n block is dn * r
+    dh_carry[me.u] = dh * s[H] + kept;
     for (int k = 0; k < 3; ++k) {
       const T d_hat = q[k * H + j] * g_hh[k * H + j];
       r1 += d_hat;

@@ -23,6 +23,48 @@
 
 using namespace fastrnn;
 
+// The cell's step, shared by lstm_forward and lstm_layer_norm_forward: from the inputs of the
+// gates i, f, g, o (before the peephole terms) and the entering c, the activated gates and c'.
+template <typename T>
+struct LstmGates {
+  T i, f, g, o, c;
+};
+
+template <typename T, bool Clip>
+__device__ __forceinline__ LstmGates<T> lstm_gates(T a_i, T a_f, T a_g, T a_o, T c_in,
+                                                   const T* P, const Unit& me,
+                                                   const Clamp<T, Clip>& clamp) {
+  if (P != nullptr) {
+    a_i += P[me.j] * c_in;
+    a_f += P[me.H + me.j] * c_in;
+  }
+  LstmGates<T> s;
+  s.i = sigmoid(clamp(a_i, 0));
+  s.f = sigmoid(clamp(a_f, 1));
+  s.g = tanh_(clamp(a_g, 2));
+  s.c = s.f * c_in + s.i * s.g;
+  if (P != nullptr) a_o += P[2 * me.H + me.j] * s.c;  // o looks at the new cell state
+  s.o = sigmoid(clamp(a_o, 3));
+  return s;
+}
+
+// Its backward: from dc, the gradient of c' through h (not yet o's peephole part), and d_o,
+// that of o's input, the gradients of the four gate inputs into d (gate k at d[k * H]);
+// returns dL/dc_prev less the carry's part, dc * f plus the peepholes' d_i p_i + d_f p_f.
+template <typename T, bool Clip>
+__device__ __forceinline__ T lstm_gates_back(T dc, T d_o, const T* s, T c_in, const T* P,
+                                             const Unit& me, const Unclamp<T, Clip>& unclamp,
+                                             T* d) {
+  const int H = me.H;
+  const T i = s[0], f = s[H], g = s[2 * H];
+  if (P != nullptr) dc += d_o * P[2 * H + me.j];
+  d[0] = unclamp(dc * g * d_sigmoid(i), 0);
+  d[H] = unclamp(dc * c_in * d_sigmoid(f), 1);
+  d[2 * H] = unclamp(dc * i * d_tanh(g), 2);
+  d[3 * H] = d_o;
+  return dc * f + (P != nullptr ? d[0] * P[me.j] + d[H] * P[H + me.j] : T(0));
+}
+
 // Forward of step t: the recurrent GEMM gh = h_prev W_hh^T has already run.
 // Valid: h_next, c_next = the new state, y = h_next. Invalid: the state is kept, y = 0.
 template <typename T, bool Clip>
@@ -50,23 +92,15 @@ __global__ void lstm_forward(
   const GateInputs<T> in = gate_inputs(me, x_proj, ld_x, gh, 4 * H, b_hh);
   const Clamp<T, Clip> clamp = clamp_of<T, Clip>(me, clip, inside, 4);
   const long long u = me.u;
-  const T c_in = c_prev[u];
-  T a_i = in.pre(0), a_f = in.pre(1), a_o = in.pre(3);
-  if (P != nullptr) {
-    a_i += P[me.j] * c_in;
-    a_f += P[H + me.j] * c_in;
-  }
-  const T i = sigmoid(clamp(a_i, 0)), f = sigmoid(clamp(a_f, 1));
-  const T g = tanh_(clamp(in.pre(2), 2));
-  const T c = f * c_in + i * g;
-  if (P != nullptr) a_o += P[2 * H + me.j] * c;  // o looks at the new cell state
-  const T o = sigmoid(clamp(a_o, 3));
-  keep_gates(me, gates, i, f, g, o);
+  const LstmGates<T> s =
+      lstm_gates(in.pre(0), in.pre(1), in.pre(2), in.pre(3), c_prev[u], P, me, clamp);
+  keep_gates(me, gates, s.i, s.f, s.g, s.o);
+  const T h = s.o * tanh_(s.c);
   if (h_full != nullptr)
-    h_full[u] = me.valid ? o * tanh_(c) : T(0);
+    h_full[u] = me.valid ? h : T(0);
   else
-    leave_step(me, o * tanh_(c), h_prev, h_next, y, ld_y, zoneout, ld_z);
-  c_next[u] = me.valid ? c : c_prev[u];
+    leave_step(me, h, h_prev, h_next, y, ld_y, zoneout, ld_z);
+  c_next[u] = me.valid ? s.c : c_prev[u];
 }
 
 // Forward of step t of a projecting LSTM, after h_proj = h_full W_hr^T: the state and output,
@@ -140,21 +174,12 @@ __global__ void lstm_backward(
   const Unclamp<T, Clip> unclamp = unclamp_of<T, Clip>(me, inside, 4);
   const long long u = me.u;
   const T* s = me.at(gates, 4 * H);
-  const T i = s[0], f = s[H], g = s[2 * H], o = s[3 * H];
-  const T c_in = c_prev[u];
+  const T o = s[3 * H];
   const T tanh_c = tanh_(c_out[u]);
   const T d_o = unclamp(dh * tanh_c * d_sigmoid(o), 3);
-  T dc = dc_carry[u] + dh * o * d_tanh(tanh_c);
-  if (P != nullptr) dc += d_o * P[2 * H + me.j];
-  const T d_i = unclamp(dc * g * d_sigmoid(i), 0);
-  const T d_f = unclamp(dc * c_in * d_sigmoid(f), 1);
-  T* d = me.at(d_gx, ld_g);
-  d[0] = d_i;
-  d[H] = d_f;
-  d[2 * H] = unclamp(dc * i * d_tanh(g), 2);
-  d[3 * H] = d_o;
+  const T dc = dc_carry[u] + dh * o * d_tanh(tanh_c);
   if (dh_carry != nullptr) dh_carry[u] = kept;
-  dc_carry[u] = dc * f + (P != nullptr ? d_i * P[me.j] + d_f * P[H + me.j] : T(0));
+  dc_carry[u] = lstm_gates_back(dc, d_o, s, c_prev[u], P, me, unclamp, me.at(d_gx, ld_g));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -218,18 +243,10 @@ __global__ void lstm_layer_norm_forward(
     for (int k = 0; k < 4; ++k) {
       a[k] = x[k * H] + (row[k * H + j] * g_hh[k * H + j] + b_hh[k * H + j]);
     }
-    const T c_in = c_prev[me.u];
-    if (P != nullptr) {
-      a[0] += P[j] * c_in;
-      a[1] += P[H + j] * c_in;
-    }
-    const T i = sigmoid(clamp(a[0], 0)), f = sigmoid(clamp(a[1], 1));
-    const T g = tanh_(clamp(a[2], 2));
-    const T c = f * c_in + i * g;
-    if (P != nullptr) a[3] += P[2 * H + j] * c;  // o looks at the new cell state
-    keep_gates(me, gates, i, f, g, sigmoid(clamp(a[3], 3)));
-    c_next[me.u] = c;
-    sum_c += c;
+    const LstmGates<T> s = lstm_gates(a[0], a[1], a[2], a[3], c_prev[me.u], P, me, clamp);
+    keep_gates(me, gates, s.i, s.f, s.g, s.o);
+    c_next[me.u] = s.c;
+    sum_c += s.c;
   }
   const T mean_c = block_sum(sum_c) / T(H);
   T sq = T(0);
@@ -308,18 +325,11 @@ __global__ void lstm_layer_norm_backward(
   T r1 = T(0), r2 = T(0);
   for (int j = threadIdx.x; j < H; j += blockDim.x) {
     const Unit me = unit_of_row(b, j, H, true);
-    const Unclamp<T, Clip> unclamp = unclamp_of<T, Clip>(me, inside, 4);
-    const T* s = me.at(gates, 4 * H);
-    const T i = s[0], f = s[H], g = s[2 * H];
     const T c_hat = (c_out[me.u] - mean_c) * inv_c;
     T* d = me.at(d_gx, ld_g);
-    T dc = dc_carry[me.u] + inv_c * (d_c_norm[me.u] * g_c[j] - m1 - c_hat * m2);
-    if (P != nullptr) dc += d[3 * H] * P[2 * H + j];
-    const T c_in = c_prev[me.u];
-    d[0] = unclamp(dc * g * d_sigmoid(i), 0);
-    d[H] = unclamp(dc * c_in * d_sigmoid(f), 1);
-    d[2 * H] = unclamp(dc * i * d_tanh(g), 2);
-    dc_carry[me.u] = dc * f + (P != nullptr ? d[0] * P[j] + d[H] * P[H + j] : T(0));
+    const T dc = dc_carry[me.u] + inv_c * (d_c_norm[me.u] * g_c[j] - m1 - c_hat * m2);
+    dc_carry[me.u] = lstm_gates_back(dc, d[3 * H], me.at(gates, 4 * H), c_prev[me.u], P, me,
+                                     unclamp_of<T, Clip>(me, inside, 4), d);
     for (int k = 0; k < 4; ++k) {
       const T d_hat = d[k * H] * g_hh[k * H + j];
       r1 += d_hat;
