@@ -8,6 +8,8 @@ kernels compiled for the CPU ("cupy-emulated", tests/cuda_emulation).
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 
@@ -128,11 +130,14 @@ def _problem(module, T, B, seed, dtype):
 
 
 def _compare_with_transcription(module, dtype, training, T=6, B=4, seed=3):
-    """The module (padded input with lengths, hx given) against the transcription: y, h_n, c_n
-    and the gradients of x, h0, c0 and every parameter. In training the zoneout masks are drawn
-    by the module, replayed for the transcription from the same seed."""
+    """The module (padded input with lengths, hx given) against the transcription in float64 on
+    the same (rounded) values: y, h_n, c_n and the gradients of x, h0, c0 and every parameter.
+    In training the zoneout masks are drawn by the module, replayed for the transcription from
+    the same seed."""
     x, h0, c0, lengths, cot_y = _problem(module, T, B, seed, dtype)
     leaves = [t.requires_grad_() for t in (x, h0, c0) if t is not None]
+    ref = copy.deepcopy(module).double()
+    leaves64 = [t.detach().double().requires_grad_() for t in leaves]
     hx = (h0, c0) if c0 is not None else h0
     module.train(training)
     torch.manual_seed(seed)
@@ -145,17 +150,22 @@ def _compare_with_transcription(module, dtype, training, T=6, B=4, seed=3):
     torch.manual_seed(seed)  # the module's draws, in its order (no dropout here)
     masks = [x.new_empty((T, B, H_out)).bernoulli_(1 - p) if training and p else
              x.new_full((T, B, H_out), 1 - p) for _ in range(module.num_layers * D)]
-    t_y, t_h, t_c = transcription(module, x, h0, c0, lengths, masks)
+    t_y, t_h, t_c = transcription(ref, *leaves64, *([None] if c0 is None else []), lengths,
+                                  [m.double() for m in masks])
     ours = [y, *(finals if c0 is not None else (finals,))]
     theirs = [t_y, t_h] + ([t_c] if c0 is not None else [])
     for label, a, b in zip(("y", "h_n", "c_n"), ours, theirs):
         close(a, b, dtype, label)
-    params = list(module.parameters())
-    wanted = leaves + params
-    total = lambda outs: sum((o * w).sum() for o, w in zip(outs, [cot_y] + [  # noqa: E731
-        torch.ones_like(o) for o in outs[1:]]))
-    grads = torch.autograd.grad(total(ours), wanted)
-    expected = torch.autograd.grad(total(theirs), wanted)
+
+    def total(outs):
+        """A loss averaged over the batch and the steps, as training takes it: float32's
+        absolute error grows with the gradients' scale (layer norm's backward subtracts row
+        means of gradients), and a summed loss makes gradients of several units here."""
+        weights = [cot_y] + [torch.ones_like(o) for o in outs[1:]]
+        return sum((o * w.to(o.dtype)).sum() for o, w in zip(outs, weights)) / (T * B)
+
+    grads = torch.autograd.grad(total(ours), leaves + list(module.parameters()))
+    expected = torch.autograd.grad(total(theirs), leaves64 + list(ref.parameters()))
     names = ["x", "h0", "c0"][:len(leaves)] + [n for n, _ in module.named_parameters()]
     for name, a, b in zip(names, grads, expected):
         close(a, b, dtype, f"d{name}")
