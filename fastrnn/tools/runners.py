@@ -50,7 +50,8 @@ def make_params(cell: Cell, T, B, I, H, dtype=np.float32, seed=0, bias=True, sta
     None, where H_out is the cell's proj_size or H. A dict keyed like the functional API's
     arguments. ``seed`` may be a numpy Generator, which then draws them.
 
-    A variant cell's parameters come after the plain ones (which they leave as they are): W_hr
+    A variant cell's parameters come after the plain ones, which they leave as they are (but
+    for a projection, which narrows W_hh and h0 and so draws all after them anew): W_hr
     and the peepholes uniform in +-scale; the layer-norm gains g_ih, g_hh, g_c uniform in
     [0.5, 1.5] and b_c in +-scale, not the 1 and 0 they start at, so that the gains and b_c
     matter; and with zoneout a training mask (T, B, H_out) of 0 and 1 (cells.Variant)."""
