@@ -51,7 +51,8 @@ def make_params(cell: Cell, T, B, I, H, dtype=np.float32, seed=0, bias=True, sta
     arguments. ``seed`` may be a numpy Generator, which then draws them.
 
     A variant cell's parameters come after the plain ones, which they leave as they are (but
-    for a projection, which narrows W_hh and h0 and so draws all after them anew): W_hr
+    for a projection, which narrows W_hh and h0 and so draws all after them anew, and layer
+    norm, whose W_ih and W_hh are drawn at unit scale: see below): W_hr
     and the peepholes uniform in +-scale; the layer-norm gains g_ih, g_hh, g_c uniform in
     [0.5, 1.5] and b_c in +-scale, not the 1 and 0 they start at, so that the gains and b_c
     matter; and with zoneout a training mask (T, B, H_out) of 0 and 1 (cells.Variant)."""
@@ -60,10 +61,16 @@ def make_params(cell: Cell, T, B, I, H, dtype=np.float32, seed=0, bias=True, sta
     shapes = v.param_shapes(cell, I, H)
     H_out = v.hidden_size(H)
     k = 1 / np.sqrt(H) if scale is None else scale
+    # Layer norm makes the cell invariant to the scale of W_ih and W_hh but not their
+    # gradients, which grow as 1 / scale: at 1/sqrt(H) they reach tens, and float32's error
+    # (a few ulps of the largest) exceeds the tolerance of their smaller entries. So a
+    # layer-normalised cell draws them at unit scale, the same function with gradients of the
+    # size the plain cells have.
+    k_w = 1.0 if v.layer_norm and scale is None else k
     p = {
         "x": rng.standard_normal((T, B, I)),
-        "W_ih": rng.uniform(-k, k, shapes["W_ih"]),
-        "W_hh": rng.uniform(-k, k, shapes["W_hh"]),
+        "W_ih": rng.uniform(-k_w, k_w, shapes["W_ih"]),
+        "W_hh": rng.uniform(-k_w, k_w, shapes["W_hh"]),
         "b_ih": rng.uniform(-k, k, shapes["b_ih"]) if bias else None,
         "b_hh": rng.uniform(-k, k, shapes["b_hh"]) if bias else None,
     }
