@@ -93,6 +93,15 @@ class Saved:
     # from the activated gate, which equals act(clip) there, is not exact in floating point).
     P: Any = None
     inside: Any = None
+    # Zoneout: the mask M (R, H) (packed rows), read again by backward. Layer norm on the
+    # recurrent side: the gains g_hh (G*H,), g_c (H,) and c's bias b_c (H,), read again by
+    # backward; ln_hh (R, G*H) the raw W_hh h of each row (backward recomputes its statistics,
+    # then writes the gradient of W_hh h over it).
+    zoneout_mask: Any = None
+    g_hh: Any = None
+    ln_hh: Any = None
+    g_c: Any = None
+    b_c: Any = None
     # kept: a backend's own dict of the variant's parameters and what their backward needs (the
     # CUDA backend: each parameter recurrence_forward got, the zoneout mask, h_full =
     # o tanh(c') (T, B, H) of a projecting LSTM, the input of W_hr, and with layer norm gh_norm

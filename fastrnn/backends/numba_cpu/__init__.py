@@ -107,7 +107,7 @@ class NumbaBackend(FusedBackend):
     direct_max_rows = tuning.direct_max_rows
     step_forward_min_state = tuning.step_forward_min_state
     has_step_kernel = True
-    variant_switches = frozenset({"peepholes", "clip"})
+    variant_switches = frozenset({"peepholes", "clip", "zoneout", "layer_norm"})
 
     def __init__(self):
         from . import blas, driver, packed, step, threads
@@ -167,7 +167,9 @@ class NumbaBackend(FusedBackend):
             split_min = self.unit_split_min
             if B < self.few_rows * threads:
                 split_min = min(split_min, self.few_rows_unit_split_min)
-            if step >= split_min:
+            # a layer-normalised cell needs whole rows of gates per step (the row statistics):
+            # its threads split the batch only
+            if step >= split_min and not cell.variant.layer_norm:
                 units = threads
             else:
                 rows = max(1, min(threads, B // max(1, self.parallel_min_rows)))
@@ -184,16 +186,17 @@ class NumbaBackend(FusedBackend):
         return self._packed.Packed(np.ascontiguousarray(W_hh), plan, self._direct(T, B, plan))
 
     def recurrence_forward(self, cell, x_proj, W_hh, b_hh, h0, c0, lengths, reverse, y,
-                           training, P=None):
+                           training, **variant):
         """x_proj (R, G*H) the valid rows that ``lengths``, a packing.Steps, lists (see
-        FusedBackend)."""
+        FusedBackend); ``variant`` the variant's arrays (driver.forward): P, zoneout_mask
+        (R, H), g_hh, g_c, b_c."""
         T, B, _ = y.shape
         if not isinstance(W_hh, self._packed.Packed):
             W_hh = self.prepare_hh(cell, W_hh, T, B)
         y_out = y if self._driver.flat(y) is not None else np.empty(y.shape, y.dtype)
         h_n, c_n, saved = self._driver.forward(
             cell, x_proj, y_out, W_hh, np.ascontiguousarray(b_hh), h0, c0, lengths,
-            bool(reverse), bool(training), P)
+            bool(reverse), bool(training), **variant)
         if y_out is not y:
             y[...] = y_out
         return h_n, c_n, saved
@@ -203,11 +206,13 @@ class NumbaBackend(FusedBackend):
         plan = self._plan(cell, T, B, H)
         flat = self._driver.flat_rows(d_gx) is not None
         g_out = d_gx if flat else np.empty(d_gx.shape, d_gx.dtype)
-        hh_terms, dh0, dc0 = self._driver.backward(
+        hh_terms, dh0, dc0, variant_grads = self._driver.backward(
             cell, saved, np.ascontiguousarray(W_hh), dy, dh_n, dc_n, g_out, plan,
             self._direct(T, B, plan))
         if g_out is not d_gx:
             d_gx[...] = g_out
+        if variant_grads:
+            return hh_terms, dh0, dc0, variant_grads
         return hh_terms, dh0, dc0
 
 

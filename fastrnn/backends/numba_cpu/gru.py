@@ -9,7 +9,9 @@ row, with dh reaching h' (plus dy):
 
 d_gh (the terms of dW_hh) is written beside d_gx. gru_textbook.py shares _dn_dz.
 A clip (variants.py) clamps the inputs of r, z and n (gx_n + r*hn) and zeroes dr, dz, dn
-where they were clamped.
+where they were clamped. Layer norm normalises the whole row of W_hh h (one unit chunk) before
+b_hh is added, so hn is LN(W_hh h)_n g_n + b_hn; backward turns d_gh into the gradient of W_hh h
+(variants.py), which then makes dW_hh in place of d_gh.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from numba import njit
 
 from .scalars import KERNEL, U
 from .driver import Spec, register
-from .variants import clamp_row, unclamp_row
+from .variants import clamp_row, layer_norm_back_row, layer_norm_row, unclamp_row
 from .vectors import add_into, add_to, copy_row, sigmoid_row, tanh_row
 
 G = 3
@@ -29,11 +31,18 @@ G = 3
 class Gru(NamedTuple):
     clip: Any = None  # variants.py
     inside: Any = None
+    M: Any = None
+    carry: Any = None
+    g_hh: Any = None
+    ln_hh: Any = None
+    acc: Any = None
 
 
 def _forward(cell, k, geo, pos, xp, b_hh, state, keep, work):
     g, n, nu, H, u0, xo, gbuf, hs = pos.g, pos.n, geo.nu, geo.H, pos.u0, pos.io, work.out, \
         state[0]
+    # one unit chunk with layer norm: nu = H, u0 = 0
+    layer_norm_row(cell, gbuf, g, G * H, pos.tb * G * H, geo.training)
     add_into(gbuf, g, xp, xo, b_hh, u0, n)
     add_into(gbuf, g + nu, xp, xo + H, b_hh, H + u0, n)
     add_to(gbuf, g + 2 * nu, b_hh, 2 * H + u0, n)  # hn = W_hn h + b_hn
@@ -89,6 +98,7 @@ def _backward(cell, k, geo, pos, dgx, state, grads, keep, work):
     copy_row(dgx, go + 2 * H, tmp, hb, n)
     for j in range(G):
         copy_row(d_gh, gh + j * H, d, d0 + j * nu, n)
+    layer_norm_back_row(cell, d, d0, G * H, gh, pos.b * 2 * G * H)
 
 
 def _hh_terms(d_gx, d_gh, h_in):

@@ -25,6 +25,8 @@ from .vectors import add_into, copy_row, sigmoid_row, tanh_row
 class GruTextbook(NamedTuple):
     clip: Any = None  # variants.py
     inside: Any = None
+    M: Any = None
+    carry: Any = None
 
 
 def _forward(cell, k, geo, pos, xp, b_hh, state, keep, work):

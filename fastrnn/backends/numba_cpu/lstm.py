@@ -12,17 +12,22 @@ Variants (cells.Variant, variants.py): peepholes add p_i*c, p_f*c to the inputs 
 p_o*c' to o's, so o is activated after c'; backward adds d_o*p_o to dc before it flows into
 i, f, g and d_i*p_i + d_f*p_f to the dc passed back (dP is summed after the loop, above the
 backends). A clip clamps each gate's whole input, the peephole term included, and zeroes
-the gate's gradient where it was clamped.
+the gate's gradient where it was clamped. Layer norm (one unit chunk, so a row is whole):
+W_hh h is normalised over its 4H values before b_hh and x_proj are added, and tanh(c') becomes
+tanh(LN(c') g_c + b_c); backward takes both normalisations back (variants.py).
 """
 
 from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from .scalars import U
+from numba import njit
+
+from .scalars import KERNEL, U
 from .driver import Spec, register
-from .variants import clamp_row, peep_row, unclamp_row
-from .vectors import add_into, copy_row, sigmoid_row, tanh_of, tanh_row, zero_row
+from .variants import (cell_tanh, cell_tanh_back, clamp_row, layer_norm_back_row,
+                       layer_norm_row, peep_row, unclamp_row)
+from .vectors import add_into, copy_row, sigmoid_row, tanh_row, zero_row
 
 G = 4
 
@@ -31,12 +36,26 @@ class Lstm(NamedTuple):
     P: Any = None  # variants.py
     clip: Any = None
     inside: Any = None
+    M: Any = None
+    carry: Any = None
+    g_hh: Any = None
+    ln_hh: Any = None
+    acc: Any = None
+    g_c: Any = None
+    b_c: Any = None
+
+
+@njit(**KERNEL)
+def _sums(b, H):
+    """Where batch row b's sums of dg_hh, db_hh, dg_c, db_c start in cell.acc (variants.py)."""
+    return b * (2 * G * H + 2 * H)
 
 
 def _forward(cell, k, geo, pos, xp, b_hh, state, keep, work):
     g, n, nu, H, u0, gbuf = pos.g, pos.n, geo.nu, geo.H, pos.u0, work.out
     cs, hs, c_in, c_out = state[1], state[0], pos.i_in, pos.i_out
     m0 = pos.tb * G * H + u0  # the row's clamp flags of gate 0
+    layer_norm_row(cell, gbuf, g, G * H, m0, geo.training)  # one unit chunk: nu = H, u0 = 0
     for j in range(G):
         add_into(gbuf, g + j * nu, xp, pos.io + j * H, b_hh, j * H + u0, n)
     for j in range(2):
@@ -51,7 +70,7 @@ def _forward(cell, k, geo, pos, xp, b_hh, state, keep, work):
     peep_row(cell, 2, u0, gbuf, g + 3 * nu, cs, c_out, n)  # o looks at c'
     clamp_row(cell, gbuf, g + 3 * nu, n, m0 + 3 * H, geo.training)
     sigmoid_row(gbuf, g + 3 * nu, n)
-    tanh_of(hs, c_out, cs, c_out, n)
+    cell_tanh(cell, hs, c_out, cs, c_out, n)
     for u in range(n):
         hs[U(c_out + u)] *= gbuf[U(g + 3 * nu + u)]
 
@@ -62,14 +81,13 @@ def _backward(cell, k, geo, pos, dgx, state, grads, keep, work):
     h0 = pos.b * H + pos.u0  # dh, dc and the scratch tanh(c') of the row
     g0 = pos.tb * G * H + pos.u0  # the row's gates, and its clamp flags
     tmp, one = work.mid, dh.dtype.type(1)
-    tanh_of(tmp, h0, cs, pos.i_out, n)
+    cell_tanh(cell, tmp, h0, cs, pos.i_out, n)
     for u in range(n):
         o = gs[U(g0 + 3 * H + u)]
         d[U(d0 + 3 * nu + u)] = dh[U(h0 + u)] * tmp[U(h0 + u)] * o * (one - o)
     unclamp_row(cell, d, d0 + 3 * nu, n, g0 + 3 * H)
-    for u in range(n):
-        th = tmp[U(h0 + u)]
-        dc[U(h0 + u)] += dh[U(h0 + u)] * gs[U(g0 + 3 * H + u)] * (one - th * th)
+    cell_tanh_back(cell, dc, h0, dh, gs, g0 + 3 * H, tmp, cs, pos.i_out, n,
+                   _sums(pos.b, H) + 2 * G * H)
     peep_row(cell, 2, pos.u0, dc, h0, d, d0 + 3 * nu, n)
     for u in range(n):
         i = gs[U(g0 + u)]
@@ -89,6 +107,7 @@ def _backward(cell, k, geo, pos, dgx, state, grads, keep, work):
     zero_row(dh, h0, n)  # an LSTM's h reaches the previous step only through W_hh
     for j in range(G):
         copy_row(dgx, pos.io + j * H, d, d0 + j * nu, n)
+    layer_norm_back_row(cell, d, d0, G * H, g0, _sums(pos.b, H))
 
 
 def _hh_terms(d_gx, terms, h_in):

@@ -4,6 +4,7 @@ Forward, per valid row: h' = act(h @ W_hh^T + x_proj + b_hh). Training keeps onl
 Backward, with dh reaching h' (plus dy): d_pre = dh * act'(h'), act' = 1 - h'^2 (tanh) or
 [h' > 0] (relu); dh <- 0, as h reaches the previous step only through d_pre @ W_hh.
 With a clip (variants.py) the pre-activation is clamped first, and d_pre is 0 where it was.
+With zoneout, hs holds the zoned-out h', so training keeps h_new as the cell's one gate.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any, NamedTuple
 
 from .scalars import U
 from .driver import Spec, register
-from .variants import clamp_row, unclamp_row
+from .variants import clamp_row, h_new_of, keep_h_new, unclamp_row
 from .vectors import add_into, copy_row, tanh_of, zero_row
 
 
@@ -20,6 +21,8 @@ class Rnn(NamedTuple):
     relu: bool
     clip: Any = None  # variants.py
     inside: Any = None
+    M: Any = None
+    carry: Any = None
 
 
 def _forward(cell, k, geo, pos, xp, b_hh, state, keep, work):
@@ -33,11 +36,13 @@ def _forward(cell, k, geo, pos, xp, b_hh, state, keep, work):
             hs[U(pos.i_out + u)] = zero if v < zero else v  # NaN stays NaN
     else:
         tanh_of(hs, pos.i_out, gbuf, g, n)
+    keep_h_new(cell, gbuf, g, hs, pos.i_out, n)
 
 
 def _backward(cell, k, geo, pos, dgx, state, grads, keep, work):
-    d, g, n, dh, hs, ho = work.d, pos.g, pos.n, grads[0], state[0], pos.i_out
+    d, g, n, dh = work.d, pos.g, pos.n, grads[0]
     hb = pos.b * geo.H + pos.u0
+    hs, ho = h_new_of(cell, state[0], pos.i_out, keep[0], pos.tb * geo.H + pos.u0)
     one = dh.dtype.type(1)
     zero = dh.dtype.type(0)
     if cell.relu:  # a product, not a select, so that a NaN in dh stays NaN
