@@ -45,7 +45,7 @@ nothing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -97,8 +97,8 @@ class Variant:
             raise ValueError(f"proj_size must be an int >= 0, got {self.proj_size!r}")
         if self.clip is not None and not self.clip > 0:
             raise ValueError(f"clip must be None or a positive float, got {self.clip!r}")
-        if not 0 <= self.zoneout < 1:
-            raise ValueError(f"zoneout must be in [0, 1), got {self.zoneout!r}")
+        if not 0 <= self.zoneout <= 1:
+            raise ValueError(f"zoneout must be in [0, 1], got {self.zoneout!r}")
         if cell.kind != "lstm" and (self.proj_size or self.peepholes):
             raise ValueError(f"proj_size and peepholes are LSTM switches, not {cell.name}'s")
         if self.layer_norm and cell.name not in ("lstm", "gru"):
@@ -222,6 +222,12 @@ class Cell:
         return self.kind
 
     @property
+    def spec(self) -> str:
+        """The name and the variant's switches as one string, "lstm;proj_size=4;zoneout=0.1":
+        what torch's custom operators can carry; ``cell_by_name`` reads it back."""
+        return ";".join([self.name] + [f"{k}={v}" for k, v in self.variant.described().items()])
+
+    @property
     def saved_vectors_per_step(self) -> int:
         """H-vectors per step and batch row that a fused training forward keeps (see above)."""
         return {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 6, "gru": 5, "gru_textbook": 4}[self.name]
@@ -237,9 +243,16 @@ ALL_CELLS = (
 
 
 def cell_by_name(name: str) -> Cell:
+    """The cell of a ``name`` or of a ``spec`` (the name, then the variant's switches)."""
+    name, *switches = name.split(";")
     for cell in ALL_CELLS:
         if cell.name == name:
-            return cell
+            if not switches:
+                return cell
+            types = {"proj_size": int, "layer_norm": lambda v: v == "True", "peepholes":
+                     lambda v: v == "True", "clip": float, "zoneout": float}
+            values = dict(switch.split("=") for switch in switches)
+            return replace(cell, variant=Variant(**{k: types[k](v) for k, v in values.items()}))
     raise ValueError(f"unknown cell {name!r}; expected one of {[c.name for c in ALL_CELLS]}")
 
 

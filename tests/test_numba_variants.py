@@ -1,5 +1,5 @@
 """The Numba backend's cell variants (cells.Variant: the clip on every cell, the LSTM's
-peepholes) against their NumPy reference (reference_variants.py): outputs and every gradient,
+peepholes) against their NumPy reference (reference.py): outputs and every gradient,
 both dtypes, every thread split and both product forms, with lengths, reverse and initial
 states; the clip active on both sides of its bounds; what training keeps; and the clear error
 of a backend, or a variant switch, that cannot run."""
@@ -12,7 +12,7 @@ from numpy.testing import assert_allclose
 
 import fastrnn
 from fastrnn import engine
-from fastrnn import reference_variants as rv
+from fastrnn import reference as rv
 from fastrnn.backends.base import Direction
 from fastrnn.cells import Cell, Variant, cell_by_name, saved_bytes
 from helpers import TOL
@@ -331,7 +331,7 @@ def test_api_bad_variant_arguments_name_them(change, exc, words):
 
 @pytest.mark.parametrize("forward", ["rnn_forward", "gru_forward"])
 def test_api_clip_on_the_reference_backend_matches_numba(forward):
-    """The reference backend runs variant cells (through reference_variants): the same
+    """The reference backend runs variant cells (through fastrnn.reference): the same
     numbers as the Numba kernels, forward and backward."""
     cell = Cell("rnn") if forward == "rnn_forward" else Cell("gru")
     pr = make(cell, (4, 3, 5, 6), False)

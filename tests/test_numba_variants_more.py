@@ -1,6 +1,6 @@
 """The Numba backend's zoneout (every cell) and recurrent-side layer norm (LSTM, GRU), alone and
 with the other variants, against the reference backend ("numpy", which runs
-reference_variants): outputs and every gradient through the engine, one direction or two, both
+fastrnn.reference): outputs and every gradient through the engine, one direction or two, both
 dtypes, every thread split and both product forms, with lengths, reverse and initial states;
 the variants active; inference and chunked inference equal to training; no input modified; and
 what training keeps, as saved_bytes counts it."""
@@ -12,7 +12,7 @@ import pytest
 
 import fastrnn
 from fastrnn import engine
-from fastrnn import reference_variants as rv
+from fastrnn import reference as rv
 from fastrnn.backends.base import Direction
 from fastrnn.cells import Variant, cell_by_name, saved_bytes
 from helpers import TOL

@@ -102,6 +102,11 @@ class Saved:
     ln_hh: Any = None
     g_c: Any = None
     b_c: Any = None
+    # kept: a backend's own dict of the variant's parameters and what their backward needs (the
+    # CUDA backend: each parameter recurrence_forward got, the zoneout mask, h_full =
+    # o tanh(c') (T, B, H) of a projecting LSTM, the input of W_hr, and with layer norm gh_norm
+    # = LN(W_hh h) (T, B, G*H) and the rows' statistics, stats (T, B, 3 or 1)).
+    kept: Any = None
 
     @property
     def h_in(self):
