@@ -260,7 +260,8 @@ def saved_bytes(cell: Cell, T: int, B: int, H: int, itemsize: int, directions: i
     """Bytes a fused training forward keeps for backward (beyond references to its inputs); a
     clipped cell also keeps one byte per gate input, whether the clamp let it through (the
     clamp's derivative); a layer-normalised cell the raw W_hh h of every step and row (G*H
-    values, whose row statistics backward recomputes); the RNN with zoneout its h_new (its
+    values, whose row statistics backward recomputes) and the mean and 1/std of each row of
+    the input side (FusedBackend); the RNN with zoneout its h_new (its
     kept hs hold the zoned-out h', and act' needs h_new)."""
     variant = cell.variant
     vectors = cell.saved_vectors_per_step
@@ -270,4 +271,5 @@ def saved_bytes(cell: Cell, T: int, B: int, H: int, itemsize: int, directions: i
         vectors += 1
     states = (2 if cell.has_cell_state else 1) * B * H  # the extra entering-state row of hs/cs
     clamp_masks = T * B * cell.gates * H if variant.clip is not None else 0
-    return directions * (itemsize * (T * B * H * vectors + states) + clamp_masks)
+    input_stats = 2 * T * B if variant.layer_norm else 0
+    return directions * (itemsize * (T * B * H * vectors + states + input_stats) + clamp_masks)

@@ -185,6 +185,26 @@ class NumbaBackend(FusedBackend):
         plan = self._plan(cell, T, B, W_hh.shape[1])
         return self._packed.Packed(np.ascontiguousarray(W_hh), plan, self._direct(T, B, plan))
 
+    def _input_projection(self, rows, W, dirs):
+        """As FusedBackend's, with the input side's layer norm one compiled pass per row on
+        the threads (variants.layer_norm_rows) rather than NumPy's passes over x_proj and
+        its temporaries, which cost a layer-normalised forward a third more than the plain
+        one at the medium preset (benchmarks/layer_norm.py)."""
+        if dirs[0].g_ih is None:
+            return super()._input_projection(rows, W, dirs)
+        from .variants import layer_norm_rows
+
+        x_proj = np.ascontiguousarray(self.matmul(rows, W.T))  # written through a flat view
+        N, GH = x_proj.shape[0], W.shape[0] // len(dirs)
+        norms = []
+        for k, d in enumerate(dirs):
+            mean, inv_std = np.empty((2, N, 1), x_proj.dtype)
+            b = np.empty(0, x_proj.dtype) if d.b_ih is None else d.b_ih
+            layer_norm_rows(x_proj.reshape(-1), x_proj.shape[1], k * GH, GH, d.g_ih, b,
+                            mean.reshape(-1), inv_std.reshape(-1))
+            norms.append((mean, inv_std))
+        return x_proj, norms
+
     def recurrence_forward(self, cell, x_proj, W_hh, b_hh, h0, c0, lengths, reverse, y,
                            training, **variant):
         """x_proj (R, G*H) the valid rows that ``lengths``, a packing.Steps, lists (see

@@ -16,26 +16,18 @@ b_hh is added, so hn is LN(W_hh h)_n g_n + b_hn; backward turns d_gh into the gr
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
-
 from numba import njit
 
 from .scalars import KERNEL, U
 from .driver import Spec, register
-from .variants import clamp_row, layer_norm_back_row, layer_norm_row, unclamp_row
+from .variants import (CLIP, LAYER_NORM, ZONEOUT, cell_tuple, clamp_row, layer_norm_back_row,
+                       layer_norm_row, unclamp_row)
 from .vectors import add_into, add_to, copy_row, sigmoid_row, tanh_row
 
 G = 3
 
 
-class Gru(NamedTuple):
-    clip: Any = None  # variants.py
-    inside: Any = None
-    M: Any = None
-    carry: Any = None
-    g_hh: Any = None
-    ln_hh: Any = None
-    acc: Any = None
+Gru = cell_tuple("Gru", __name__, variants=(CLIP, ZONEOUT, LAYER_NORM))
 
 
 def _forward(cell, k, geo, pos, xp, b_hh, state, keep, work):

@@ -12,21 +12,15 @@ and zeroes dr, dz, dn where they were clamped.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
-
 from .gru import G, dn_dz
 from .packed import panel_width
 from .scalars import U
 from .driver import Spec, register
-from .variants import clamp_row, unclamp_row
+from .variants import CLIP, ZONEOUT, cell_tuple, clamp_row, unclamp_row
 from .vectors import add_into, copy_row, sigmoid_row, tanh_row
 
 
-class GruTextbook(NamedTuple):
-    clip: Any = None  # variants.py
-    inside: Any = None
-    M: Any = None
-    carry: Any = None
+GruTextbook = cell_tuple("GruTextbook", __name__, variants=(CLIP, ZONEOUT))
 
 
 def _forward(cell, k, geo, pos, xp, b_hh, state, keep, work):

@@ -19,30 +19,19 @@ tanh(LN(c') g_c + b_c); backward takes both normalisations back (variants.py).
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
-
 from numba import njit
 
 from .scalars import KERNEL, U
 from .driver import Spec, register
-from .variants import (cell_tanh, cell_tanh_back, clamp_row, layer_norm_back_row,
+from .variants import (CELL_NORM, CLIP, LAYER_NORM, PEEPHOLES, ZONEOUT, cell_tanh,
+                       cell_tanh_back, cell_tuple, clamp_row, layer_norm_back_row,
                        layer_norm_row, peep_row, unclamp_row)
 from .vectors import add_into, copy_row, sigmoid_row, tanh_row, zero_row
 
 G = 4
 
 
-class Lstm(NamedTuple):
-    P: Any = None  # variants.py
-    clip: Any = None
-    inside: Any = None
-    M: Any = None
-    carry: Any = None
-    g_hh: Any = None
-    ln_hh: Any = None
-    acc: Any = None
-    g_c: Any = None
-    b_c: Any = None
+Lstm = cell_tuple("Lstm", __name__, variants=(PEEPHOLES, CLIP, ZONEOUT, LAYER_NORM, CELL_NORM))
 
 
 @njit(**KERNEL)

@@ -9,20 +9,13 @@ With zoneout, hs holds the zoned-out h', so training keeps h_new as the cell's o
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
-
 from .scalars import U
 from .driver import Spec, register
-from .variants import clamp_row, h_new_of, keep_h_new, unclamp_row
+from .variants import CLIP, ZONEOUT, cell_tuple, clamp_row, h_new_of, keep_h_new, unclamp_row
 from .vectors import add_into, copy_row, tanh_of, zero_row
 
 
-class Rnn(NamedTuple):
-    relu: bool
-    clip: Any = None  # variants.py
-    inside: Any = None
-    M: Any = None
-    carry: Any = None
+Rnn = cell_tuple("Rnn", __name__, ("relu",), (CLIP, ZONEOUT))
 
 
 def _forward(cell, k, geo, pos, xp, b_hh, state, keep, work):

@@ -13,13 +13,30 @@ inside[(tb*G + j)*H + u0:] and P[j*H + u0:].
 
 from __future__ import annotations
 
+from collections import namedtuple
+
 import numpy as np
-from numba import njit, types
+from numba import njit, prange, types
 from numba.extending import overload
 
 from ...cells import LN_EPS
 from .scalars import KERNEL, U
 from .vectors import tanh_of, tanh_row
+
+
+# The fields each variant adds to a cell's NamedTuple (None for the plain cell).
+CLIP = ("clip", "inside")
+PEEPHOLES = ("P",)
+ZONEOUT = ("M", "carry")
+LAYER_NORM = ("g_hh", "ln_hh", "acc")
+CELL_NORM = ("g_c", "b_c")  # the LSTM's LN of c'
+
+
+def cell_tuple(name, module, fields=(), variants=()):
+    """A cell's NamedTuple class: its own ``fields``, then those of ``variants`` (groups above),
+    which default to None. Each class is its own Numba type (skeleton.py)."""
+    extra = tuple(f for group in variants for f in group)
+    return namedtuple(name, tuple(fields) + extra, defaults=(None,) * len(extra), module=module)
 
 
 def _plain(cell, field):
@@ -339,3 +356,20 @@ def _cell_tanh_back_impl(cell, dc, h0, dh, gates, o0, th, cs, c0, n, s0):
             c_hat = (cs[U(c0 + u)] - mu) * rstd
             dc[U(h0 + u)] += rstd * (th[U(h0 + u)] * g[U(u)] - m1 - c_hat * m2)
     return normed
+
+
+@njit(parallel=True, **KERNEL)
+def layer_norm_rows(a, ld, c0, n, g, b, mean, inv_std):
+    """The input side's layer norm in place, on the threads: columns c0..c0+n of each of the
+    N rows of a (flat, row stride ld) <- LN(row) * g + b (b empty: no bias); each row's mean
+    and 1/std to mean[r], inv_std[r] (N,), which backward reads again."""
+    for r in prange(mean.shape[0]):
+        o = r * ld + c0
+        mu, rstd = _row_stats(a, o, n)
+        mean[r], inv_std[r] = mu, rstd
+        if b.size > 0:
+            for u in range(n):
+                a[U(o + u)] = (a[U(o + u)] - mu) * rstd * g[U(u)] + b[U(u)]
+        else:
+            for u in range(n):
+                a[U(o + u)] = (a[U(o + u)] - mu) * rstd * g[U(u)]
