@@ -289,19 +289,23 @@ def gru_backward(ctx, dy=None, dh_n=None) -> Gradients:
 
 
 def training_memory(cell, T, B, I, H, dtype=np.float32, *, num_layers=1, bidirectional=False,
-                    batch_first=False, dropout=0.0) -> int:
+                    batch_first=False, dropout=0.0, layer=False, backend="numba") -> int:
     """Bytes a training forward on a fused backend ("numba", "cupy") keeps until its backward.
 
-    ``cell`` is a ``Cell`` or a name ("rnn" / "rnn_tanh", "rnn_relu", "lstm", "gru",
-    "gru_textbook"). The defaults describe ``*_forward`` (one direction, one layer); the keywords
-    describe an ``RNN`` / ``LSTM`` / ``GRU`` layer. Counted: what each layer's backward needs
-    beyond its parameters (cells.py lists it), the input of every layer above the first (the
+    ``cell`` is a ``Cell`` (a variant included) or a name ("rnn" / "rnn_tanh", "rnn_relu",
+    "lstm", "gru", "gru_textbook"). The defaults describe ``*_forward`` (one direction, one
+    layer); the keywords, with ``layer=True``, describe an ``RNN`` / ``LSTM`` / ``GRU`` layer
+    or module. Counted: what each layer's backward needs beyond its parameters (cells.py lists
+    it, ``saved_bytes`` adds the variants'), the input of every layer above the first (the
     output of the layer below), both directions' input weights concatenated when bidirectional,
-    dropout masks, and the time-major copy of x that batch_first makes. Not counted: the
-    caller's own C-contiguous inputs, which are kept by reference (a non-contiguous input is
-    kept as a contiguous copy of its size), nor the at most one int64 per batch row and
-    direction that a backend may keep for sequence lengths. The NumPy reference backend keeps
-    per-step caches instead and is not described by this.
+    dropout masks, a layer's zoneout masks (the functional API's ``zoneout_mask`` is the
+    caller's, kept by reference), and the time-major copy of x that batch_first makes. Not
+    counted: the caller's own C-contiguous inputs, which are kept by reference (a
+    non-contiguous input is kept as a contiguous copy of its size), nor what a backend keeps
+    for sequence lengths: at most one int64 per batch row and direction, and, for the Numba
+    backend with zoneout, the mask's valid rows packed. ``backend`` matters for layer norm,
+    whose row statistics only CUDA keeps. The NumPy reference backend keeps per-step caches
+    instead and is not described by this.
     """
     if isinstance(cell, str):
         names = [c.name for c in ALL_CELLS]
@@ -313,16 +317,26 @@ def training_memory(cell, T, B, I, H, dtype=np.float32, *, num_layers=1, bidirec
     dtype = check_dtype(dtype)
     bidirectional = check_flag("bidirectional", bidirectional)
     batch_first = check_flag("batch_first", batch_first)
+    layer = check_flag("layer", layer)
+    if backend not in ("numba", "cupy"):
+        raise ValueError(f"backend must be 'numba' or 'cupy' (the fused backends), got "
+                         f"{backend!r}")
     if T == 0 or B == 0:
         return 0
     dropout = float(dropout) > 0  # the layer's dropout probability: only whether it is used
     D, n = (2 if bidirectional else 1), dtype.itemsize
+    H_out = cell.variant.hidden_size(H)
+    # CUDA's layer norm keeps the statistics of each row: 1/std of W_hh h, and for the LSTM
+    # the mean and 1/std of c'
+    statistics = (3 if cell.has_cell_state else 1) if backend == "cupy" else 0
     total = T * B * I * n if batch_first else 0
     for k in range(num_layers):
-        I_k = I if k == 0 else D * H
-        total += saved_bytes(cell, T, B, H, n, D)
+        I_k = I if k == 0 else D * H_out
+        total += saved_bytes(cell, T, B, H, n, D, row_statistics=statistics)
         if D == 2:
             total += D * cell.gates * H * I_k * n
         if k > 0:
             total += T * B * I_k * n * (2 if dropout else 1)  # input (and its dropout mask)
+        if layer and cell.variant.zoneout:
+            total += D * T * B * H_out * n
     return int(total)

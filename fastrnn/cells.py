@@ -256,20 +256,29 @@ def cell_by_name(name: str) -> Cell:
     raise ValueError(f"unknown cell {name!r}; expected one of {[c.name for c in ALL_CELLS]}")
 
 
-def saved_bytes(cell: Cell, T: int, B: int, H: int, itemsize: int, directions: int = 1) -> int:
-    """Bytes a fused training forward keeps for backward (beyond references to its inputs); a
-    clipped cell also keeps one byte per gate input, whether the clamp let it through (the
-    clamp's derivative); a layer-normalised cell the raw W_hh h of every step and row (G*H
-    values, whose row statistics backward recomputes) and the mean and 1/std of each row of
-    the input side (FusedBackend); the RNN with zoneout its h_new (its
-    kept hs hold the zoned-out h', and act' needs h_new)."""
+def saved_bytes(cell: Cell, T: int, B: int, H: int, itemsize: int, directions: int = 1,
+                row_statistics: int = 0) -> int:
+    """Bytes a fused training forward keeps for backward (beyond references to its inputs).
+
+    Beyond the plain cell's (above), a variant keeps: with clip one byte per gate input,
+    whether the clamp let it through (the clamp's derivative); with layer norm the W_hh h of
+    every step and row (G*H values: raw in Numba, whose backward recomputes the row statistics;
+    normalised in CUDA, which also keeps ``row_statistics`` values per step and row) and the
+    mean and 1/std of each row of the input side (FusedBackend); with projection hs P =
+    proj_size wide instead of H, and h_full = o tanh(c') (H values per step and row), W_hr's
+    input; the RNN with zoneout its h_new (its kept hs hold the zoned-out h', and act' needs
+    h_new)."""
     variant = cell.variant
+    P = variant.hidden_size(H)
     vectors = cell.saved_vectors_per_step
     if variant.layer_norm:
         vectors += cell.gates
     if variant.zoneout and cell.kind == "rnn":
         vectors += 1
-    states = (2 if cell.has_cell_state else 1) * B * H  # the extra entering-state row of hs/cs
+    values = T * B * H * vectors + (B * (P + H) if cell.has_cell_state else B * H)
+    if variant.proj_size:  # hs is P wide: its T rows beyond the first are counted as H above
+        values += T * B * (P - H) + T * B * H
+    if variant.layer_norm:
+        values += T * B * (2 + row_statistics)
     clamp_masks = T * B * cell.gates * H if variant.clip is not None else 0
-    input_stats = 2 * T * B if variant.layer_norm else 0
-    return directions * (itemsize * (T * B * H * vectors + states + input_stats) + clamp_masks)
+    return directions * (itemsize * values + clamp_masks)

@@ -8,6 +8,7 @@ kernels compiled for the CPU ("cupy-emulated", tests/cuda_emulation).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import numpy as np
@@ -27,11 +28,20 @@ pytestmark = pytest.mark.torch
 
 BACKENDS = ["numpy", "numba", "cupy-emulated"]
 DTYPES = {"f64": torch.float64, "f32": torch.float32}
+register_emulated_backend()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def emulated_backend():
-    register_emulated_backend()
+def running(switches, cases=None):
+    """(backend, case) pairs, or backends, for the backends that run every switch in
+    ``switches`` (a set, or a case name -> switches function); a backend that does not run a
+    switch refuses it by name (test_numba_variants), so it is not a case here."""
+    if cases is None:
+        return [b for b in BACKENDS if switches <= fastrnn.get_backend(b).variant_switches]
+    return [(b, c) for c in cases for b in running(switches(c))]
+
+
+def switches_of(cls, kwargs):
+    return set(cls(3, 6, **kwargs).cell.variant.switches)
 
 
 def tol(dtype):
@@ -176,7 +186,7 @@ def _compare_with_transcription(module, dtype, training, T=6, B=4, seed=3):
 # Projection: torch.nn.LSTM(proj_size) itself
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", running({"proj_size"}))
 @pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES)
 @pytest.mark.parametrize("layers, bidirectional", [(1, False), (2, True)], ids=["1", "2bi"])
 def test_projection_matches_torch_lstm(backend, dtype, layers, bidirectional):
@@ -239,9 +249,8 @@ MODULES = {
 }
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend, case", running(lambda c: switches_of(*MODULES[c]), MODULES))
 @pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES)
-@pytest.mark.parametrize("case", MODULES)
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 def test_modules_match_the_transcription(backend, dtype, case, training):
     """Stacked and bidirectional, with lengths and hx: outputs, states and every gradient
@@ -257,7 +266,7 @@ def test_modules_match_the_transcription(backend, dtype, case, training):
         assert 0 < kept < 1 and abs(kept - (1 - module.zoneout)) < 0.12
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", running({"layer_norm", "zoneout"}))
 def test_zoneout_gradients_match_finite_differences(backend):
     """gradcheck (float64 central differences) of a zoned-out LayerNormLSTM in training, with
     the masks held fixed by reseeding torch's generator before each call: backward uses the
@@ -305,8 +314,8 @@ LAYER_CASES = {
 }
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("case", LAYER_CASES)
+@pytest.mark.parametrize("backend, case", running(
+    lambda c: switches_of(*LAYER_CASES[c][1:]), LAYER_CASES))
 def test_numpy_layers_equal_the_modules(backend, case):
     """Loaded with the module's state dict, a NumPy layer gives the module's outputs and
     gradients (eval-mode forward, so zoneout is its deterministic 1 - p mix, and a backward)."""
@@ -479,3 +488,18 @@ def test_compile_fullgraph_of_variant_modules(case):
             0.0, True, "numpy")
     torch.library.opcheck(ops.stack_forward, args, test_utils=(
         "test_schema", "test_faketensor", "test_autograd_registration"))
+
+
+def test_convert_keeps_what_the_backend_cannot_run():
+    """convert swaps a projected torch.nn.LSTM only where the device's backend runs the
+    projection; elsewhere the torch module stays, with a warning naming it."""
+    model = torch.nn.Sequential(torch.nn.LSTM(3, 6, proj_size=2), torch.nn.GRU(2, 4))
+    runs = "proj_size" in fastrnn.get_backend("numba").variant_switches
+    with pytest.warns(UserWarning, match="stays torch.nn's") if not runs else \
+            contextlib.nullcontext():
+        ft.convert(model)
+    assert type(model[0]) is (ft.LSTM if runs else torch.nn.LSTM)
+    assert type(model[1]) is ft.GRU
+    converted = ft.convert(torch.nn.Sequential(torch.nn.LSTM(3, 6, proj_size=2)),
+                           backend="numpy")
+    assert type(converted[0]) is ft.LSTM and converted[0].proj_size == 2

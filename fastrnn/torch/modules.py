@@ -385,13 +385,29 @@ class LayerNormGRU(GRU):
 def convert(model, backend=None):
     """Replace, in place, every torch.nn.RNN / LSTM / GRU inside ``model`` (at any depth, or
     ``model`` itself) by the fastrnn module with the same weights, device, dtype and training
-    mode; returns the model (the new module when ``model`` itself was one)."""
+    mode; returns the model (the new module when ``model`` itself was one). A module the
+    backend of its device cannot run (a projected LSTM where that backend has no projection)
+    stays torch's, with a warning that names it."""
     kinds = {nn.RNN: RNN, nn.LSTM: LSTM, nn.GRU: GRU}
     if type(model) in kinds:
-        return kinds[type(model)].from_torch(model, backend)
+        return _converted(kinds[type(model)], model, backend, "the model")
     for name, child in list(model.named_children()):
         if type(child) in kinds:
-            setattr(model, name, kinds[type(child)].from_torch(child, backend))
+            setattr(model, name, _converted(kinds[type(child)], child, backend, name))
         else:
             convert(child, backend)
     return model
+
+
+def _converted(cls, module, backend, name):
+    """``cls.from_torch(module)``, or ``module`` itself with a warning where the backend of its
+    device does not run its variant."""
+    new = cls.from_torch(module, backend)
+    device = next(module.parameters()).device
+    missing = backend_for(device, backend).unsupported(new.cell)
+    if missing:
+        warnings.warn(f"convert: {name} ({type(module).__name__} with "
+                      f"{', '.join(missing)}) stays torch.nn's: the backend for {device} "
+                      f"does not run {', '.join(missing)}", stacklevel=3)
+        return module
+    return new
