@@ -17,33 +17,29 @@ from fastrnn import reference as rv
 from fastrnn.backends.base import VARIANT_PARAMS, Direction
 from fastrnn.cells import Cell, Variant, cell_by_name
 from fastrnn.reference import NumpyBackend
-from helpers import TOL
+from helpers import CLIP, TOL, variant_cases
 
 REFERENCE = NumpyBackend()
-CLIP = 0.6  # with the problems below, it clamps part of every gate's inputs, not all
-VARIANTS = {
-    "rnn_tanh-clip": ("rnn_tanh", Variant(clip=CLIP)),
-    "rnn_relu-clip": ("rnn_relu", Variant(clip=CLIP)),
-    "lstm-clip": ("lstm", Variant(clip=CLIP)),
-    "lstm-peepholes": ("lstm", Variant(peepholes=True)),
-    "lstm-peepholes-clip": ("lstm", Variant(peepholes=True, clip=CLIP)),
-    "gru-clip": ("gru", Variant(clip=CLIP)),
-    "gru_textbook-clip": ("gru_textbook", Variant(clip=CLIP)),
-    "rnn_tanh-zoneout": ("rnn_tanh", Variant(zoneout=0.3)),
-    "rnn_relu-zoneout-clip": ("rnn_relu", Variant(zoneout=0.3, clip=CLIP)),
-    "lstm-zoneout": ("lstm", Variant(zoneout=0.3)),
-    "gru-zoneout": ("gru", Variant(zoneout=0.3)),
-    "gru_textbook-zoneout": ("gru_textbook", Variant(zoneout=0.3)),
-    "lstm-zoneout-peepholes-clip": ("lstm", Variant(zoneout=0.3, peepholes=True, clip=CLIP)),
-    "lstm-proj": ("lstm", Variant(proj_size=5)),
-    "lstm-proj-zoneout-peepholes-clip": ("lstm", Variant(proj_size=5, zoneout=0.3,
-                                                         peepholes=True, clip=CLIP)),
-    "lstm-layer_norm": ("lstm", Variant(layer_norm=True)),
-    "lstm-layer_norm-all": ("lstm", Variant(layer_norm=True, proj_size=5, zoneout=0.3,
-                                            peepholes=True, clip=CLIP)),
-    "gru-layer_norm": ("gru", Variant(layer_norm=True)),
-    "gru-layer_norm-zoneout-clip": ("gru", Variant(layer_norm=True, zoneout=0.3, clip=CLIP)),
-}
+VARIANTS = variant_cases(
+    "rnn_tanh-clip",
+    "rnn_relu-clip",
+    "lstm-clip",
+    "lstm-peepholes",
+    "lstm-peepholes-clip",
+    "gru-clip",
+    "gru_textbook-clip",
+    "rnn_tanh-zoneout",
+    "rnn_relu-zoneout-clip",
+    "lstm-zoneout",
+    "gru-zoneout",
+    "gru_textbook-zoneout",
+    "lstm-zoneout-peepholes-clip",
+    "lstm-proj",
+    "lstm-proj-zoneout-peepholes-clip",
+    "lstm-layer_norm",
+    "lstm-layer_norm-all",
+    "gru-layer_norm",
+    "gru-layer_norm-zoneout-clip")
 # (T, B, I, H): B*H = 65 is not a multiple of the block size; lengths with a full-length row.
 SHAPE = (6, 5, 7, 13)
 LAYOUTS = {  # directions (reverse flags), lengths

@@ -15,7 +15,7 @@ from fastrnn import engine
 from fastrnn import reference as rv
 from fastrnn.backends.base import Direction
 from fastrnn.cells import Cell, Variant, cell_by_name, saved_bytes
-from helpers import TOL
+from helpers import CLIP, TOL, variant_cases
 
 if "numba" not in fastrnn.available_backends():
     pytest.skip("the numba backend cannot run here", allow_module_level=True)
@@ -25,16 +25,14 @@ from numba_helpers import NEVER, SPLITS, knob_setter  # noqa: E402
 BACKEND = fastrnn.get_backend("numba")
 PATHS = {f"{split}-{products}": dict(knobs, direct_max_rows=NEVER if products == "direct" else 0)
          for split, knobs in SPLITS.items() for products in ("packed", "direct")}
-CLIP = 0.6  # with the problems below, it clamps part of every gate's inputs, not all
-VARIANTS = {
-    "rnn_tanh-clip": ("rnn_tanh", Variant(clip=CLIP)),
-    "rnn_relu-clip": ("rnn_relu", Variant(clip=CLIP)),
-    "lstm-clip": ("lstm", Variant(clip=CLIP)),
-    "lstm-peepholes": ("lstm", Variant(peepholes=True)),
-    "lstm-peepholes-clip": ("lstm", Variant(peepholes=True, clip=CLIP)),
-    "gru-clip": ("gru", Variant(clip=CLIP)),
-    "gru_textbook-clip": ("gru_textbook", Variant(clip=CLIP)),
-}
+VARIANTS = variant_cases(
+    "rnn_tanh-clip",
+    "rnn_relu-clip",
+    "lstm-clip",
+    "lstm-peepholes",
+    "lstm-peepholes-clip",
+    "gru-clip",
+    "gru_textbook-clip")
 # (T, B, I, H), lengths, reverse: odd sizes (H = 33 spans panels and unit chunks), lengths with
 # a full-length row, both directions; initial states always given.
 CASES = {

@@ -15,7 +15,7 @@ from fastrnn import engine
 from fastrnn import reference as rv
 from fastrnn.backends.base import Direction
 from fastrnn.cells import Variant, cell_by_name, saved_bytes
-from helpers import TOL
+from helpers import TOL, ZONEOUT, variant_cases
 
 if "numba" not in fastrnn.available_backends():
     pytest.skip("the numba backend cannot run here", allow_module_level=True)
@@ -26,19 +26,16 @@ NUMBA = fastrnn.get_backend("numba")
 REFERENCE = fastrnn.get_backend("numpy")
 PATHS = {f"{split}-{products}": dict(knobs, direct_max_rows=NEVER if products == "direct" else 0)
          for split, knobs in SPLITS.items() for products in ("packed", "direct")}
-CLIP, ZONEOUT = 0.6, 0.3
-VARIANTS = {
-    "rnn_tanh-zoneout": ("rnn_tanh", Variant(zoneout=ZONEOUT)),
-    "rnn_relu-zoneout-clip": ("rnn_relu", Variant(zoneout=ZONEOUT, clip=CLIP)),
-    "lstm-zoneout": ("lstm", Variant(zoneout=ZONEOUT)),
-    "gru-zoneout": ("gru", Variant(zoneout=ZONEOUT)),
-    "gru_textbook-zoneout-clip": ("gru_textbook", Variant(zoneout=ZONEOUT, clip=CLIP)),
-    "lstm-layer_norm": ("lstm", Variant(layer_norm=True)),
-    "gru-layer_norm": ("gru", Variant(layer_norm=True)),
-    "lstm-layer_norm-zoneout-peepholes-clip": (
-        "lstm", Variant(layer_norm=True, zoneout=ZONEOUT, peepholes=True, clip=CLIP)),
-    "gru-layer_norm-zoneout-clip": ("gru", Variant(layer_norm=True, zoneout=ZONEOUT, clip=CLIP)),
-}
+VARIANTS = variant_cases(
+    "rnn_tanh-zoneout",
+    "rnn_relu-zoneout-clip",
+    "lstm-zoneout",
+    "gru-zoneout",
+    "gru_textbook-zoneout-clip",
+    "lstm-layer_norm",
+    "gru-layer_norm",
+    "lstm-layer_norm-zoneout-peepholes-clip",
+    "gru-layer_norm-zoneout-clip")
 # (T, B, I, H), lengths, the directions' reverse flags: H = 33 spans panels and unit chunks;
 # lengths with a full-length row; a bidirectional layer and a reverse one.
 CASES = {
