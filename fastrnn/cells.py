@@ -46,6 +46,7 @@ nothing.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 import numpy as np
 
@@ -105,9 +106,10 @@ class Variant:
             raise ValueError(
                 f"layer_norm applies to the LSTM and the linear_before_reset GRU, not {cell.name}")
 
-    @property
+    @cached_property
     def switches(self) -> tuple:
-        """The names of the switches set away from their defaults, in field order."""
+        """The names of the switches set away from their defaults, in field order (kept: every
+        call asks it, and a one-step call feels each microsecond)."""
         return tuple(self.described())
 
     def described(self) -> dict:

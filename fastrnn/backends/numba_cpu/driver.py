@@ -192,6 +192,8 @@ def kernel_cell(cell, dtype, inside=None, **arrays):
     (variants.py) where the cell has them: the clip in ``dtype`` and the clamp flags
     ``inside`` (flat uint8); each of ``arrays`` that is not None (peepholes P, zoneout mask M,
     layer-norm gains and buffers), flat in ``dtype``."""
+    if not cell.variant.switches:  # the plain cell's own NamedTuple
+        return SPECS[cell.name].cell
     fields = {}
     if cell.variant.clip is not None:
         fields.update(clip=dtype.type(cell.variant.clip), inside=inside.reshape(-1))
@@ -241,7 +243,8 @@ def forward(cell, x_proj, y, weights, b_hh, h0, c0, steps, reverse, training, P=
     work = (W, np.empty(out, dtype), np.empty(mid, dtype), ph)  # a skeleton.FWork
     geo = (T, B, H, G, plan.rows, plan.units, plan.size, reverse, training)  # a Geometry
     clipped = training and cell.variant.clip is not None
-    inside = np.empty((R if clipped else 0, G * H), np.uint8)
+    inside = (np.empty((R if clipped else 0, G * H), np.uint8)
+              if cell.variant.clip is not None else None)
     ln_hh = None if g_hh is None else np.empty((R if training else 0, G * H), dtype)
     time_loop(kernel_cell(cell, dtype, inside, P=P, M=M, g_hh=g_hh, ln_hh=ln_hh, g_c=g_c,
                           b_c=b_c),
