@@ -15,7 +15,7 @@ from fastrnn import engine
 from fastrnn import reference as rv
 from fastrnn.backends.base import Direction
 from fastrnn.cells import Cell, Variant, cell_by_name, saved_bytes
-from helpers import CLIP, TOL, variant_cases
+from helpers import CLIP, TOL, assert_close, variant_cases
 
 if "numba" not in fastrnn.available_backends():
     pytest.skip("the numba backend cannot run here", allow_module_level=True)
@@ -26,13 +26,8 @@ BACKEND = fastrnn.get_backend("numba")
 PATHS = {f"{split}-{products}": dict(knobs, direct_max_rows=NEVER if products == "direct" else 0)
          for split, knobs in SPLITS.items() for products in ("packed", "direct")}
 VARIANTS = variant_cases(
-    "rnn_tanh-clip",
-    "rnn_relu-clip",
-    "lstm-clip",
-    "lstm-peepholes",
-    "lstm-peepholes-clip",
-    "gru-clip",
-    "gru_textbook-clip")
+    "rnn_tanh-clip", "rnn_relu-clip", "lstm-clip", "lstm-peepholes", "lstm-peepholes-clip",
+    "gru-clip", "gru_textbook-clip")
 # (T, B, I, H), lengths, reverse: odd sizes (H = 33 spans panels and unit chunks), lengths with
 # a full-length row, both directions; initial states always given.
 CASES = {
@@ -105,12 +100,6 @@ def numba_run(cell, pr, dtype, reverse, training=True):
     grads = {"dx": dx, "dW_ih": g.dW_ih, "dW_hh": g.dW_hh, "db_ih": g.db_ih, "db_hh": g.db_hh,
              "dh0": g.dh0, "dc0": g.dc0, "dP": g.dP}
     return out, {k: v for k, v in grads.items() if v is not None}, kept
-
-
-def assert_close(actual, expected, dtype, label):
-    assert set(actual) == set(expected), (label, sorted(actual), sorted(expected))
-    for k in expected:
-        np.testing.assert_allclose(actual[k], expected[k], err_msg=f"{label} {k}", **TOL[dtype])
 
 
 @pytest.mark.parametrize("path", list(PATHS))

@@ -15,7 +15,7 @@ from fastrnn import engine
 from fastrnn import reference as rv
 from fastrnn.backends.base import Direction
 from fastrnn.cells import Variant, cell_by_name, saved_bytes
-from helpers import TOL, ZONEOUT, variant_cases
+from helpers import TOL, ZONEOUT, assert_close, variant_cases
 
 if "numba" not in fastrnn.available_backends():
     pytest.skip("the numba backend cannot run here", allow_module_level=True)
@@ -27,15 +27,9 @@ REFERENCE = fastrnn.get_backend("numpy")
 PATHS = {f"{split}-{products}": dict(knobs, direct_max_rows=NEVER if products == "direct" else 0)
          for split, knobs in SPLITS.items() for products in ("packed", "direct")}
 VARIANTS = variant_cases(
-    "rnn_tanh-zoneout",
-    "rnn_relu-zoneout-clip",
-    "lstm-zoneout",
-    "gru-zoneout",
-    "gru_textbook-zoneout-clip",
-    "lstm-layer_norm",
-    "gru-layer_norm",
-    "lstm-layer_norm-zoneout-peepholes-clip",
-    "gru-layer_norm-zoneout-clip")
+    "rnn_tanh-zoneout", "rnn_relu-zoneout-clip", "lstm-zoneout", "gru-zoneout",
+    "gru_textbook-zoneout-clip", "lstm-layer_norm", "gru-layer_norm",
+    "lstm-layer_norm-zoneout-peepholes-clip", "gru-layer_norm-zoneout-clip")
 # (T, B, I, H), lengths, the directions' reverse flags: H = 33 spans panels and unit chunks;
 # lengths with a full-length row; a bidirectional layer and a reverse one.
 CASES = {
@@ -125,12 +119,6 @@ def run(cell, backend, pr, dtype, training=True):
         grads |= {f"{name}[{k}]": getattr(g, name) for name in GRADS
                   if getattr(g, name) is not None}
     return out, grads, kept
-
-
-def assert_close(actual, expected, dtype, label):
-    assert set(actual) == set(expected), (label, sorted(actual), sorted(expected))
-    for k in expected:
-        np.testing.assert_allclose(actual[k], expected[k], err_msg=f"{label} {k}", **TOL[dtype])
 
 
 @pytest.mark.parametrize("path", list(PATHS))
