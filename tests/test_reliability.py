@@ -487,16 +487,25 @@ FUSED = {"numba": "numba", "cupy-emulated": "cupy"}
 
 
 def _variant_cases():
-    from cuda_emulation import register_emulated_backend
+    from cuda_emulation import emulated_backend
     from fastrnn.tools import variants
 
+    backends = {"numba": fastrnn.get_backend("numba"), "cupy-emulated": emulated_backend()}
+    return [(name, named.name) for named in variants.VARIANT_CELLS
+            for name, backend in backends.items() if not backend.unsupported(named.at(4))]
+
+
+@pytest.fixture
+def emulated_by_name():
+    from cuda_emulation import NAME, register_emulated_backend
+
     register_emulated_backend()
-    return [(backend, named.name) for named in variants.VARIANT_CELLS for backend in FUSED
-            if not fastrnn.get_backend(backend).unsupported(named.at(4))]
+    yield
+    fastrnn.dispatch.unregister_backend(NAME)
 
 
 @pytest.mark.parametrize("backend, name", _variant_cases())
-def test_training_memory_of_the_variants(backend, name):
+def test_training_memory_of_the_variants(backend, name, emulated_by_name):
     """What a training forward of each variant keeps on each fused backend that runs it is
     what training_memory says: through the functional API (the zoneout mask is the caller's)
     and through layers (stacked, bidirectional, batch_first; their zoneout masks are theirs)."""

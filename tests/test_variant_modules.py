@@ -18,7 +18,8 @@ torch = pytest.importorskip("torch", reason="the module checks need torch (test 
 
 import fastrnn  # noqa: E402
 import fastrnn.torch as ft  # noqa: E402
-from cuda_emulation import register_emulated_backend  # noqa: E402
+from cuda_emulation import NAME as EMULATED  # noqa: E402
+from cuda_emulation import emulated_backend, register_emulated_backend  # noqa: E402
 from fastrnn.cells import LN_EPS  # noqa: E402
 from fastrnn.params import constant_start  # noqa: E402
 from helpers import TOL  # noqa: E402
@@ -26,9 +27,17 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence  # noqa
 
 pytestmark = pytest.mark.torch
 
-BACKENDS = ["numpy", "numba", "cupy-emulated"]
+BACKENDS = {"numpy": fastrnn.get_backend("numpy"), "numba": fastrnn.get_backend("numba"),
+            EMULATED: emulated_backend()}
 DTYPES = {"f64": torch.float64, "f32": torch.float32}
-register_emulated_backend()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def emulated_backend_by_name():
+    """The emulated CUDA backend selectable by name while this module runs."""
+    register_emulated_backend()
+    yield
+    fastrnn.dispatch.unregister_backend(EMULATED)
 
 
 def running(switches, cases=None):
@@ -36,7 +45,7 @@ def running(switches, cases=None):
     ``switches`` (a set, or a case name -> switches function); a backend that does not run a
     switch refuses it by name (test_numba_variants), so it is not a case here."""
     if cases is None:
-        return [b for b in BACKENDS if switches <= fastrnn.get_backend(b).variant_switches]
+        return [name for name, b in BACKENDS.items() if switches <= b.variant_switches]
     return [(b, c) for c in cases for b in running(switches(c))]
 
 
