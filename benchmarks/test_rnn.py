@@ -34,7 +34,7 @@ def test_rnn(benchmark, case, impl, threads, reference_shapes):
     first_call_s = time.perf_counter() - start
     benchmark.group = case.label
     benchmark.extra_info.update(
-        cell=case.cell.name, shape=s.name, T=s.T, B=s.B, I=s.I, H=s.H, mode=case.mode,
+        cell=case.cell_name, shape=s.name, T=s.T, B=s.B, I=s.I, H=s.H, mode=case.mode,
         impl=impl.key, flops=case.flops, setup_s=setup_s, first_call_s=first_call_s)
     benchmark(call)
     if benchmark.stats is not None:  # None under --benchmark-disable

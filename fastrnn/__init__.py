@@ -21,7 +21,7 @@ from .dispatch import (
     register_backend,
     use_backend,
 )
-from .layers import GRU, LSTM, RNN
+from .layers import GRU, LSTM, RNN, LayerNormGRU, LayerNormLSTM
 from .training import clip_grad_norm
 
 __version__ = "0.1.0"
@@ -31,7 +31,7 @@ __all__ = [
     "available_backends", "get_backend", "gru_backward", "gru_forward", "lstm_backward",
     "lstm_forward", "register_backend", "rnn_backward", "rnn_forward", "saved_bytes",
     "training_memory", "use_backend",
-    "RNN", "LSTM", "GRU", "clip_grad_norm", "set_num_threads", "get_num_threads",
+    "RNN", "LSTM", "GRU", "LayerNormLSTM", "LayerNormGRU", "clip_grad_norm", "set_num_threads", "get_num_threads",
 ]
 
 

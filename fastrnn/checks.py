@@ -138,3 +138,17 @@ def contiguous(xp, a):
     if a is None or (type(a) is np.ndarray and a.flags.c_contiguous):
         return a
     return xp.ascontiguousarray(a)
+
+
+def check_variant_arguments(hidden_size, proj_size=0, zoneout=0.0, layer_norm=False):
+    """A layer's or module's variant arguments as a cells.Variant: proj_size an int in
+    [0, hidden_size) (as torch.nn.LSTM), zoneout a probability in [0, 1]."""
+    from .cells import Variant
+
+    proj_size = check_size("proj_size", proj_size, minimum=0)
+    if proj_size >= hidden_size:
+        raise ValueError(f"proj_size has to be smaller than hidden_size: proj_size={proj_size}, "
+                         f"hidden_size={hidden_size}")
+    zoneout = check_probability("zoneout", zoneout,
+                                "the probability that a unit keeps its previous value")
+    return Variant(proj_size=proj_size, zoneout=zoneout, layer_norm=layer_norm)

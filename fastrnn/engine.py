@@ -27,12 +27,13 @@ class EmptyInput:
 class Context:
     """What a training forward kept for its backward. Backward consumes it and frees the state."""
 
-    def __init__(self, cell: Cell, backend, saved, x_shape, H, dtype, library):
+    def __init__(self, cell: Cell, backend, saved, x_shape, H, dtype, library, C=None):
         self.cell = cell
         self.backend = backend
         self.saved = saved
         self.x_shape = x_shape
-        self.H = H
+        self.H = H  # the width of h and y (proj_size where the LSTM projects)
+        self.C = H if C is None else C  # the width of an LSTM's c
         self.dtype = dtype
         self.library = library
         self.consumed = False
@@ -46,10 +47,12 @@ class Context:
 def run_forward(cell, backend, x, dirs, lengths, training):
     """One layer of 1 or 2 directions; returns (y (T, B, D*H), h_n (D, B, H), c_n or None, ctx),
     ctx None unless ``training``."""
+    check_variant(cell, backend)
     xp = backend.xp
     T, B, _ = x.shape
-    H = dirs[0].W_hh.shape[1]
-    if T == 1 and not training and len(dirs) == 1 and backend.has_step_kernel:
+    H = dirs[0].W_hh.shape[1]  # the width of h and y: proj_size where the LSTM projects
+    plain = not cell.variant.switches  # the step kernels run plain cells only
+    if T == 1 and not training and len(dirs) == 1 and backend.has_step_kernel and plain:
         # One step of one direction is a decoding step: the backend's step kernel (lengths
         # are all 1 and reverse is forward at T = 1)
         d = dirs[0]
@@ -64,9 +67,21 @@ def run_forward(cell, backend, x, dirs, lengths, training):
         saved = EmptyInput(x, dirs) if training else None
     else:
         y, h_n, c_n, saved = backend.forward(cell, x, dirs, lengths, training)
-    ctx = (Context(cell, backend, saved, tuple(x.shape), H, x.dtype, backend.library)
-           if training else None)
+    ctx = (Context(cell, backend, saved, tuple(x.shape), H, x.dtype, backend.library,
+                   dirs[0].W_ih.shape[0] // cell.gates) if training else None)
     return y, h_n, c_n, ctx
+
+
+def check_variant(cell, backend):
+    """Raise NotImplementedError naming the switches of ``cell.variant`` that ``backend`` does
+    not run, rather than let it run the plain cell."""
+    missing = backend.unsupported(cell)
+    if missing:
+        described = cell.variant.described()
+        wanted = ", ".join(f"{name}={described[name]!r}" for name in missing)
+        raise NotImplementedError(
+            f"the {backend.name!r} backend cannot run {cell.name} with {wanted}; it runs "
+            f"the variant switches {sorted(backend.variant_switches) or 'none'}")
 
 
 def run_backward(ctx, dy, dh_n, dc_n):
@@ -85,7 +100,8 @@ def _empty_backward(cell, saved, dh_n, dc_n):
         zeros = [None if b is None else b * 0 for b in (d.b_ih, d.b_hh)]
         grads.append(DirectionGrads(
             d.W_ih * 0, d.W_hh * 0, zeros[0], zeros[1], dh_n[k].copy(),
-            dc_n[k].copy() if cell.has_cell_state else None))
+            dc_n[k].copy() if cell.has_cell_state else None,
+            **{f"d{name}": a * 0 for name, a in d.variant_params.items()}))
     return saved.x * 0, grads
 
 

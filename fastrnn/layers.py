@@ -15,7 +15,8 @@ import numpy as np
 from . import dispatch, params, stack
 from .backends.base import Backend
 from .cells import Cell
-from .checks import check_dtype, check_flag, check_probability, check_size, xp_of
+from .checks import (check_dtype, check_flag, check_probability, check_size,
+                     check_variant_arguments, xp_of)
 from .stack import Stack
 
 
@@ -212,20 +213,29 @@ class _RecurrentLayer(_Parameters):
         keep it to backpropagate that forward later with ``backward(..., handle=it)``."""
         return self._saved
 
-    def _dropout_mask(self, shape):
-        """Keep with probability 1 - p, scaled by 1/(1 - p); all zeros for p = 1."""
+    def _kept(self, shape, p):
+        """1 with probability 1 - p, else 0, from the layer's generator (on the layer's
+        device): what dropout keeps and what zoneout updates."""
         xp = self._xp
-        if self.dropout == 1:
-            return xp.zeros(shape, self.dtype)
         if xp is np:
             rng = self._rng
         else:
             if self._device_rng is None:
                 self._device_rng = xp.random.default_rng(int(self._rng.integers(2**63)))
             rng = self._device_rng
-        mask = (rng.random(shape, dtype=self.dtype) >= self.dropout).astype(self.dtype)
+        return (rng.random(shape, dtype=self.dtype) >= p).astype(self.dtype)
+
+    def _dropout_mask(self, shape):
+        """Keep with probability 1 - p, scaled by 1/(1 - p); all zeros for p = 1."""
+        if self.dropout == 1:
+            return self._xp.zeros(shape, self.dtype)
+        mask = self._kept(shape, self.dropout)
         mask *= self.dtype.type(1.0 / (1.0 - self.dropout))
         return mask
+
+    def _zoneout_mask(self, shape):
+        """Zoneout's M in training: a unit takes its new value (1) with probability 1 - p."""
+        return self._kept(shape, self.cell.variant.zoneout)
 
     def __call__(self, x, hx=None, lengths=None):
         return self.forward(x, hx, lengths)
@@ -239,7 +249,8 @@ class _RecurrentLayer(_Parameters):
         self._drop_saved("the last forward did not finish")
         y, finals, saved = stack.forward(
             self._stack, backend, self._params, x, states, lengths, training=self.training,
-            batch_first=self.batch_first, dropout=self.dropout, draw_mask=self._dropout_mask)
+            batch_first=self.batch_first, dropout=self.dropout, draw_mask=self._dropout_mask,
+            draw_zoneout=self._zoneout_mask)
         if self.training:
             self._saved = PendingForward(saved, self, None if previous is None
                                          or previous.consumed else previous)
@@ -256,8 +267,9 @@ class _RecurrentLayer(_Parameters):
         backward. In training mode it is ``forward`` over a sequence of one step (dropout
         included), whose backward takes dy of shape (1, B, H) (or (B, 1, H) with batch_first).
         A bidirectional layer has no step: its reverse direction starts from the sequence's end.
+        A variant cell (projection, layer norm, zoneout) steps as a forward over one step.
         """
-        if self.training:
+        if self.training or self.cell.variant.switches:
             y, hx = self.forward(x[:, None] if self.batch_first else x[None], hx)
             return (y[:, 0] if self.batch_first else y[0]), hx
         states = stack.check_step(self._stack, x, hx, self.library, self.dtype)
@@ -314,6 +326,8 @@ class _RecurrentLayer(_Parameters):
         if self.num_layers != 1:
             args.append(f"num_layers={self.num_layers}")
         args += self._variant_repr()
+        args += [f"{name}={value!r}" for name, value in self.cell.variant.described().items()
+                 if name != "layer_norm"]
         for name, default in (("bias", True), ("batch_first", False), ("dropout", 0.0),
                               ("bidirectional", False)):
             if getattr(self, name) != default:
@@ -333,19 +347,23 @@ class RNN(_RecurrentLayer):
     """Elman RNN layers, h' = act(W_ih x + b_ih + W_hh h + b_hh), act tanh or relu.
 
     Arguments as ``torch.nn.RNN`` (``nonlinearity`` is the fourth positional argument there too),
-    plus ``dtype``, ``backend`` (a name or instance; None lets dispatch pick for the arrays) and
-    ``seed`` (initialisation and dropout).
+    plus ``zoneout`` (cells.Variant: the probability that a unit keeps its previous value, in
+    training; evaluation mixes h' = p h + (1 - p) h_new), ``dtype``, ``backend`` (a name or
+    instance; None lets dispatch pick for the arrays) and ``seed`` (initialisation, dropout and
+    zoneout).
     """
 
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
-                 batch_first=False, dropout=0.0, bidirectional=False, *, dtype=np.float32,
-                 backend=None, seed=None):
+                 batch_first=False, dropout=0.0, bidirectional=False, *, zoneout=0.0,
+                 dtype=np.float32, backend=None, seed=None):
         if not isinstance(nonlinearity, str) or nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
         self.nonlinearity = nonlinearity
-        super().__init__(Cell("rnn", nonlinearity=nonlinearity), input_size, hidden_size,
-                         num_layers, bias, batch_first, dropout, bidirectional, dtype, backend,
-                         seed)
+        variant = check_variant_arguments(check_size("hidden_size", hidden_size),
+                                          zoneout=zoneout)
+        super().__init__(Cell("rnn", nonlinearity=nonlinearity, variant=variant), input_size,
+                         hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+                         dtype, backend, seed)
 
     def _variant_repr(self):
         return [] if self.nonlinearity == "tanh" else [f"nonlinearity={self.nonlinearity!r}"]
@@ -354,13 +372,24 @@ class RNN(_RecurrentLayer):
 class LSTM(_RecurrentLayer):
     """LSTM layers, gates i, f, g, o (PyTorch's order); forward returns (y, (h_n, c_n)).
 
-    Arguments as ``torch.nn.LSTM`` (without proj_size), plus ``dtype``, ``backend``, ``seed``.
+    Arguments as ``torch.nn.LSTM`` (``proj_size``: h = W_hr (o * tanh(c')), so h and y have
+    proj_size columns), plus ``zoneout`` (as for RNN; on h only, never on c), ``dtype``,
+    ``backend``, ``seed``.
     """
 
+    _layer_norm = False
+
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, *, dtype=np.float32, backend=None, seed=None):
-        super().__init__(Cell("lstm"), input_size, hidden_size, num_layers, bias, batch_first,
-                         dropout, bidirectional, dtype, backend, seed)
+                 dropout=0.0, bidirectional=False, proj_size=0, *, zoneout=0.0,
+                 dtype=np.float32, backend=None, seed=None):
+        variant = check_variant_arguments(check_size("hidden_size", hidden_size), proj_size,
+                                          zoneout, self._layer_norm)
+        super().__init__(Cell("lstm", variant=variant), input_size, hidden_size, num_layers,
+                         bias, batch_first, dropout, bidirectional, dtype, backend, seed)
+
+    @property
+    def proj_size(self) -> int:
+        return self.cell.variant.proj_size
 
 
 class GRU(_RecurrentLayer):
@@ -368,16 +397,40 @@ class GRU(_RecurrentLayer):
 
     Arguments as ``torch.nn.GRU``, plus ``linear_before_reset`` (True: PyTorch's form,
     n = tanh(W_in x + b_in + r*(W_hn h + b_hn)); False: the textbook form,
-    n = tanh(W_in x + b_in + W_hn (r*h) + b_hn)), ``dtype``, ``backend`` and ``seed``.
+    n = tanh(W_in x + b_in + W_hn (r*h) + b_hn)), ``zoneout`` (as for RNN), ``dtype``,
+    ``backend`` and ``seed``.
     """
 
+    _layer_norm = False
+
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, *, linear_before_reset=True,
+                 dropout=0.0, bidirectional=False, *, linear_before_reset=True, zoneout=0.0,
                  dtype=np.float32, backend=None, seed=None):
         self.linear_before_reset = check_flag("linear_before_reset", linear_before_reset)
-        super().__init__(Cell("gru", linear_before_reset=self.linear_before_reset), input_size,
-                         hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-                         dtype, backend, seed)
+        variant = check_variant_arguments(check_size("hidden_size", hidden_size),
+                                          zoneout=zoneout, layer_norm=self._layer_norm)
+        super().__init__(Cell("gru", linear_before_reset=self.linear_before_reset,
+                              variant=variant), input_size, hidden_size, num_layers, bias,
+                         batch_first, dropout, bidirectional, dtype, backend, seed)
 
     def _variant_repr(self):
         return [] if self.linear_before_reset else ["linear_before_reset=False"]
+
+
+class LayerNormLSTM(LSTM):
+    """LSTM layers with layer normalisation (cells.Variant, Haste's formulation in PyTorch's gate
+    order): gx = LN(W_ih x) * g_ih + b_ih, gh = LN(W_hh h) * g_hh + b_hh,
+    h' = o * tanh(LN(c') * g_c + b_c). The gains start at 1 and b_c at 0; they are the
+    parameters layernorm_ih_weight_l{k}, layernorm_hh_weight_l{k}, layernorm_c_weight_l{k} and
+    layernorm_c_bias_l{k} (suffix _reverse). Arguments as ``LSTM``."""
+
+    _layer_norm = True
+
+
+class LayerNormGRU(GRU):
+    """GRU layers (linear_before_reset) with layer normalisation: gx = LN(W_ih x) * g_ih + b_ih,
+    gh = LN(W_hh h) * g_hh + b_hh, then r, z, n as the GRU. The gains start at 1; they are
+    layernorm_ih_weight_l{k} and layernorm_hh_weight_l{k} (suffix _reverse). Arguments as
+    ``GRU`` (linear_before_reset must stay True)."""
+
+    _layer_norm = True

@@ -29,12 +29,25 @@ def from_torch(name, t, xp):
     return to_library(t.cpu().resolve_conj().resolve_neg().numpy(), xp)
 
 
+def constant_start(name):
+    """The value a parameter starts at when it is not drawn: 1 for a layer-norm gain, 0 for the
+    bias of c's layer norm (cells.Variant); None for every other parameter."""
+    if name.startswith("layernorm_"):
+        return 0.0 if name.startswith("layernorm_c_bias") else 1.0
+    return None
+
+
 def initial(stack: Stack, rng, dtype, xp) -> dict:
     """PyTorch's order and initialisation: every parameter from U(-1/sqrt(H), 1/sqrt(H)), drawn
-    from the NumPy generator ``rng`` in ``dtype``."""
+    from the NumPy generator ``rng`` in ``dtype``, but the layer norms' (``constant_start``)."""
     bound = 1.0 / math.sqrt(stack.hidden_size)
-    return {name: to_library(rng.uniform(-bound, bound, shape).astype(dtype), xp)
-            for name, shape in stack.param_shapes().items()}
+    params = {}
+    for name, shape in stack.param_shapes().items():
+        value = constant_start(name)
+        params[name] = to_library(
+            np.full(shape, value, dtype) if value is not None
+            else rng.uniform(-bound, bound, shape).astype(dtype), xp)
+    return params
 
 
 def load(stack: Stack, state_dict, xp, dtype, owner: str) -> dict:

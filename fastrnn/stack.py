@@ -38,8 +38,14 @@ from .checks import check_array, check_lengths, check_shape
 from .engine import run_backward, run_forward
 
 PARAM_KINDS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+# The stack's name of each parameter of a direction (cells.Variant.param_shapes' keys), in
+# PyTorch's order: weight_hr after the biases, as torch.nn.LSTM's, then the variants' own.
+PARAM_NAMES = {"W_ih": "weight_ih", "W_hh": "weight_hh", "b_ih": "bias_ih", "b_hh": "bias_hh",
+               "W_hr": "weight_hr", "g_ih": "layernorm_ih_weight", "g_hh": "layernorm_hh_weight",
+               "g_c": "layernorm_c_weight", "b_c": "layernorm_c_bias", "P": "weight_peephole"}
 DIRECTION_SUFFIXES = ("", "_reverse")
-STATE_LABELS = "(num_layers*num_directions, B, H)"
+STATE_LABELS = {"h": "(num_layers*num_directions, B, H_out)",
+                "c": "(num_layers*num_directions, B, H)"}
 
 
 @dataclass(frozen=True)
@@ -61,29 +67,44 @@ class Stack:
     def suffixes(self) -> tuple:
         return DIRECTION_SUFFIXES[:self.num_directions]
 
+    @property
+    def output_size(self) -> int:
+        """H_out, the width of h and of each direction's y: proj_size where the LSTM projects,
+        else hidden_size."""
+        return self.cell.variant.hidden_size(self.hidden_size)
+
     def param_shapes(self) -> dict:
         """name -> shape of every parameter, in PyTorch's order."""
-        GH, H, D = self.cell.gates * self.hidden_size, self.hidden_size, self.num_directions
         shapes = {}
         for k in range(self.num_layers):
-            I = self.input_size if k == 0 else D * H
+            I = self.input_size if k == 0 else self.num_directions * self.output_size
             for suffix in self.suffixes:
-                shapes[f"weight_ih_l{k}{suffix}"] = (GH, I)
-                shapes[f"weight_hh_l{k}{suffix}"] = (GH, H)
-                if self.bias:
-                    shapes[f"bias_ih_l{k}{suffix}"] = (GH,)
-                    shapes[f"bias_hh_l{k}{suffix}"] = (GH,)
+                for name, shape in self.cell.variant.param_shapes(
+                        self.cell, I, self.hidden_size).items():
+                    if self.bias or name not in ("b_ih", "b_hh"):
+                        shapes[f"{PARAM_NAMES[name]}_l{k}{suffix}"] = shape
         return shapes
 
-    def state_shape(self, B) -> tuple:
-        return (self.num_layers * self.num_directions, B, self.hidden_size)
+    def direction_params(self, params, k, suffix) -> dict:
+        """Layer k's parameters of one direction from the stack's ``params``, keyed as
+        ``Direction``'s fields (None for an absent bias)."""
+        return {name: params.get(f"{stack_name}_l{k}{suffix}")
+                for name, stack_name in PARAM_NAMES.items()}
+
+    def state_shape(self, B, state="h") -> tuple:
+        """(num_layers*num_directions, B, width) of ``state``: h is H_out wide, c H."""
+        width = self.output_size if state == "h" else self.hidden_size
+        return (self.num_layers * self.num_directions, B, width)
 
 
 def param_labels(name) -> str:
     """The symbolic shape of parameter ``name``, for error messages."""
-    if name.startswith("weight_ih"):
-        return "(G*H, I)"
-    return "(G*H, H)" if name.startswith("weight_hh") else "(G*H,)"
+    for prefix, label in (("weight_ih", "(G*H, I)"), ("weight_hh", "(G*H, H_out)"),
+                          ("weight_hr", "(proj_size, H)"), ("layernorm_c", "(H,)"),
+                          ("weight_peephole", "(3, H)")):
+        if name.startswith(prefix):
+            return label
+    return "(G*H,)"
 
 
 def check_input(name, a, shape, labels, library, dtype):
@@ -118,9 +139,10 @@ def check_call(stack: Stack, x, hx, lengths, batch_first, library, dtype):
         raise TypeError(f"hx for the LSTM must be a pair (h0, c0), got {type(hx).__name__}")
     states = cell.from_hx(hx)
     names = ("hx[0] (h0)", "hx[1] (c0)") if cell.has_cell_state else ("hx",)
-    for name, s in zip(names, states):
+    for name, state, s in zip(names, cell.state_names, states):
         if s is not None:
-            check_input(name, s, stack.state_shape(B), STATE_LABELS, library, dtype)
+            check_input(name, s, stack.state_shape(B, state), STATE_LABELS[state], library,
+                        dtype)
     return states, check_lengths(lengths, T, B)
 
 
@@ -146,10 +168,11 @@ def check_step(stack: Stack, x, hx, library, dtype):
         raise TypeError(f"hx for the LSTM must be a pair (h, c), got {type(hx).__name__}")
     states = stack.cell.from_hx(hx)
     names = ("hx[0] (h)", "hx[1] (c)") if stack.cell.has_cell_state else ("hx",)
-    for name, s in zip(names, states):
+    for name, state, s in zip(names, stack.cell.state_names, states):
+        shape = stack.state_shape(B, state)
         if s is not None and not (type(s) is np.ndarray and s.dtype == dtype
-                                  and s.shape == (stack.num_layers, B, stack.hidden_size)):
-            check_input(name, s, stack.state_shape(B), STATE_LABELS, library, dtype)
+                                  and s.shape == shape):
+            check_input(name, s, shape, STATE_LABELS[state], library, dtype)
     return states
 
 
@@ -158,9 +181,9 @@ def step(stack: Stack, backend, weights, x, states):
     checked, ``weights`` what ``backend.step_weights`` gave for the stack's parameters.
     Returns (y (B, H), the states after the step)."""
     xp = backend.xp
-    shape = stack.state_shape(x.shape[0])
-    states = tuple([xp.zeros(shape, x.dtype) if s is None else
-                    s if s.flags.c_contiguous else xp.ascontiguousarray(s) for s in states])
+    states = tuple([xp.zeros(stack.state_shape(x.shape[0], name), x.dtype) if s is None else
+                    s if s.flags.c_contiguous else xp.ascontiguousarray(s)
+                    for name, s in zip(stack.cell.state_names, states)])
     return backend.step(stack.cell, weights,
                         x if x.flags.c_contiguous else xp.ascontiguousarray(x), states)
 
@@ -169,7 +192,7 @@ def check_cotangents(saved: "StackSaved", dy, dh_n, library, dtype):
     """The arguments of a stack's backward; returns (dy, d_finals tuple) for ``backward``.
     ``dh_n`` is an array, or for the LSTM also a pair (dh_n, dc_n); None means zeros."""
     stack, T, B = saved.stack, saved.T, saved.B
-    DH = stack.num_directions * stack.hidden_size
+    DH = stack.num_directions * stack.output_size
     y_shape, y_labels = ((B, T, DH), "(B, T, D*H)") if saved.batch_first else (
         (T, B, DH), "(T, B, D*H)")
     d_finals = (dh_n, None)
@@ -181,9 +204,10 @@ def check_cotangents(saved: "StackSaved", dy, dh_n, library, dtype):
     d_finals = d_finals[:len(stack.cell.state_names)]
     if dy is not None:
         check_input("dy", dy, y_shape, y_labels, library, dtype)
-    for name, d in zip(stack.cell.named("d{}_n"), d_finals):
+    for name, state, d in zip(stack.cell.named("d{}_n"), stack.cell.state_names, d_finals):
         if d is not None:
-            check_input(name, d, stack.state_shape(B), STATE_LABELS, library, dtype)
+            check_input(name, d, stack.state_shape(B, state), STATE_LABELS[state], library,
+                        dtype)
     return dy, d_finals
 
 
@@ -200,23 +224,32 @@ class StackSaved:
 
 
 def forward(stack: Stack, backend, params, x, states, lengths, *, training, batch_first=False,
-            dropout=0.0, draw_mask=None):
+            dropout=0.0, draw_mask=None, draw_zoneout=None):
     """Run the stack. ``x`` and ``states`` (a tuple, one entry per state of the cell, each None
     for zeros or (L*D, B, H)) are checked, ``lengths`` is None or checked host int64.
+    With zoneout (cell.variant.zoneout = p) a training forward takes each direction's mask M
+    (T, B, H_out) from ``draw_zoneout(shape)`` (1 with probability 1 - p, else 0), layer by
+    layer, before that layer's dropout mask; an inference forward, or one without
+    ``draw_zoneout`` (evaluation that keeps the state for backward), uses M = 1 - p.
     Returns (y, final states tuple, StackSaved or None)."""
     cell, xp = stack.cell, backend.xp
     L, D = stack.num_layers, stack.num_directions
     T, B = (x.shape[1], x.shape[0]) if batch_first else x.shape[:2]
-    shape = stack.state_shape(B)
     # The one copy batch_first needs: the backends take time-major, C-contiguous input.
     inp = xp.ascontiguousarray(x.transpose(1, 0, 2) if batch_first else x)
-    states = tuple(xp.zeros(shape, x.dtype) if s is None else xp.ascontiguousarray(s)
-                   for s in states)
-    finals = tuple(xp.empty(shape, x.dtype) for _ in states)
+    states = tuple(xp.zeros(stack.state_shape(B, name), x.dtype) if s is None
+                   else xp.ascontiguousarray(s) for name, s in zip(cell.state_names, states))
+    finals = tuple(xp.empty_like(s) for s in states)
+    zoneout = cell.variant.zoneout
+    zoneout_shape = (T, B, stack.output_size)
     ctxs, masks = [], []
     for k in range(L):
-        dirs = [Direction(*(params.get(f"{kind}_l{k}{suffix}") for kind in PARAM_KINDS),
-                          *_initial(states, k * D + j), reverse=j == 1)
+        dirs = [Direction(**stack.direction_params(params, k, suffix),
+                          **dict(zip(("h0", "c0"), _initial(states, k * D + j))),
+                          reverse=j == 1,
+                          zoneout_mask=None if not zoneout else draw_zoneout(zoneout_shape)
+                          if training and draw_zoneout is not None
+                          else xp.full(zoneout_shape, 1 - zoneout, x.dtype))
                 for j, suffix in enumerate(stack.suffixes)]
         y, *finals_k, ctx = run_forward(cell, backend, inp, dirs, lengths, training)
         for final, value in zip(finals, finals_k):
@@ -236,16 +269,15 @@ def backward(saved: StackSaved, dy, d_finals):
     (one entry per state, (L*D, B, H)) are checked, each None for zeros. Returns
     (dx, d_initial states tuple, name -> parameter gradient)."""
     stack, xp = saved.stack, saved.ctxs[0].backend.xp
-    L, D, H = stack.num_layers, stack.num_directions, stack.hidden_size
+    L, D = stack.num_layers, stack.num_directions
     T, B, dtype = saved.T, saved.B, saved.ctxs[0].dtype
-    shape = stack.state_shape(B)
     if dy is None:
-        d_out = xp.zeros((T, B, D * H), dtype)
+        d_out = xp.zeros((T, B, D * stack.output_size), dtype)
     else:
         d_out = xp.ascontiguousarray(dy.transpose(1, 0, 2) if saved.batch_first else dy)
-    d_finals = [xp.zeros(shape, dtype) if d is None else xp.ascontiguousarray(d)
-                for d in d_finals]
-    d_initials = tuple(xp.empty(shape, dtype) for _ in d_finals)
+    d_finals = [xp.zeros(stack.state_shape(B, name), dtype) if d is None
+                else xp.ascontiguousarray(d) for name, d in zip(stack.cell.state_names, d_finals)]
+    d_initials = tuple(xp.empty_like(d) for d in d_finals)
     grads = {}
     for k in reversed(range(L)):
         rows = slice(k * D, (k + 1) * D)
@@ -253,9 +285,10 @@ def backward(saved: StackSaved, dy, d_finals):
                                      d_finals[1][rows] if len(d_finals) > 1 else None)
         saved.ctxs[k] = None
         for j, (suffix, g) in enumerate(zip(stack.suffixes, dir_grads)):
-            for kind, value in zip(PARAM_KINDS, (g.dW_ih, g.dW_hh, g.db_ih, g.db_hh)):
+            for name, stack_name in PARAM_NAMES.items():
+                value = getattr(g, f"d{name}")
                 if value is not None:
-                    grads[f"{kind}_l{k}{suffix}"] = value
+                    grads[f"{stack_name}_l{k}{suffix}"] = value
             for d_initial, value in zip(d_initials, (g.dh0, g.dc0)):
                 d_initial[k * D + j] = value
         if k > 0 and saved.masks:

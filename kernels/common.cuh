@@ -3,14 +3,18 @@
 // inputs, keeping the gates, writing the masked state and output, and the gradient that enters
 // a backward step). A cell's .cu file then holds only its equations.
 //
-// Every kernel of fastrnn runs one thread per (batch row b, hidden unit j) of one time step: the
-// thread reads the gate pre-activations of its unit, writes its unit's outputs and touches no
-// other thread's data. No shared memory, no warp shuffles, no atomics, so the kernels give the
-// same result in any thread order (the CPU emulation in tests/cuda_emulation runs them serially).
+// Every kernel of fastrnn but the layer-normalised ones runs one thread per (batch row b, hidden
+// unit j) of one time step: the thread reads the gate pre-activations of its unit, writes its
+// unit's outputs and touches no other thread's data. No shared memory, no warp shuffles, no
+// atomics, so the kernels give the same result in any thread order (the CPU emulation in
+// tests/cuda_emulation runs them one thread at a time). The layer-normalised kernels run one
+// block per batch row: their threads share the row's sums through `block_sum` (shared memory
+// and barriers, in a fixed order, so the result still does not depend on the thread order).
 //
 // This file includes nothing: NVRTC (through cupy.RawModule) compiles without host headers, and
-// its math functions (expf, exp, tanhf, tanh) are built in. The loader pastes this file in place
-// of its #include line, so the code CuPy hashes for its kernel cache is the whole source.
+// its math functions (expf, exp, tanhf, tanh, sqrtf, sqrt) are built in. The loader pastes this
+// file in place of its #include line, so the code CuPy hashes for its kernel cache is the whole
+// source.
 
 #ifndef FASTRNN_COMMON_CUH
 #define FASTRNN_COMMON_CUH
@@ -21,6 +25,8 @@ __device__ __forceinline__ float exp_(float x) { return expf(x); }
 __device__ __forceinline__ double exp_(double x) { return exp(x); }
 __device__ __forceinline__ float tanh_(float x) { return tanhf(x); }
 __device__ __forceinline__ double tanh_(double x) { return tanh(x); }
+__device__ __forceinline__ float sqrt_(float x) { return sqrtf(x); }
+__device__ __forceinline__ double sqrt_(double x) { return sqrt(x); }
 
 // sigmoid(x) = 1 / (1 + exp(-x)), evaluated through exp(-|x|) <= 1 so it never overflows.
 // A NaN input gives NaN.
@@ -121,12 +127,97 @@ __device__ __forceinline__ void keep_gates(const Unit& me, T* gates, V... v) {
 }
 
 // End of a forward step for the state h: an invalid step keeps the entering state and outputs
-// 0 (fastrnn/cells.py, lengths). h_next and h_prev are [B, H]; y is [B, ld_y].
+// 0 (fastrnn/cells.py, lengths). h_next and h_prev are [B, H]; y is [B, ld_y]. With zoneout
+// (cells.Variant.zoneout), `zoneout` is M of step t, [B, ld_z] (nullptr without): the state
+// and output become h_prev + M (h - h_prev), M 0 or 1 in training, 1 - p in evaluation.
 template <typename T>
 __device__ __forceinline__ void leave_step(const Unit& me, T h, const T* h_prev, T* h_next,
-                                           T* y, int ld_y) {
-  h_next[me.u] = me.valid ? h : h_prev[me.u];
+                                           T* y, int ld_y, const T* zoneout, int ld_z) {
+  const T kept = h_prev[me.u];
+  if (zoneout != nullptr) h = kept + *me.at(zoneout, ld_z) * (h - kept);
+  h_next[me.u] = me.valid ? h : kept;
   *me.at(y, ld_y) = me.valid ? h : T(0);
+}
+
+// The clip of a gate's input to [-bound, bound] (cells.Variant.clip), a compile-time switch:
+// Clamp<T, false> leaves every value as it is and keeps nothing. A training forward keeps one
+// byte per gate input, 1 where it lay within the bounds (the clamp's derivative), in `inside`,
+// this unit's element of a [B, G*H] uint8 matrix (nullptr in inference and in backward, which
+// reads the bytes through Unclamp). A NaN input stays NaN and counts as outside.
+template <typename T, bool Clip>
+struct Clamp {
+  T bound;
+  unsigned char* inside;  // at (b, j) of [B, G*H], or nullptr
+  int H;
+
+  __device__ __forceinline__ T operator()(T a, int k) const {
+    if (!Clip) return a;
+    if (inside != nullptr) inside[k * H] = (-bound <= a && a <= bound) ? 1 : 0;
+    return a < -bound ? -bound : (a > bound ? bound : a);
+  }
+};
+
+template <typename T, bool Clip>
+__device__ __forceinline__ Clamp<T, Clip> clamp_of(const Unit& me, T bound,
+                                                   unsigned char* inside, int gates) {
+  return Clamp<T, Clip>{bound, inside == nullptr ? nullptr : me.at(inside, gates * me.H), me.H};
+}
+
+// Backward of Clamp: the gradient of gate k's input times the kept byte (a product, not a
+// select, so that a NaN gradient stays NaN).
+template <typename T, bool Clip>
+struct Unclamp {
+  const unsigned char* inside;  // at (b, j) of [B, G*H]
+  int H;
+
+  __device__ __forceinline__ T operator()(T d, int k) const {
+    if (!Clip) return d;
+    return d * (inside[k * H] ? T(1) : T(0));
+  }
+};
+
+template <typename T, bool Clip>
+__device__ __forceinline__ Unclamp<T, Clip> unclamp_of(const Unit& me,
+                                                       const unsigned char* inside, int gates) {
+  return Unclamp<T, Clip>{Clip ? me.at(inside, gates * me.H) : nullptr, me.H};
+}
+
+// The sum of v over the threads of the block, returned to every thread: a tree over shared
+// memory, the pairs summed in a fixed order. Every thread of the block must call it (barriers).
+// blockDim.x <= 1024.
+template <typename T>
+__device__ __forceinline__ T block_sum(T v) {
+  __shared__ T partial[1024];
+  const int me = threadIdx.x, n = blockDim.x;
+  partial[me] = v;
+  __syncthreads();
+  for (int stride = 1; stride < n; stride *= 2) {
+    if (me % (2 * stride) == 0 && me + stride < n) partial[me] += partial[me + stride];
+    __syncthreads();
+  }
+  const T total = partial[0];
+  __syncthreads();  // every thread has read it before the next call writes partial
+  return total;
+}
+
+// Layer norm of the row v[0, n) (cells.LN_EPS as eps) in place, by the block that owns the row:
+// v becomes (v - mean) * inv_std. Returns inv_std = 1 / sqrt(var + eps).
+template <typename T>
+__device__ __forceinline__ T normalise_row(T* v, int n, T eps) {
+  T s = T(0);
+  for (int k = threadIdx.x; k < n; k += blockDim.x) s += v[k];
+  const T mean = block_sum(s) / T(n);
+  T q = T(0);
+  for (int k = threadIdx.x; k < n; k += blockDim.x) q += (v[k] - mean) * (v[k] - mean);
+  const T inv_std = T(1) / sqrt_(block_sum(q) / T(n) + eps);
+  for (int k = threadIdx.x; k < n; k += blockDim.x) v[k] = (v[k] - mean) * inv_std;
+  __syncthreads();  // the row is read across threads next
+  return inv_std;
+}
+
+// The unit (b, j) of a kernel that runs one block per row b, its threads stepping over j.
+__device__ __forceinline__ Unit unit_of_row(int b, int j, int H, bool valid) {
+  return Unit{b, j, H, (long long)b * H + j, valid};
 }
 
 // Start of a backward step: the gradient reaching the state that leaves step t. Besides dy it
@@ -135,19 +226,29 @@ __device__ __forceinline__ void leave_step(const Unit& me, T h, const T* h_prev,
 // An invalid step passed its entering state through unchanged, so that gradient carries on
 // whole into dh_carry; the step's gate gradients, gate blocks [first, first + count) of d_gx
 // ([B, ld_g]), are zero. Returns false then. A valid step adds dy ([B, ld_dy]) and returns true
-// with the sum in dh; the kernel then writes the gate gradients and the new carry.
+// with the sum in dh; the kernel then writes the gate gradients and the new carry, which starts
+// from `kept`. With zoneout (M of step t in `zoneout`, [B, ld_z], nullptr without) the cell's
+// new state gets dh = M times the sum, and kept = (1 - M) times it goes straight to h_prev;
+// without, kept = 0. dh_carry and dh_rec are nullptr where dy is the whole gradient (the LSTM's
+// behind its projection, which lstm_projection_backward started), d_gx where count is 0.
 template <typename T>
 __device__ __forceinline__ bool gradient_leaving(const Unit& me, const T* dy, int ld_dy,
                                                  const T* dh_rec, T* dh_carry, T* d_gx, int ld_g,
-                                                 int first, int count, T& dh) {
-  const T dh_out = dh_carry[me.u] + dh_rec[me.u];
+                                                 int first, int count, const T* zoneout,
+                                                 int ld_z, T& dh, T& kept) {
+  const T dh_out = dh_carry == nullptr ? T(0) : dh_carry[me.u] + dh_rec[me.u];
   if (!me.valid) {
-    T* d = me.at(d_gx, ld_g);
-    for (int k = first; k < first + count; ++k) d[k * me.H] = T(0);
-    dh_carry[me.u] = dh_out;
+    for (int k = first; k < first + count; ++k) me.at(d_gx, ld_g)[k * me.H] = T(0);
+    if (dh_carry != nullptr) dh_carry[me.u] = dh_out;
     return false;
   }
   dh = dh_out + *me.at(dy, ld_dy);
+  kept = T(0);
+  if (zoneout != nullptr) {
+    const T m = *me.at(zoneout, ld_z);
+    kept = (T(1) - m) * dh;
+    dh = m * dh;
+  }
   return true;
 }
 

@@ -6,17 +6,55 @@ from operator import attrgetter
 
 import numpy as np
 
-from fastrnn.cells import Cell
+from fastrnn.cells import Cell, Variant
 from fastrnn.tolerances import tolerance
 from fastrnn.tools.runners import (BACKWARD, FORWARD, GRAD_NAMES, fastrnn_backward,
                                    fastrnn_forward, gradients, make_cotangents, make_params,
                                    outputs)
 
-__all__ = ["BACKWARD", "FORWARD", "GRAD_NAMES", "TOL", "assert_close", "make_cotangents",
-           "make_problem", "run", "torch_run", "variant_kwargs"]
+__all__ = ["BACKWARD", "CLIP", "FORWARD", "GRAD_NAMES", "TOL", "VARIANT_CASES", "ZONEOUT",
+           "assert_close", "make_cotangents", "make_problem", "run", "torch_run",
+           "variant_cases", "variant_kwargs"]
 
 TOL = {dtype: tolerance(dtype) for dtype in (np.float32, np.float64)}
 variant_kwargs = attrgetter("options")  # variant_kwargs(cell) is cell.options
+
+# The cell variants the backends' tests run, name -> (plain cell name, Variant); each test
+# file takes those its backend runs (``variant_cases``). With the tests' problems CLIP clamps
+# part of every gate's inputs, not all.
+CLIP, ZONEOUT = 0.6, 0.3
+VARIANT_CASES = {
+    "rnn_tanh-clip": ("rnn_tanh", Variant(clip=CLIP)),
+    "rnn_relu-clip": ("rnn_relu", Variant(clip=CLIP)),
+    "lstm-clip": ("lstm", Variant(clip=CLIP)),
+    "lstm-peepholes": ("lstm", Variant(peepholes=True)),
+    "lstm-peepholes-clip": ("lstm", Variant(peepholes=True, clip=CLIP)),
+    "gru-clip": ("gru", Variant(clip=CLIP)),
+    "gru_textbook-clip": ("gru_textbook", Variant(clip=CLIP)),
+    "rnn_tanh-zoneout": ("rnn_tanh", Variant(zoneout=ZONEOUT)),
+    "rnn_relu-zoneout-clip": ("rnn_relu", Variant(zoneout=ZONEOUT, clip=CLIP)),
+    "lstm-zoneout": ("lstm", Variant(zoneout=ZONEOUT)),
+    "gru-zoneout": ("gru", Variant(zoneout=ZONEOUT)),
+    "gru_textbook-zoneout": ("gru_textbook", Variant(zoneout=ZONEOUT)),
+    "gru_textbook-zoneout-clip": ("gru_textbook", Variant(zoneout=ZONEOUT, clip=CLIP)),
+    "lstm-zoneout-peepholes-clip": ("lstm", Variant(zoneout=ZONEOUT, peepholes=True, clip=CLIP)),
+    "lstm-proj": ("lstm", Variant(proj_size=5)),
+    "lstm-proj-zoneout-peepholes-clip": (
+        "lstm", Variant(proj_size=5, zoneout=ZONEOUT, peepholes=True, clip=CLIP)),
+    "lstm-layer_norm": ("lstm", Variant(layer_norm=True)),
+    "gru-layer_norm": ("gru", Variant(layer_norm=True)),
+    "lstm-layer_norm-zoneout-peepholes-clip": (
+        "lstm", Variant(layer_norm=True, zoneout=ZONEOUT, peepholes=True, clip=CLIP)),
+    "lstm-layer_norm-all": (
+        "lstm", Variant(layer_norm=True, proj_size=5, zoneout=ZONEOUT, peepholes=True,
+                        clip=CLIP)),
+    "gru-layer_norm-zoneout-clip": ("gru", Variant(layer_norm=True, zoneout=ZONEOUT, clip=CLIP)),
+}
+
+
+def variant_cases(*names) -> dict:
+    """The entries of VARIANT_CASES named, in that order."""
+    return {name: VARIANT_CASES[name] for name in names}
 
 
 def make_problem(cell: Cell, T, B, I, H, dtype=np.float64, seed=0, bias=True, states=True,

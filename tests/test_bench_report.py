@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from fastrnn.cells import Cell
-from fastrnn.tools import bench, machine, presets, quality, report
+from fastrnn.tools import bench, machine, presets, quality, report, runners, variants
 from fastrnn.tools.cli import main
 
 CORES = machine.default_threads()
@@ -222,6 +222,58 @@ def test_flags_and_load_warning_in_markdown_json_and_chart(tmp_path):
     plt.close(fig)
 
 
+def test_a_variant_row_shows_its_time_against_the_plain_cell(tmp_path):
+    """Scripted times in units u = 2**-8 s: the plain LSTM takes 4u, lstm_proj 5u, lstm_clip 6u
+    with one implementation and 2u with another that has no plain row: vs plain 1.25 and 1.5, and
+    None where the plain cell did not run; bench.md's variant section says the same."""
+    ms = 2.0 ** -8  # a power of 2: the fake clock adds it up exactly
+    clock = FakeClock()
+    shape = CASE.shape
+
+    def impl(key, seconds_by_cell):
+        y = {name: np.zeros((shape.T, shape.B, H_out), np.float32)
+             for name, H_out in (("lstm", 2), ("lstm;proj_size=1", 1), ("lstm;clip=1.0", 2))}
+
+        def make(cell, p, mode, threads):
+            if cell.spec not in seconds_by_cell:
+                raise runners.Unsupported("not this one")
+
+            def call():
+                clock.now += seconds_by_cell[cell.spec]
+                return y[cell.spec]
+            return call, None, 0.0
+        return bench.Impl(key, f"scripted {key}", "fastrnn", make)
+
+    impls = [impl("a", {"lstm": 4 * ms, "lstm;proj_size=1": 5 * ms, "lstm;clip=1.0": 6 * ms}),
+             impl("b", {"lstm;clip=1.0": 2 * ms})]
+    cells = variants.named_cells("lstm,lstm_proj,lstm_clip")
+    cases = bench.plan_cases(cells, [shape], ("inference",))
+    assert [(c.cell_name, c.cell.spec) for c in cases] == [
+        ("lstm", "lstm"), ("lstm_proj", "lstm;proj_size=1"), ("lstm_clip", "lstm;clip=1.0")]
+    result = bench.run(cases, impls, threads=1, rounds=3, warmup=0, min_sample_s=0.0,
+                       sgemm_size=64, progress=False, retry_budget_s=0.0,
+                       read_load=lambda: 0.1, clock=clock)
+    rows = {(r["impl"], r["cell"]): r for r in result["results"]}
+    assert rows[("a", "lstm")]["vs_plain"] is None and rows[("a", "lstm")]["plain_cell"] is None
+    assert rows[("a", "lstm_proj")]["vs_plain"] == 1.25
+    assert rows[("a", "lstm_proj")]["variant"] == {"proj_size": 1}
+    assert rows[("a", "lstm_clip")]["vs_plain"] == 1.5
+    assert rows[("a", "lstm_clip")]["plain_cell"] == "lstm"
+    assert rows[("b", "lstm_clip")]["vs_plain"] is None
+    # the projection's GEMMs: 2*T*B*(4H*(I + P) + P*H) with T = 2, B = 1, I = H = 2, P = 1
+    assert rows[("a", "lstm_proj")]["flops"] == 2 * 2 * 1 * (8 * (2 + 1) + 1 * 2) == 104
+    paths = report.write_report(result, tmp_path)
+    md = paths["md"].read_text()
+    section = md.split("## Variants against the plain cell")[1].split("## First calls")[0]
+    table = [line for line in section.splitlines() if line.startswith("| inference")]
+    assert table == [
+        "| inference | lstm_proj | 2x1x2x2 | scripted a | 19.5 | lstm | 15.6 | 1.25 |  |",
+        "| inference | lstm_clip | 2x1x2x2 | scripted a | 23.4 | lstm | 15.6 | 1.50 |  |",
+        "| inference | lstm_clip | 2x1x2x2 | scripted b | 7.81 | lstm | - | - |  |"]
+    saved = json.loads(paths["json"].read_text())
+    assert [r["vs_plain"] for r in saved["results"]] == [None, 1.25, 1.5, None]
+
+
 def test_a_quiet_run_has_no_warnings_and_a_spent_budget_says_so(tmp_path):
     ms = 1e-3
     clock = FakeClock()
@@ -251,7 +303,14 @@ def test_a_quiet_run_has_no_warnings_and_a_spent_budget_says_so(tmp_path):
      "(did you mean 'training'?)"),
     (["bench", "--cells", "lstm,peephole"],
      "fastrnn bench: error: --cells must be among rnn_tanh, rnn_relu, lstm, gru, gru_textbook, "
-     "all; got 'peephole'"),
+     "lstm_proj, layernorm_lstm, layernorm_gru, lstm_peepholes, lstm_clip, gru_clip, "
+     "rnn_zoneout, lstm_zoneout, gru_zoneout, all, plain, variants; got 'peephole' "
+     "(did you mean 'lstm_peepholes'?)"),
+    (["validate", "--cells", "layernorm_rnn"],
+     "fastrnn validate: error: --cells must be among rnn_tanh, rnn_relu, lstm, gru, "
+     "gru_textbook, lstm_proj, layernorm_lstm, layernorm_gru, lstm_peepholes, lstm_clip, "
+     "gru_clip, rnn_zoneout, lstm_zoneout, gru_zoneout, all, plain, variants; got "
+     "'layernorm_rnn' (did you mean 'layernorm_gru'?)"),
     (["bench", "--shapes", "smal"],
      "fastrnn bench: error: --shapes must be among tiny, small, medium, large, xlarge, all, "
      "deepbench-train, deepbench-server, deepbench-device or TxBxIxH; got 'smal' "

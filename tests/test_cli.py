@@ -13,12 +13,12 @@ import pytest
 
 import fastrnn
 from fastrnn import dispatch
-from fastrnn.cells import ALL_CELLS, Cell, cell_by_name
+from fastrnn.cells import ALL_CELLS, Cell, Variant, cell_by_name
 from fastrnn.reference import NumpyBackend
-from fastrnn.tools import bench, presets, runners
+from fastrnn.tools import bench, presets, runners, variants
 from fastrnn.tools import validate as validation
 from fastrnn.backends.numba_cpu.threads import OPENBLAS_IDLE_TIMEOUT
-from fastrnn.tools.cli import main
+from fastrnn.tools.cli import _parser, main
 
 TINY_BENCH = ["--rounds", "2", "--warmup", "0", "--threads", "1", "--sgemm-size", "128",
               "--min-sample-ms", "0.2", "--no-progress"]
@@ -249,8 +249,12 @@ def test_validate_fails_on_a_wrong_gradient_and_names_it(wrong_backend, tmp_path
 
 
 def test_validate_passes_on_every_available_backend(tmp_path, capsys):
+    """The plain cells; the variants, which `fastrnn validate` also runs by default, have tests
+    of their own below."""
+    assert variants.named_cells(_parser().parse_args(["validate"]).cells) == (
+        variants.PLAIN_CELLS + variants.VARIANT_CELLS)
     path = tmp_path / "v.json"
-    assert main(["validate", "--json", str(path)]) == 0
+    assert main(["validate", "--cells", "plain", "--json", str(path)]) == 0
     out = capsys.readouterr().out
     assert " 0 failed" in out and "FAIL" not in out
     data = json.loads(path.read_text())
@@ -279,6 +283,283 @@ def test_validate_json_to_stdout(capsys):
 
 
 # ----------------------------------------------------------------------------------------------
+# validate: the variants
+
+# Every variant but the layer-normalised LSTM (test_validate_layernorm_lstm below: its dx at
+# T1 B1 I1 H1 is a derivative below the finite differences' rounding).
+CHECKED_VARIANTS = [c for c in variants.VARIANT_CELLS if c.name != "layernorm_lstm"]
+
+
+def test_validate_runs_each_variant_where_the_backend_declares_it(tmp_path, capsys):
+    """numpy runs every variant and passes (its float64 gradients against finite differences,
+    the variant parameters' included); numba is compared with the reference for the variants
+    whose switches it declares and reported "not run", neither passed nor failed, for the
+    others; lstm_proj's grid case at H = 1 is skipped, and the output says so."""
+    path = tmp_path / "v.json"
+    code = main(["validate", "--backends", "numpy,numba", "--json", str(path),
+                 "--cells", ",".join(c.name for c in CHECKED_VARIANTS)])
+    out = capsys.readouterr().out
+    data = json.loads(path.read_text())
+    assert code == 0, [r for r in data["records"] if r["passed"] is False][:3]
+    assert data["passed"] is True and data["failed"] == 0 and "FAIL" not in out
+    records = data["records"]
+    numba_runs = fastrnn.dispatch.get_backend("numba").variant_switches
+    cases = {g.name for g in validation.GRID}
+    for named in CHECKED_VARIANTS:
+        for backend in ("numpy", "numba"):
+            for dtype in ("float32", "float64"):
+                mine = [r for r in records
+                        if (r["backend"], r["cell"], r["dtype"]) == (backend, named.name, dtype)]
+                skipped = {r["case"] for r in mine if r["check"] == "skipped"}
+                assert skipped == ({"T1 B1 I1 H1"} if named.projected else set())
+                assert all(r["problem"] == "skipped: proj_size = H // 2 is 0 at H = 1: no "
+                           "projection to make" and r["passed"] is None for r in mine
+                           if r["check"] == "skipped")
+                ran = [r for r in mine if r["check"] != "skipped"]
+                missing = [s for s in named.switches if s not in numba_runs]
+                if backend == "numba" and missing:
+                    assert {r["problem"] for r in ran} == {
+                        f"not run: the backend does not run {', '.join(missing)}"}
+                    assert {r["passed"] for r in ran} == {None}
+                    assert {r["case"] for r in ran} == cases - skipped
+                    assert (f"numba {named.name} float32, float64: not run: the backend does "
+                            f"not run {', '.join(missing)}") in out
+                    continue
+                assert ran and all(r["passed"] is True for r in ran)
+                assert {r["case"] for r in ran} == cases - skipped
+                quantities = {r["quantity"] for r in ran}
+                params = variants.named_cells([named.name])[0].at(5).variant.param_shapes(
+                    named.plain, 3, 5)
+                wanted = {"dx", "dW_ih", "dW_hh", "dh0"} | {"d" + p for p in params}
+                assert wanted <= quantities, (named.name, backend, dtype, quantities)
+                check = ("finite differences" if (backend, dtype) == ("numpy", "float64")
+                         else "reference")
+                assert {r["check"] for r in ran} == {check}
+    fd = [r for r in records if r["check"] == "finite differences"]
+    assert {"dP", "dW_hr", "dg_ih", "dg_hh"} <= {r["quantity"] for r in fd}
+    assert all(r["passed"] for r in fd)
+    # Relative error <= 1e-6 everywhere but where the derivative is below the quotient's
+    # rounding (none of these variants: only layernorm_lstm at T1 B1 I1 H1, tested below).
+    assert max(r["max_rel"] for r in fd) <= 1e-6
+    assert "lstm_proj float32, float64 [T1 B1 I1 H1]: skipped: proj_size = H // 2" in out
+    # A "not run" check is counted apart from the checks that ran.
+    assert data["not_run"] == sum(r["passed"] is None for r in records) > 0
+
+
+def test_validate_layernorm_lstm():
+    """The layer-normalised LSTM's reference passes at the grid's edges: its finite differences
+    at T1 B1 I1 H1 (dx ~4e-6: layer norm over one input is nearly scale-invariant; within the
+    quotient's rounding, not to 1e-6) and with zero states (layer norm of a zero row: the
+    extrapolated differences), and float32 within the problem's own float32 sensitivity."""
+    records = validation.validate(["numpy"], variants.named_cells("layernorm_lstm"))
+    assert len(records) > 100
+    assert [(r["dtype"], r["case"], r["quantity"]) for r in records if not r["passed"]] == []
+    fd = [r for r in records if r["check"] == "finite differences"]
+    noisy = [(r["case"], r["quantity"]) for r in fd if r["max_rel"] > 1e-6]
+    assert noisy == [("T1 B1 I1 H1", "dx")]
+    assert [r["max_abs"] for r in fd if (r["case"], r["quantity"]) == noisy[0]][0] < 1e-9
+    sensitive = [r for r in records if r["dtype"] == "float32"]
+    assert sensitive and all(r["worst"] <= 1 for r in sensitive)
+
+
+@pytest.fixture
+def clip_only_backend():
+    class ClipOnly(NumpyBackend):
+        """The reference declaring only the clip among the variant switches."""
+
+        name = "cliponly"
+        variant_switches = frozenset({"clip"})
+
+    fastrnn.register_backend("cliponly", ClipOnly())
+    yield "cliponly"
+    dispatch.unregister_backend("cliponly")
+
+
+def test_validate_says_not_run_for_a_switch_the_backend_does_not_declare(clip_only_backend,
+                                                                        tmp_path, capsys):
+    path = tmp_path / "v.json"
+    assert main(["validate", "--backends", clip_only_backend, "--cells",
+                 "gru_clip,layernorm_gru", "--dtypes", "float32", "--json", str(path)]) == 0
+    out = capsys.readouterr().out
+    data = json.loads(path.read_text())
+    assert data["passed"] is True and data["failed"] == 0
+    assert data["not_run"] == len(validation.GRID)
+    clip = [r for r in data["records"] if r["cell"] == "gru_clip"]
+    assert clip and all(r["passed"] is True and r["check"] == "reference" for r in clip)
+    ln = [r for r in data["records"] if r["cell"] == "layernorm_gru"]
+    assert [(r["case"], r["quantity"], r["passed"], r["problem"]) for r in ln] == [
+        (g.name, "(run)", None, "not run: the backend does not run layer_norm")
+        for g in validation.GRID]
+    assert "cliponly layernorm_gru float32: not run: the backend does not run layer_norm" in out
+    row = next(line for line in out.splitlines()
+               if line.startswith("cliponly") and "layernorm_gru" in line)
+    assert row.split()[-2:] == ["NOT", "RUN"]
+
+
+# ----------------------------------------------------------------------------------------------
+# The named variant cells and their problems
+
+
+def test_named_cells_parse_and_make_their_cells():
+    assert [c.name for c in variants.named_cells("lstm_proj,gru,variants")] == [
+        "gru", "lstm_proj", "layernorm_lstm", "layernorm_gru", "lstm_peepholes", "lstm_clip",
+        "gru_clip", "rnn_zoneout", "lstm_zoneout", "gru_zoneout"]
+    assert variants.named_cells("all") == variants.NAMED_CELLS
+    assert variants.named_cells(["plain"]) == tuple(variants.as_named(c) for c in ALL_CELLS)
+    by_name = {c.name: c for c in variants.NAMED_CELLS}
+    assert by_name["lstm_proj"].at(64) == Cell("lstm", variant=Variant(proj_size=32))
+    assert by_name["lstm_proj"].at(3).variant.proj_size == 1
+    assert by_name["lstm_proj"].why_not(1) == "proj_size = H // 2 is 0 at H = 1: no projection " \
+        "to make"
+    with pytest.raises(ValueError, match="lstm_proj: proj_size = H // 2 is 0 at H = 1"):
+        by_name["lstm_proj"].at(1)
+    assert by_name["layernorm_gru"].at(1) == Cell("gru", variant=Variant(layer_norm=True))
+    assert by_name["lstm_clip"].at(8).variant == Variant(clip=1.0)
+    assert by_name["gru_clip"].at(8).variant == Variant(clip=1.0)
+    assert by_name["rnn_zoneout"].at(8) == Cell("rnn", variant=Variant(zoneout=0.25))
+    assert by_name["lstm_peepholes"].switches == ("peepholes",)
+    assert by_name["lstm_proj"].switches == ("proj_size",)
+    assert variants.as_named(Cell("lstm", variant=Variant(clip=0.5))).name == "lstm;clip=0.5"
+    with pytest.raises(ValueError, match="unknown cell 'lstm_projection'"):
+        variants.named_cells("lstm_projection")
+    for command in ("bench", "validate"):
+        assert _parser().parse_args([command, "--cells", "lstm_proj,layernorm_lstm,gru"]).cells \
+            == ("lstm_proj", "layernorm_lstm", "gru")
+
+
+@pytest.mark.parametrize("name", [c.name for c in variants.VARIANT_CELLS])
+def test_make_params_and_cotangents_of_each_variant(name):
+    named = variants.named_cells([name])[0]
+    cell = named.at(6)
+    T, B, I, H = 5, 3, 4, 6
+    H_out = 3 if named.projected else H
+    p = runners.make_params(cell, T, B, I, H, np.float64, seed=2)
+    shapes = {k: v.shape for k, v in p.items() if v is not None}
+    G = cell.gates
+    expected = {"x": (T, B, I), "W_ih": (G * H, I), "W_hh": (G * H, H_out), "b_ih": (G * H,),
+                "b_hh": (G * H,), "h0": (B, H_out)}
+    if cell.has_cell_state:
+        expected["c0"] = (B, H)
+    if named.projected:
+        expected["W_hr"] = (H_out, H)
+    if cell.variant.peepholes:
+        expected["peepholes"] = (3, H)
+    if cell.variant.layer_norm:
+        expected.update(g_ih=(G * H,), g_hh=(G * H,))
+        if cell.has_cell_state:
+            expected.update(g_c=(H,), b_c=(H,))
+    if cell.variant.zoneout:
+        expected["zoneout_mask"] = (T, B, H_out)
+    assert shapes == expected
+    for gain in ("g_ih", "g_hh", "g_c"):
+        if gain in p:  # around 1, not 1: the gains matter
+            assert 0.5 <= p[gain].min() and p[gain].max() <= 1.5 and p[gain].std() > 0.1
+    if "zoneout_mask" in p:
+        mask = p["zoneout_mask"]
+        assert set(np.unique(mask)) == {0.0, 1.0}
+        assert 0.1 < 1 - mask.mean() < 0.4  # p = 0.25 of the units keep their value
+    # The plain parameters are those of the plain cell (a variant row is timed on the same
+    # data), but for the projection, which narrows W_hh and h0 and so draws the rest anew,
+    # and layer norm's W_ih and W_hh, the same draws at unit scale (not 1/sqrt(H)).
+    plain = runners.make_params(named.plain, T, B, I, H, np.float64, seed=2)
+    for k in ("x", "W_ih") if named.projected else plain:
+        if cell.variant.layer_norm and k in ("W_ih", "W_hh"):
+            np.testing.assert_allclose(p[k], plain[k] * np.sqrt(H), rtol=1e-12)
+        else:
+            np.testing.assert_array_equal(p[k], plain[k])
+    cot = runners.make_cotangents(cell, T, B, H)
+    assert {k: v.shape for k, v in cot.items()} == {"dy": (T, B, H_out), "dh_n": (B, H_out),
+                                                   **({"dc_n": (B, H)} if "c0" in p else {})}
+    out = runners.fastrnn_forward(cell, p, training=True, backend="numpy")
+    grads = runners.gradients(runners.fastrnn_backward(cell, out[-1], cot))
+    assert {k: v.shape for k, v in grads.items()} == {
+        g: expected[runners.PARAM_OF_GRAD[g]] for g in runners.GRAD_NAMES
+        if runners.PARAM_OF_GRAD[g] in expected}
+
+
+def test_the_clip_binds_on_some_gate_inputs():
+    """lstm_clip and gru_clip change the output, so the clip binds; and the output moves with
+    the bound, so it does not bind everywhere."""
+    for name in ("lstm_clip", "gru_clip"):
+        named = variants.named_cells([name])[0]
+        cell = named.at(8)
+        p = runners.make_params(cell, 6, 4, 8, 8, np.float64, seed=0)
+        ys = [runners.fastrnn_forward(c, p, training=False, backend="numpy")[0] for c in (
+            cell, named.plain, Cell(cell.kind, variant=Variant(clip=0.5)))]
+        assert np.abs(ys[0] - ys[1]).max() > 1e-2
+        assert np.abs(ys[0] - ys[2]).max() > 1e-2
+
+
+def test_zoneout_uses_its_mask_in_training_and_1_minus_p_in_inference():
+    cell = variants.named_cells(["gru_zoneout"])[0].at(5)
+    p = runners.make_params(cell, 4, 2, 3, 5, np.float64, seed=1)
+    trained = runners.fastrnn_forward(cell, p, training=True, backend="numpy")[0]
+    inferred = runners.fastrnn_forward(cell, p, training=False, backend="numpy")[0]
+    evaluation = np.full_like(p["zoneout_mask"], 0.75)
+    for mask, y in ((p["zoneout_mask"], trained), (evaluation, inferred)):
+        q = dict(p, zoneout_mask=mask)
+        np.testing.assert_allclose(fastrnn.gru_forward(**q, zoneout=0.25, backend="numpy")[0], y,
+                                   rtol=1e-12, atol=1e-12)
+    assert np.abs(trained - inferred).max() > 1e-2
+
+
+# ----------------------------------------------------------------------------------------------
+# bench: the variants
+
+
+def test_bench_times_variants_beside_the_plain_cell(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["bench", "--cells", "lstm,lstm_proj,lstm_clip", "--shapes", "5x2x3x4",
+                 "--backends", "numpy,numba", "--out", str(out), *TINY_BENCH]) == 0
+    report = json.loads((out / "bench.json").read_text())
+    results = report["results"]
+    rows = {(r["impl"], r["mode"], r["cell"]): r for r in results}
+    numba_runs = fastrnn.dispatch.get_backend("numba").variant_switches
+    expected_impls = {"numpy"} | ({"numba"} if "proj_size" in numba_runs else set())
+    if runners.installed("torch"):
+        expected_impls.add("torch")
+    assert {i for i, m, c in rows if c == "lstm_proj"} == expected_impls
+    assert {(i, m) for i, m, c in rows if c == "lstm_clip"} >= {
+        ("numpy", "inference"), ("numpy", "training"), ("numba", "inference"),
+        ("numba", "training")} | ({("onnxruntime", "inference")}
+                                  if runners.installed("onnxruntime") else set())
+    for r in results:
+        assert r["y_allclose"] in (True, None)  # torch's proj_size, ORT's clip: the same y
+        if r["cell"] == "lstm":
+            assert r["vs_plain"] is None and r["variant"] == {}
+            continue
+        plain = rows[(r["impl"], r["mode"], "lstm")]
+        assert r["plain_cell"] == "lstm"
+        assert r["vs_plain"] == pytest.approx(r["median_ms"] / plain["median_ms"])
+    assert rows[("numpy", "training", "lstm_proj")]["variant"] == {"proj_size": 2}
+    assert rows[("numpy", "inference", "lstm_proj")]["flops"] == 2 * 5 * 2 * (16 * (3 + 2) + 8)
+    skipped = {(s["impl"], s["cell"]): s["reason"] for s in report["skipped"]}
+    if "proj_size" not in numba_runs:
+        assert skipped[("numba", "lstm_proj")] == "the backend does not run proj_size"
+    md = (out / "bench.md").read_text()
+    section = md.split("## Variants against the plain cell")[1].split("## First calls")[0]
+    variant_rows = [line for line in section.splitlines() if line.startswith("| inference")
+                    or line.startswith("| training")]
+    assert len(variant_rows) == sum(r["cell"] != "lstm" for r in results)
+    for line in variant_rows:
+        cells = [c.strip() for c in line.split("|")]
+        r = next(q for q in results if (q["mode"], q["cell"], q["label"]) == tuple(
+            cells[k] for k in (1, 2, 4)))
+        assert cells[8] == f"{r['vs_plain']:.2f}"
+
+
+def test_bench_notes_a_variant_that_cannot_be_made_at_a_shape(tmp_path):
+    out = tmp_path / "r"
+    assert main(["bench", "--cells", "lstm_proj", "--shapes", "3x1x2x1,3x1x2x4", "--modes",
+                 "inference", "--backends", "numpy", "--peers", "none", "--out", str(out),
+                 *TINY_BENCH]) == 0
+    report = json.loads((out / "bench.json").read_text())
+    assert [(r["cell"], r["shape"]) for r in report["results"]] == [("lstm_proj", "3x1x2x4")]
+    assert ("lstm_proj not run at 3x1x2x1: proj_size = H // 2 is 0 at H = 1: no projection to "
+            "make") in report["notes"]
+
+
+# ----------------------------------------------------------------------------------------------
 # The peers compute what fastrnn computes
 
 
@@ -304,8 +585,24 @@ def test_onnxruntime_model_without_bias_matches_fastrnn():
                                rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("cell", [c for c in ALL_CELLS if c.name != "gru_textbook"],
-                         ids=lambda c: c.name)
+@pytest.mark.parametrize("name", ["lstm_peepholes", "lstm_clip", "gru_clip"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_onnxruntime_model_of_a_variant_matches_fastrnn(name, reverse):
+    pytest.importorskip("onnxruntime")
+    cell = variants.named_cells([name])[0].at(6)
+    p = runners.make_params(cell, 7, 3, 5, 6, np.float32, seed=3)
+    session = runners.ort_session(runners.onnx_model(cell, p, reverse=reverse), threads=1)
+    theirs = runners.ort_forward(cell, session, p)
+    ours = runners.fastrnn_forward(cell, p, training=False, backend="numpy", reverse=reverse)
+    for key, a in runners.outputs(cell, ours).items():
+        np.testing.assert_allclose(theirs[key], a, rtol=1e-4, atol=1e-5, err_msg=key)
+    with pytest.raises(runners.Unsupported, match="ONNX's LSTM operator has no layer_norm"):
+        runners.onnx_model(variants.named_cells(["layernorm_lstm"])[0].at(6), p)
+
+
+@pytest.mark.parametrize("cell", [c for c in ALL_CELLS if c.name != "gru_textbook"]
+                         + [variants.named_cells(["lstm_proj"])[0].at(5)],
+                         ids=lambda c: c.spec)
 def test_torch_peer_matches_fastrnn_output_and_gradients(cell):
     torch = pytest.importorskip("torch")
     p = runners.make_params(cell, 6, 3, 4, 5, np.float32, seed=5)
@@ -323,6 +620,8 @@ def test_torch_peer_matches_fastrnn_output_and_gradients(cell):
               "db_hh": module.bias_hh_l0.grad, "dh0": states[0].grad[0]}
     if cell.has_cell_state:
         theirs["dc0"] = states[1].grad[0]
+    if cell.variant.proj_size:
+        theirs["dW_hr"] = module.weight_hr_l0.grad
     for name, g in theirs.items():
         np.testing.assert_allclose(g.numpy(), getattr(grads, name), rtol=1e-4, atol=1e-5,
                                    err_msg=name)

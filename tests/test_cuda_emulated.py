@@ -148,13 +148,13 @@ def test_thread_order_does_not_change_results(cell):
         np.testing.assert_array_equal((outs | grads)[k], (r_outs | r_grads)[k], err_msg=k)
 
 
-STEP_KERNELS = {
-    "rnn_tanh": ["rnn_forward<double, false>", "rnn_backward<double, false>"],
-    "rnn_relu": ["rnn_forward<double, true>", "rnn_backward<double, true>"],
-    "lstm": ["lstm_forward<double>", "lstm_backward<double>"],
-    "gru": ["gru_forward<double>", "gru_backward<double>"],
-    "gru_textbook": ["gru_textbook_forward_gates<double>", "gru_textbook_forward_state<double>",
-                     "gru_textbook_backward_state<double>", "gru_textbook_backward_reset<double>"],
+STEP_KERNELS = {  # the plain cells: Clip, the last template argument, false
+    "rnn_tanh": ["rnn_forward<double, false, false>", "rnn_backward<double, false, false>"],
+    "rnn_relu": ["rnn_forward<double, true, false>", "rnn_backward<double, true, false>"],
+    "lstm": ["lstm_forward<double, false>", "lstm_backward<double, false>"],
+    "gru": ["gru_forward<double, false>", "gru_backward<double, false>"],
+    "gru_textbook": [f"gru_textbook_{k}<double, false>" for k in (
+        "forward_gates", "forward_state", "backward_state", "backward_reset")],
 }
 
 
@@ -188,17 +188,17 @@ def test_stand_in_checks_kernel_arguments():
     """The stand-in refuses what CuPy would pass wrongly: a Python int for an int parameter
     (CuPy sends 8 bytes), an array of the wrong dtype, too few arguments."""
     device = EmulatedDevice()
-    f = loader.kernel(device, "rnn.cu", "rnn_forward<double, false>")
+    f = loader.kernel(device, "rnn.cu", "rnn_forward<double, false, false>")
     a = np.zeros((2, 3))
     args = [a, np.int32(3), a, np.zeros(3), a, None, np.int32(0), a.copy(), np.int32(3),
-            a.copy(), np.int32(2), np.int32(3)]
+            a.copy(), np.float64(0), None, None, np.int32(0), None, np.int32(2), np.int32(3)]
     f((1,), (8,), tuple(args))  # accepted
     np.testing.assert_array_equal(args[7], np.zeros((2, 3)))
     with pytest.raises(TypeError, match="NumPy scalar"):
         f((1,), (8,), tuple(args[:1] + [3] + args[2:]))
     with pytest.raises(TypeError, match="float32 array"):
         f((1,), (8,), tuple([a.astype(np.float32)] + args[1:]))
-    with pytest.raises(TypeError, match="takes 12 arguments"):
+    with pytest.raises(TypeError, match="takes 17 arguments"):
         f((1,), (8,), tuple(args[:-1]))
 
 
@@ -207,7 +207,7 @@ def test_a_wrong_kernel_is_caught():
     in lstm.cu fails it."""
     class Mutated(EmulatedDevice):
         def compile(self, code, options, name_expressions):
-            wrong = code.replace("c_prev[u] * d_sigmoid(f)", "c_prev[u] * d_sigmoid(i)")
+            wrong = code.replace("c_in * d_sigmoid(f)", "c_in * d_sigmoid(i)")
             assert wrong != code
             return super().compile(wrong, options, name_expressions)
 

@@ -473,6 +473,72 @@ def test_training_memory_is_what_a_fused_forward_keeps(backend_target, cell):
                 kept, expected, L, bidirectional, batch_first, dropout)
 
 
+# The variants: the named cells of fastrnn.tools (functional) and the layers that make them.
+VARIANT_LAYERS = {
+    "lstm_proj": lambda I, H, **kw: fastrnn.LSTM(I, H, proj_size=H // 2, **kw),
+    "layernorm_lstm": lambda I, H, **kw: fastrnn.LayerNormLSTM(I, H, **kw),
+    "layernorm_gru": lambda I, H, **kw: fastrnn.LayerNormGRU(I, H, **kw),
+    "rnn_zoneout": lambda I, H, **kw: fastrnn.RNN(I, H, zoneout=0.25, **kw),
+    "lstm_zoneout": lambda I, H, **kw: fastrnn.LSTM(I, H, zoneout=0.25, **kw),
+    "gru_zoneout": lambda I, H, **kw: fastrnn.GRU(I, H, zoneout=0.25, **kw),
+    "lstm_peepholes": None, "lstm_clip": None, "gru_clip": None,  # functional API only
+}
+FUSED = {"numba": "numba", "cupy-emulated": "cupy"}
+
+
+def _variant_cases():
+    from cuda_emulation import emulated_backend
+    from fastrnn.tools import variants
+
+    backends = {"numba": fastrnn.get_backend("numba"), "cupy-emulated": emulated_backend()}
+    return [(name, named.name) for named in variants.VARIANT_CELLS
+            for name, backend in backends.items() if not backend.unsupported(named.at(4))]
+
+
+@pytest.fixture
+def emulated_by_name():
+    from cuda_emulation import NAME, register_emulated_backend
+
+    register_emulated_backend()
+    yield
+    fastrnn.dispatch.unregister_backend(NAME)
+
+
+@pytest.mark.parametrize("backend, name", _variant_cases())
+def test_training_memory_of_the_variants(backend, name, emulated_by_name):
+    """What a training forward of each variant keeps on each fused backend that runs it is
+    what training_memory says: through the functional API (the zoneout mask is the caller's)
+    and through layers (stacked, bidirectional, batch_first; their zoneout masks are theirs)."""
+    from fastrnn.tools import runners, variants
+
+    (named,) = variants.named_cells([name])
+    for dtype in DTYPES:
+        for T, B, I, H in ((7, 3, 5, 4), (3, 2, 9, 2)):
+            cell = named.at(H)
+            p = runners.make_params(cell, T, B, I, H, dtype, seed=1)
+            out = runners.fastrnn_forward(cell, p, training=True, backend=backend)
+            exclude = [*[v for v in p.values() if isinstance(v, np.ndarray)], *out[:-1]]
+            kept = kept_bytes(reachable_arrays(out.ctx), exclude)
+            expected = fastrnn.training_memory(cell, T, B, I, H, dtype, backend=FUSED[backend])
+            assert 0 <= kept - expected <= BOOKKEEPING * B, (kept, expected, T, B, I, H, dtype)
+        if VARIANT_LAYERS[name] is None:
+            continue
+        for L, bidirectional, batch_first in ((2, True, False), (1, False, True)):
+            T, B, I, H = 6, 3, 5, 4
+            layer = VARIANT_LAYERS[name](I, H, num_layers=L, bidirectional=bidirectional,
+                                         batch_first=batch_first, dtype=dtype, backend=backend)
+            x = np.ones((B, T, I) if batch_first else (T, B, I), dtype)
+            exclude = [x, *layer.named_parameters().values(), *layer.grads.values()]
+            out = layer(x)
+            kept = kept_bytes(reachable_arrays(layer), [*exclude, *flat("out", out).values()])
+            expected = fastrnn.training_memory(
+                layer.cell, T, B, I, H, dtype, num_layers=L, bidirectional=bidirectional,
+                batch_first=batch_first, layer=True, backend=FUSED[backend])
+            D = 2 if bidirectional else 1
+            assert 0 <= kept - expected <= BOOKKEEPING * B * D * L, (
+                kept, expected, L, bidirectional, batch_first)
+
+
 def test_training_memory_arguments():
     assert fastrnn.training_memory("rnn", 10, 2, 3, 4, "float64") == 8 * (10 * 2 * 4 + 2 * 4)
     assert fastrnn.training_memory("gru_textbook", 0, 2, 3, 4) == 0

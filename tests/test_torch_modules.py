@@ -244,15 +244,21 @@ def test_convert_embedding_lstm_linear():
     assert type(ft.convert(torch.nn.GRU(2, 3))) is ft.GRU
     rnn = ft.RNN.from_torch(torch.nn.RNN(2, 3, nonlinearity="relu"))
     assert rnn.nonlinearity == "relu"
-    with pytest.raises(ValueError, match="proj_size"):
-        ft.LSTM.from_torch(torch.nn.LSTM(4, 6, proj_size=2))
+    projected = torch.nn.LSTM(4, 6, proj_size=2)
+    converted = ft.LSTM.from_torch(projected)
+    assert converted.proj_size == 2 and converted.weight_hr_l0.shape == (2, 6)
+    torch.testing.assert_close(converted.weight_hr_l0, projected.weight_hr_l0, rtol=0, atol=0)
     with pytest.raises(TypeError, match="takes a torch.nn.GRU"):
         ft.GRU.from_torch(torch.nn.LSTM(4, 6))
 
 
 def test_errors():
-    with pytest.raises(ValueError, match="proj_size"):
-        ft.LSTM(4, 6, proj_size=2)
+    with pytest.raises(ValueError, match="proj_size has to be smaller than hidden_size"):
+        ft.LSTM(4, 6, proj_size=6)
+    with pytest.raises(ValueError, match="proj_size should be a positive integer or zero"):
+        ft.LSTM(4, 6, proj_size=-1)
+    with pytest.raises(ValueError, match=r"zoneout must be a number in \[0, 1\]"):
+        ft.GRU(4, 6, zoneout=1.5)
     with pytest.raises(ValueError, match="dropout should be"):
         ft.GRU(4, 6, dropout=2)
     with pytest.raises(TypeError, match="dtype must be torch.float32 or torch.float64"):

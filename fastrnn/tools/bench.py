@@ -12,7 +12,11 @@ retry budget lasts (``time_case``); ``quality`` says which rows stay doubtful an
 
 What it reports. GFLOP/s counts forward FLOPs as 2*T*B*G*H*(I+H) and a training call (forward
 and backward with dy = ones) as three forwards (``presets.flops``). Speedups are the peer's
-median time divided by this implementation's. The sgemm peak is a NumPy float32 matmul of a
+median time divided by this implementation's. A named variant (``variants``: lstm_proj,
+layernorm_lstm, ...) runs on the fastrnn backends that declare its switches and on the peers
+that have it (torch.nn.LSTM's proj_size; ONNX Runtime's clip and LSTM peepholes); its row's
+``vs_plain`` is its median time divided by the plain cell's, same implementation, shape and
+mode, where the plain cell ran in the same run. The sgemm peak is a NumPy float32 matmul of a
 large square, measured before and after the cases with the same threads; the higher counts.
 
 The NumPy reference runs step by step in Python; it is skipped above ``reference_max_flops`` per
@@ -32,12 +36,13 @@ from typing import Callable, NamedTuple, Optional
 import numpy as np
 
 from .. import __version__, dispatch
-from ..cells import ALL_CELLS, Cell, cell_by_name
+from ..cells import Cell
 from ..tolerances import tolerance
 from . import presets, quality, runners
 from .machine import (default_threads, load_average, machine_info, preload,
                       sgemm_peak, thread_settings, version)
 from .presets import Shape
+from .variants import NAMED_CELLS, as_named, named_cells
 
 DEFAULT_CELLS = ("rnn_tanh", "lstm", "gru")
 DEFAULT_SHAPES = ("tiny", "small", "medium")
@@ -51,9 +56,14 @@ MIN_REFERENCE_ROUNDS = 3
 
 @dataclass(frozen=True)
 class Case:
-    cell: Cell
+    cell: Cell  # the cell at this shape, variant included
     shape: Shape
     mode: str
+    cell_name: str = ""  # the tools' name of the cell (``variants``); by default cell.name
+
+    def __post_init__(self):
+        if not self.cell_name:
+            object.__setattr__(self, "cell_name", self.cell.name)
 
     @property
     def flops(self) -> int:
@@ -61,28 +71,41 @@ class Case:
 
     @property
     def label(self) -> str:
-        return f"{self.mode} {self.cell.name} {self.shape.name}"
+        return f"{self.mode} {self.cell_name} {self.shape.name}"
 
 
 def plan_cases(cells, shapes, modes=None) -> list:
     """The cases for ``cells`` x ``shapes`` x ``modes``, ordered by mode, cell, then shape.
 
-    ``cells=None`` means the default cells. A shape that fixes its cell (DeepBench) runs with
-    that cell, if it is among ``cells`` when they are given; one that fixes its mode runs in
-    that mode unless ``modes`` is given. ``modes=None`` means both modes for the other shapes.
+    ``cells``: named cells (``variants``) or ``Cell``s; None means the default cells. A shape
+    that fixes its cell (DeepBench) runs with that cell, if it is among ``cells`` when they are
+    given; one that fixes its mode runs in that mode unless ``modes`` is given. ``modes=None``
+    means both modes for the other shapes. A variant that cannot be made at a shape's H
+    (``inapplicable`` says which) has no case there.
     """
+    given = cells is not None
+    cells = tuple(map(as_named, cells)) if given else named_cells(DEFAULT_CELLS)
     cases = []
     for shape in shapes:
         if shape.cell is not None:
-            shape_cells = [cell_by_name(shape.cell)]
-            if cells is not None and shape.cell not in {c.name for c in cells}:
+            shape_cells = named_cells([shape.cell])
+            if given and shape.cell not in {c.name for c in cells}:
                 shape_cells = []
         else:
-            shape_cells = [cell_by_name(n) for n in DEFAULT_CELLS] if cells is None else cells
+            shape_cells = [c for c in cells if c.why_not(shape.H) is None]
         shape_modes = modes or ((shape.mode,) if shape.mode else presets.MODES)
-        cases += [Case(c, shape, m) for c in shape_cells for m in shape_modes]
-    cell_rank = {c.name: k for k, c in enumerate(ALL_CELLS)}
-    return sorted(cases, key=lambda c: (presets.MODES.index(c.mode), cell_rank[c.cell.name]))
+        cases += [Case(c.at(shape.H), shape, m, c.name) for c in shape_cells
+                  for m in shape_modes]
+    cell_rank = {c.name: k for k, c in enumerate(NAMED_CELLS)}
+    return sorted(cases, key=lambda c: (presets.MODES.index(c.mode),
+                                        cell_rank.get(c.cell_name, len(cell_rank))))
+
+
+def inapplicable(cells, shapes) -> list:
+    """One note per named cell and shape that ``plan_cases`` leaves out, saying why."""
+    return [f"{c.name} not run at {shape.name}: {c.why_not(shape.H)}"
+            for c in map(as_named, cells or ()) for shape in shapes
+            if shape.cell is None and c.why_not(shape.H)]
 
 
 @dataclass
@@ -270,7 +293,9 @@ def time_case(case: Case, impls, *, threads, rounds, warmup, min_sample_s, refer
     for run, samples in sorted(zip(runs, kept.samples), key=lambda rs: impls.index(rs[0].impl)):
         t = np.array(samples)
         records.append({
-            "cell": case.cell.name, "shape": s.name, "T": s.T, "B": s.B, "I": s.I, "H": s.H,
+            "cell": case.cell_name, "variant": case.cell.variant.described(),
+            "plain_cell": case.cell.name if case.cell.variant.switches else None,
+            "shape": s.name, "T": s.T, "B": s.B, "I": s.I, "H": s.H,
             "mode": case.mode, "impl": run.impl.key, "label": run.impl.label,
             "role": run.impl.role, "host": run.impl.host, "flops": case.flops,
             "rounds": len(samples), "number": run.number,
@@ -292,6 +317,16 @@ def _derive(records):
         for peer, (key, _) in quality.SPEEDUP_COLUMNS.items():
             other = by_impl.get(peer)
             r[key] = other["median_ms"] / r["median_ms"] if other is not None else None
+
+
+def compare_with_plain(records):
+    """Set ``vs_plain`` on every variant row: its median time divided by that of the plain cell
+    (``plain_cell``) with the same implementation, shape and mode; None where the plain cell
+    did not run, and on the plain cells' own rows."""
+    median = {(r["impl"], r["shape"], r["mode"], r["cell"]): r["median_ms"] for r in records}
+    for r in records:
+        plain = median.get((r["impl"], r["shape"], r["mode"], r["plain_cell"]))
+        r["vs_plain"] = r["median_ms"] / plain if plain else None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -361,6 +396,7 @@ def run(cases, impls, *, threads=None, rounds=7, warmup=1, min_sample_s=0.002,
     peak = max(peaks)
     for r in records:
         r["peak_fraction"] = r["gflops"] / peak if r["host"] else None
+    compare_with_plain(records)
     quality.flag_rows(records, peak)
     report = {
         "warnings": [],  # first, so that a reader of bench.json meets them first too
@@ -381,7 +417,7 @@ def run(cases, impls, *, threads=None, rounds=7, warmup=1, min_sample_s=0.002,
         "retry_used_s": retry.used,
         "implementations": [{"impl": i.key, "label": i.label, "role": i.role} for i in impls],
         "results": records,
-        "skipped": [{"impl": k, "cell": c.cell.name, "shape": c.shape.name, "mode": c.mode,
+        "skipped": [{"impl": k, "cell": c.cell_name, "shape": c.shape.name, "mode": c.mode,
                      "reason": why} for k, c, why in skipped],
         "notes": list(notes),
         "load_average": load.summary(),

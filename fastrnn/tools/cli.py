@@ -17,8 +17,7 @@ import subprocess
 import sys
 
 from .. import __version__, dispatch
-from ..cells import ALL_CELLS
-from . import bench, machine, presets, quality, report, runners
+from . import bench, machine, presets, quality, report, runners, variants
 from . import validate as validation
 
 
@@ -76,11 +75,13 @@ def _parser():
         "and ONNX Runtime side by side in one process, float32. With no options it runs the "
         "default set (rnn_tanh, lstm, gru at tiny, small, medium; inference and training). "
         "Writes bench.json, bench.md and bench.png to --out.")
-    cell_names = [c.name for c in ALL_CELLS] + ["all"]
-    b.add_argument("--cells", default=None, action=NameList, valid=cell_names,
-                   help="comma-separated: rnn_tanh, rnn_relu, lstm, gru, gru_textbook, or all "
-                   f"(default {','.join(bench.DEFAULT_CELLS)}; a DeepBench set uses its own "
-                   "cells, filtered by --cells when given)")
+    cells_help = ("comma-separated: the plain cells " + ", ".join(
+        c.name for c in variants.PLAIN_CELLS) + "; the variants " + ", ".join(
+        c.name for c in variants.VARIANT_CELLS) + "; or plain, variants, all")
+    b.add_argument("--cells", default=None, action=NameList, valid=variants.NAMES,
+                   help=f"{cells_help} (default {','.join(bench.DEFAULT_CELLS)}; a DeepBench set "
+                   "uses its own cells, filtered by --cells when given). A variant row shows "
+                   "its time against the plain cell's when both run")
     b.add_argument("--shapes", default=bench.DEFAULT_SHAPES, action=NameList,
                    valid=presets.SHAPE_NAMES, other=presets.custom_shape,
                    describe=", ".join(presets.SHAPE_NAMES) + " or TxBxIxH",
@@ -130,12 +131,13 @@ def _parser():
     v = sub.add_parser(
         "validate", help="check every backend against the NumPy reference",
         description="Compare every available backend's forward outputs and gradients with the "
-        "NumPy reference for every cell, variant and dtype over a grid of shapes. Exits 1 if "
-        "any check fails.")
+        "NumPy reference for every cell, variant and dtype over a grid of shapes. A backend "
+        "runs a variant only if it declares the variant's switches; the others are listed as "
+        "not run. Exits 1 if any check fails.")
     v.add_argument("--backends", default=None, action=NameList, valid=dispatch.known_backends,
                    help="comma-separated backends (default: every available one)")
-    v.add_argument("--cells", default=("all",), action=NameList, valid=cell_names,
-                   help="comma-separated cells (default all)")
+    v.add_argument("--cells", default=("all",), action=NameList, valid=variants.NAMES,
+                   help=f"{cells_help} (default all: every plain cell and variant)")
     v.add_argument("--dtypes", default=validation.DTYPES, action=NameList,
                    valid=validation.DTYPES,
                    help=f"default {','.join(validation.DTYPES)}")
@@ -198,10 +200,11 @@ def _bench(args, argv) -> int:
         print(f"fastrnn bench: warning: {too_many}", file=sys.stderr)
     if args.torch_frontend:
         return _bench_torch(args)
-    cells = None if args.cells is None else validation.cells_by_names(args.cells)
+    cells = None if args.cells is None else variants.named_cells(args.cells)
     shapes = presets.select_shapes(args.shapes, args.t_scale)
     peers = [] if args.peers == ("none",) else list(args.peers)
     impls, notes = bench.implementations(args.backends, peers)
+    notes += bench.inapplicable(cells, shapes)
     cases = bench.plan_cases(cells, shapes, args.modes)
     if not cases:
         raise ValueError("no cases: the chosen shapes fix cells that are not among --cells")
@@ -219,7 +222,7 @@ def _bench(args, argv) -> int:
 
 
 def _validate(args) -> int:
-    cells = validation.cells_by_names(args.cells)
+    cells = variants.named_cells(args.cells)
     backends = dispatch.available_backends() if args.backends is None else list(args.backends)
     dtypes = args.dtypes
     records = validation.validate(backends, cells, dtypes, seed=args.seed)
@@ -234,7 +237,7 @@ def _validate(args) -> int:
     if args.json != "-":
         sys.stdout.write(validation.format_text(records, backends, cells, dtypes, grid,
                                                 args.verbose))
-    return 0 if all(r["passed"] for r in records) else 1
+    return 0 if validation.passed(records) else 1
 
 
 # ----------------------------------------------------------------------------------------------

@@ -44,8 +44,14 @@ PRESETS = {
 
 
 def forward_flops(cell: Cell, shape: Shape) -> int:
-    """2*T*B*G*H*(I+H): the two GEMMs of the forward; the pointwise work is not counted."""
-    return 2 * shape.T * shape.B * cell.gates * shape.H * (shape.I + shape.H)
+    """2*T*B*G*H*(I+H): the two GEMMs of the forward; the pointwise work (a variant's layer
+    norm, peepholes, clip, zoneout included) is not counted. With an LSTM projection of
+    proj_size P, W_hh is (4H, P) and h = W_hr (o tanh(c)) a third GEMM: 2*T*B*(4H*(I+P) + P*H).
+    """
+    T, B, I, H = shape.T, shape.B, shape.I, shape.H
+    P = cell.variant.hidden_size(H)
+    projection = P * H if cell.variant.proj_size else 0
+    return 2 * T * B * (cell.gates * H * (I + P) + projection)
 
 
 def training_flops(cell: Cell, shape: Shape) -> int:

@@ -74,6 +74,7 @@ def markdown(report) -> str:
             f"| {_fmt(None if r['impl'] == 'numpy' else r['speedup_vs_reference'], '.2f')} "
             f"| {_fmt(None if r['impl'] == 'torch' else r['speedup_vs_torch'], '.2f')} "
             f"| {r['rounds']}x{r['number']} | {'; '.join(r['flags'])} |")
+    lines += _variant_lines(report)
     lines += ["", "## First calls (not in the times above)", "",
               "Setup builds the peer's model (torch module, ONNX model and session); the first "
               "call includes any compilation (Numba JIT or its cache load). Shown for the first "
@@ -106,6 +107,30 @@ def markdown(report) -> str:
     lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     lines += ["", f"Total time {report['elapsed_s']:.0f} s; {_load_text(report)}.", ""]
     return "\n".join(lines)
+
+
+def _variant_lines(report) -> list:
+    """The section that sets each variant row beside its plain cell's (``bench.compare_with_plain``)."""
+    rows = [r for r in report["results"] if r["plain_cell"]]
+    if not rows:
+        return []
+    plain = {(r["impl"], r["shape"], r["mode"], r["cell"]): r for r in report["results"]}
+    lines = ["", "## Variants against the plain cell", "",
+             "vs plain: the variant's median time divided by the plain cell's, same "
+             "implementation, shape and mode, in this run (above 1 is slower). '-' where the "
+             "plain cell did not run: add it to --cells. Not reliable where either row is "
+             "flagged.", "",
+             "| mode | variant | shape | implementation | ms | plain cell | plain ms | vs plain "
+             "| flags |", "|---|---|---|---|--:|---|--:|--:|---|"]
+    for r in rows:
+        p = plain.get((r["impl"], r["shape"], r["mode"], r["plain_cell"]))
+        flagged = [f"{which} row flagged" for which, row in (("variant", r), ("plain", p))
+                   if row is not None and row["flags"]]
+        lines.append(
+            f"| {r['mode']} | {r['cell']} | {r['shape']} | {r['label']} | {_ms(r['median_ms'])} "
+            f"| {r['plain_cell']} | {'-' if p is None else _ms(p['median_ms'])} "
+            f"| {_fmt(r['vs_plain'], '.2f')} | {'; '.join(flagged)} |")
+    return lines
 
 
 def _retry_notes(report) -> list:

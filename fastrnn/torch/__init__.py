@@ -12,6 +12,6 @@ an existing model.
 Importing this package imports torch; ``import fastrnn`` alone does not.
 """
 
-from .modules import GRU, LSTM, RNN, convert
+from .modules import GRU, LSTM, RNN, LayerNormGRU, LayerNormLSTM, convert
 
-__all__ = ["RNN", "LSTM", "GRU", "convert"]
+__all__ = ["RNN", "LSTM", "GRU", "LayerNormLSTM", "LayerNormGRU", "convert"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from dataclasses import replace
 import numbers
 import warnings
 
@@ -25,6 +26,8 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from ..cells import Cell
 from .. import stack
+from ..checks import check_variant_arguments
+from ..params import constant_start
 from ..stack import Stack
 from . import ops
 from .devices import adapter_for, backend_for
@@ -36,17 +39,22 @@ _SERIAL = contextlib.nullcontext()
 class _RecurrentModule(nn.Module):
     """What RNN, LSTM and GRU share; the subclasses only name their cell."""
 
+    _layer_norm = False
+
     def __init__(self, cell, input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                 bidirectional, proj_size, device, dtype, backend):
+                 bidirectional, proj_size, device, dtype, backend, zoneout):
         super().__init__()
         _check_arguments(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          proj_size)
         if dtype is not None and dtype not in _SUPPORTED:
             raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+        cell = replace(cell, variant=check_variant_arguments(
+            hidden_size, proj_size, zoneout, self._layer_norm))
         self.cell, self.backend = cell, backend
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
         self.bidirectional, self.proj_size = bidirectional, proj_size
+        self.zoneout = cell.variant.zoneout
         self._stack = Stack(cell, input_size, hidden_size, num_layers, bias, bidirectional)
         for name, shape in self._stack.param_shapes().items():
             self.register_parameter(name, nn.Parameter(torch.empty(shape, device=device,
@@ -55,10 +63,14 @@ class _RecurrentModule(nn.Module):
 
     def reset_parameters(self) -> None:
         """torch's: every parameter from U(-1/sqrt(H), 1/sqrt(H)), drawn in order, so the same
-        seed gives torch.nn's numbers."""
+        seed gives torch.nn's numbers; the layer norms' gains start at 1 and c's bias at 0."""
         bound = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0
-        for weight in self.parameters():
-            nn.init.uniform_(weight, -bound, bound)
+        for name, weight in self.named_parameters():
+            value = constant_start(name)
+            if value is None:
+                nn.init.uniform_(weight, -bound, bound)
+            else:
+                nn.init.constant_(weight, value)
 
     def flatten_parameters(self) -> None:
         """Does nothing: the kernels take the parameters where they are (torch's cuDNN path
@@ -81,7 +93,8 @@ class _RecurrentModule(nn.Module):
 
     def _variant(self) -> dict:
         """Constructor arguments beyond torch's that differ from their defaults."""
-        return {} if self.backend is None else {"backend": self.backend}
+        extra = {k: v for k, v in self.cell.variant.described().items() if k != "layer_norm"}
+        return extra | ({} if self.backend is None else {"backend": self.backend})
 
     def forward(self, input, hx=None):
         """As torch.nn: input (L, N, H_in), (N, L, H_in) with batch_first, unbatched (L, H_in),
@@ -121,8 +134,9 @@ class _RecurrentModule(nn.Module):
         if not isinstance(input, torch.Tensor) or input.dim() not in (1, 2):
             raise ValueError(f"{type(self).__name__}.step: expected input (N, H_in) or (H_in,), "
                              f"got {getattr(input, 'dim', lambda: type(input).__name__)()}D")
-        if self.training and (torch.is_grad_enabled() or (self.dropout > 0
-                                                          and self.num_layers > 1)):
+        if self.cell.variant.switches or self.training and (
+                torch.is_grad_enabled() or (self.dropout > 0 and self.num_layers > 1)):
+            # A variant cell (projection, layer norm, zoneout) has no step kernel
             time_dim = 1 if self.batch_first and input.dim() == 2 else 0
             y, hx = self.forward(input.unsqueeze(time_dim), hx)
             return y.squeeze(time_dim), hx
@@ -183,16 +197,16 @@ class _RecurrentModule(nn.Module):
 
     def _states(self, hx, x, B, batched):
         """hx checked against the stack, as a list with one tensor per state (zeros for None)."""
-        D = self._stack.num_directions
-        shape = (self.num_layers * D, B, self.hidden_size) if batched else (
-            self.num_layers * D, self.hidden_size)
+        shapes = [self._stack.state_shape(B, name) for name in self.cell.state_names]
+        if not batched:
+            shapes = [(shape[0], shape[2]) for shape in shapes]
         if hx is None:
-            return [x.new_zeros(shape) for _ in self.cell.state_names]
+            return [x.new_zeros(shape) for shape in shapes]
         states = self.cell.from_hx(hx) if isinstance(hx, (tuple, list)) or not \
             self.cell.has_cell_state else None
         if states is None or len(states) != len(self.cell.state_names):
             raise TypeError(f"hx for the LSTM must be a pair (h_0, c_0), got {type(hx).__name__}")
-        for name, s in zip(self.cell.named("{}_0"), states):
+        for name, shape, s in zip(self.cell.named("{}_0"), shapes, states):
             if not isinstance(s, torch.Tensor) or tuple(s.shape) != shape:
                 raise RuntimeError(f"Expected hidden size {shape} for {name}, got "
                                    f"{tuple(getattr(s, 'shape', ()))}"
@@ -205,25 +219,32 @@ class _RecurrentModule(nn.Module):
         params = list(self._parameters.values())
         for name, t in (("input", x), *zip(self.cell.named("hx ({}_0)"), states)):
             _check_dtype(name, t, params[0])
-        masks = self._dropout_masks(x, batch_first)
+        masks = self._masks(x, batch_first)
         keep = torch.is_grad_enabled() and (
             x.requires_grad or any(t.requires_grad for t in (*states, *params)))
-        config = (self.cell.name, self.hidden_size, self.num_layers, self.bidirectional,
+        config = (self.cell.spec, self.hidden_size, self.num_layers, self.bidirectional,
                   batch_first, self.dropout)
         return ops.forward(x, states, params, lengths, masks, config, keep, self.backend or "")
 
-    def _dropout_masks(self, x, batch_first):
-        """torch's dropout between layers: per layer but the last, a mask (T, B, D*H) from
-        ``bernoulli_(1 - p) / (1 - p)`` on torch's generator, drawn as torch.nn draws them."""
-        if not (self.training and self.dropout > 0 and self.num_layers > 1):
+    def _masks(self, x, batch_first):
+        """In training, the masks in the order stack.forward takes them: per layer, zoneout's
+        (T, B, H_out) per direction (1 with probability 1 - p), then torch's dropout between
+        layers, a mask (T, B, D*H_out) from ``bernoulli_(1 - p) / (1 - p)`` for every layer but
+        the last, drawn on torch's generator (without zoneout, as torch.nn draws them)."""
+        if not self.training:
             return []
         T, B = (x.shape[1], x.shape[0]) if batch_first else x.shape[:2]
-        shape = (T, B, self._stack.num_directions * self.hidden_size)
-        if self.dropout == 1:
-            return [x.new_zeros(shape) for _ in range(self.num_layers - 1)]
-        keep = 1 - self.dropout
-        return [x.new_empty(shape).bernoulli_(keep).div_(keep)
-                for _ in range(self.num_layers - 1)]
+        D, H_out = self._stack.num_directions, self._stack.output_size
+        masks = []
+        for k in range(self.num_layers):
+            if self.zoneout:
+                masks += [x.new_empty((T, B, H_out)).bernoulli_(1 - self.zoneout)
+                          for _ in range(D)]
+            if self.dropout > 0 and k < self.num_layers - 1:
+                keep = 1 - self.dropout
+                masks.append(x.new_zeros((T, B, D * H_out)) if keep == 0 else
+                             x.new_empty((T, B, D * H_out)).bernoulli_(keep).div_(keep))
+        return masks
 
     @classmethod
     def from_torch(cls, module, backend=None):
@@ -233,11 +254,10 @@ class _RecurrentModule(nn.Module):
         if type(module) is not expected:
             raise TypeError(f"{cls.__name__}.from_torch takes a torch.nn.{cls.__name__}, got "
                             f"{type(module).__name__}")
-        if module.proj_size:
-            raise ValueError(f"proj_size={module.proj_size}: LSTM projections are not built "
-                             f"in fastrnn yet; keep this torch.nn.LSTM")
         first = next(module.parameters())
         kwargs = {"nonlinearity": module.nonlinearity} if cls.__name__ == "RNN" else {}
+        if module.proj_size:
+            kwargs["proj_size"] = module.proj_size
         new = cls(module.input_size, module.hidden_size, module.num_layers, bias=module.bias,
                   batch_first=module.batch_first, dropout=module.dropout,
                   bidirectional=module.bidirectional, device=first.device, dtype=first.dtype,
@@ -266,9 +286,12 @@ def _check_arguments(input_size, hidden_size, num_layers, bias, batch_first, dro
             raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
         if value <= 0:
             raise ValueError(f"{name} must be greater than zero")
-    if proj_size != 0:
-        raise ValueError(f"proj_size={proj_size!r}: LSTM projections (proj_size != 0) are not "
-                         f"built in fastrnn yet; use torch.nn.LSTM for them")
+    if not isinstance(proj_size, int) or isinstance(proj_size, bool):
+        raise TypeError(f"proj_size should be of type int, got: {type(proj_size).__name__}")
+    if proj_size < 0:
+        raise ValueError("proj_size should be a positive integer or zero to disable projections")
+    if proj_size >= hidden_size:
+        raise ValueError("proj_size has to be smaller than hidden_size")
 
 
 def _check_dtype(name, t, param):
@@ -284,18 +307,20 @@ class RNN(_RecurrentModule):
     """Drop-in for torch.nn.RNN: h' = act(W_ih x + b_ih + W_hh h + b_hh), act tanh or relu.
 
     Arguments as torch.nn.RNN (``nonlinearity`` fourth), plus ``backend`` (a fastrnn backend
-    name; None lets dispatch pick by device: Numba on the CPU, CuPy on CUDA)."""
+    name; None lets dispatch pick by device: Numba on the CPU, CuPy on CUDA) and ``zoneout``
+    (the probability that a unit keeps its previous value in training, masks drawn on torch's
+    generator; in eval mode h' = p h + (1 - p) h_new)."""
 
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
                  batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None,
-                 backend=None):
+                 backend=None, zoneout=0.0):
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or "
                              f"'relu'.")
         self.nonlinearity = nonlinearity
         super().__init__(Cell("rnn", nonlinearity=nonlinearity), input_size, hidden_size,
                          num_layers, bias, batch_first, dropout, bidirectional, 0, device,
-                         dtype, backend)
+                         dtype, backend, zoneout)
 
     def _variant(self):
         extra = {} if self.nonlinearity == "tanh" else {"nonlinearity": self.nonlinearity}
@@ -305,49 +330,84 @@ class RNN(_RecurrentModule):
 class LSTM(_RecurrentModule):
     """Drop-in for torch.nn.LSTM (gates i, f, g, o); forward returns (output, (h_n, c_n)).
 
-    Arguments as torch.nn.LSTM, plus ``backend``; ``proj_size`` other than 0 raises a
-    ValueError until projections are built."""
+    Arguments as torch.nn.LSTM (``proj_size`` included: h = W_hr (o * tanh(c)), weight_hr_l{k}
+    (proj_size, hidden_size)), plus ``backend`` and ``zoneout`` (as for RNN; on h only)."""
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None,
-                 backend=None):
+                 backend=None, zoneout=0.0):
         super().__init__(Cell("lstm"), input_size, hidden_size, num_layers, bias, batch_first,
-                         dropout, bidirectional, proj_size, device, dtype, backend)
+                         dropout, bidirectional, proj_size, device, dtype, backend, zoneout)
 
 
 class GRU(_RecurrentModule):
     """Drop-in for torch.nn.GRU (gates r, z, n).
 
-    Arguments as torch.nn.GRU, plus ``backend`` and ``linear_before_reset`` (True: torch's
+    Arguments as torch.nn.GRU, plus ``backend``, ``linear_before_reset`` (True: torch's
     n = tanh(W_in x + b_in + r*(W_hn h + b_hn)); False: the textbook
-    n = tanh(W_in x + b_in + W_hn (r*h) + b_hn), which torch.nn does not have)."""
+    n = tanh(W_in x + b_in + W_hn (r*h) + b_hn), which torch.nn does not have) and ``zoneout``
+    (as for RNN)."""
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, device=None, dtype=None, backend=None,
-                 linear_before_reset=True):
+                 linear_before_reset=True, zoneout=0.0):
         if not isinstance(linear_before_reset, bool):
             raise TypeError(f"linear_before_reset should be of type bool, got: "
                             f"{type(linear_before_reset).__name__}")
         self.linear_before_reset = linear_before_reset
         super().__init__(Cell("gru", linear_before_reset=linear_before_reset), input_size,
                          hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-                         0, device, dtype, backend)
+                         0, device, dtype, backend, zoneout)
 
     def _variant(self):
         extra = {} if self.linear_before_reset else {"linear_before_reset": False}
         return {**extra, **super()._variant()}
 
 
+class LayerNormLSTM(LSTM):
+    """The layer-normalised LSTM (cells.Variant; Haste's formulation in torch's gate order):
+    gx = LN(W_ih x) * g_ih + b_ih, gh = LN(W_hh h) * g_hh + b_hh,
+    h' = o * tanh(LN(c') * g_c + b_c), with the parameters layernorm_ih_weight_l{k},
+    layernorm_hh_weight_l{k}, layernorm_c_weight_l{k} (gains, start at 1) and
+    layernorm_c_bias_l{k} (starts at 0), suffix _reverse. Arguments as ``LSTM``."""
+
+    _layer_norm = True
+
+
+class LayerNormGRU(GRU):
+    """The layer-normalised GRU (linear_before_reset): gx = LN(W_ih x) * g_ih + b_ih,
+    gh = LN(W_hh h) * g_hh + b_hh, then r, z, n as torch's GRU; the gains
+    layernorm_ih_weight_l{k} and layernorm_hh_weight_l{k} start at 1. Arguments as ``GRU``."""
+
+    _layer_norm = True
+
+
 def convert(model, backend=None):
     """Replace, in place, every torch.nn.RNN / LSTM / GRU inside ``model`` (at any depth, or
     ``model`` itself) by the fastrnn module with the same weights, device, dtype and training
-    mode; returns the model (the new module when ``model`` itself was one)."""
+    mode; returns the model (the new module when ``model`` itself was one). A module the
+    backend of its device cannot run (a projected LSTM where that backend has no projection)
+    stays torch's, with a warning that names it."""
     kinds = {nn.RNN: RNN, nn.LSTM: LSTM, nn.GRU: GRU}
     if type(model) in kinds:
-        return kinds[type(model)].from_torch(model, backend)
+        return _converted(kinds[type(model)], model, backend, "the model")
     for name, child in list(model.named_children()):
         if type(child) in kinds:
-            setattr(model, name, kinds[type(child)].from_torch(child, backend))
+            setattr(model, name, _converted(kinds[type(child)], child, backend, name))
         else:
             convert(child, backend)
     return model
+
+
+def _converted(cls, module, backend, name):
+    """``cls.from_torch(module)``, or ``module`` itself with a warning where the backend of its
+    device does not run its variant."""
+    new = cls.from_torch(module, backend)
+    device = next(module.parameters()).device
+    missing = backend_for(device, backend).unsupported(new.cell)
+    if missing:
+        warnings.warn(f"convert: {name} ({type(module).__name__} with "
+                      f"{', '.join(missing)}) stays torch.nn's: the backend for {device} "
+                      f"does not run {', '.join(missing)}", stacklevel=3)
+        return module
+    return new

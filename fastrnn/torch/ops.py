@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import itertools
 import weakref
+from dataclasses import replace
 from functools import lru_cache
 from typing import Optional
 
@@ -50,10 +51,11 @@ def pending_states() -> int:
 @lru_cache(maxsize=256)
 def geometry(cell, input_size, hidden_size, num_layers, n_params, bidirectional):
     """(Stack, parameter names in order) of a call; the bias is there when the parameter list
-    has four entries per layer and direction."""
-    D = 2 if bidirectional else 1
-    stack_ = stack.Stack(cell_by_name(cell), input_size, hidden_size, num_layers,
-                         n_params == 4 * num_layers * D, bidirectional)
+    is as long as the biased stack's."""
+    stack_ = stack.Stack(cell_by_name(cell), input_size, hidden_size, num_layers, True,
+                         bidirectional)
+    if n_params != len(stack_.param_shapes()):
+        stack_ = replace(stack_, bias=False)
     return stack_, tuple(stack_.param_shapes())
 
 
@@ -71,10 +73,12 @@ def _run_forward(x, states, params, lengths, masks, cell, hidden_size, num_layer
         y, finals, saved = stack.forward(
             stack_, chosen, {n: adapter.array(p) for n, p in zip(names, params)},
             adapter.array(x), tuple(adapter.array(s) for s in states), lengths,
-            # The caller draws the masks, in training mode only: none given means no dropout
-            # (eval mode), even when the state is kept for backward.
+            # The caller draws the masks (dropout's and zoneout's, in the order stack.forward
+            # takes them), in training mode only: none given means eval mode, even when the
+            # state is kept for backward.
             training=training or bool(masks), batch_first=batch_first,
-            dropout=dropout if masks else 0.0, draw_mask=lambda shape: next(drawn))
+            dropout=dropout if masks else 0.0, draw_mask=lambda shape: next(drawn),
+            draw_zoneout=(lambda shape: next(drawn)) if masks else None)
     return adapter, y, finals, saved if training else None
 
 
@@ -106,7 +110,8 @@ def _(x, states, params, lengths, masks, cell, hidden_size, num_layers, bidirect
       batch_first, dropout, training, backend):
     D = 2 if bidirectional else 1
     T, B = (x.shape[1], x.shape[0]) if batch_first else x.shape[:2]
-    y = x.new_empty((T, B, D * hidden_size))  # the backends write time-major
+    H_out = cell_by_name(cell).variant.hidden_size(hidden_size)
+    y = x.new_empty((T, B, D * H_out))  # the backends write time-major
     return ((y.transpose(0, 1) if batch_first else y), [torch.empty_like(s) for s in states],
             torch.empty(1, dtype=torch.int64))
 
@@ -221,13 +226,14 @@ def forward(x, states, params, lengths, masks, config, training, backend):
 def _differentiable_backward(config, x, states, params, lengths, masks, dy, d_finals):
     """The gradients as torch operations (create_graph=True): the stack recomputed by
     reference.py and differentiated by autograd, so they can be differentiated again."""
-    cell, hidden_size, num_layers, bidirectional, batch_first, _ = config
+    cell, hidden_size, num_layers, bidirectional, batch_first, dropout = config
     stack_, names = geometry(cell, x.shape[-1], hidden_size, num_layers, len(params),
                              bidirectional)
     inputs = [x, *states, *params]
     with torch.enable_grad():
         y, finals = reference.forward(stack_, x.transpose(0, 1) if batch_first else x,
-                                      tuple(states), dict(zip(names, params)), lengths, masks)
+                                      tuple(states), dict(zip(names, params)), lengths, masks,
+                                      dropout)
         y = y.transpose(0, 1) if batch_first else y
         wanted = [t for t in inputs if t.requires_grad]
         found = iter(torch.autograd.grad([y, *finals], wanted, [dy, *d_finals],

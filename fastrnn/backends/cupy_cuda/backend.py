@@ -27,6 +27,7 @@ class CupyBackend(FusedBackend):
     name = "cupy"
     library = "cupy"
     threads_per_block = 256
+    variant_switches = frozenset({"clip", "peepholes", "zoneout", "proj_size", "layer_norm"})
 
     def __init__(self, device=None, name=None):
         if device is None:
@@ -47,9 +48,10 @@ class CupyBackend(FusedBackend):
         with self.device.context(dy):
             return super().backward(cell, saved, dy, dh_n, dc_n)
 
-    def recurrence_forward(self, cell, x_proj, W_hh, b_hh, h0, c0, lengths, reverse, y, training):
+    def recurrence_forward(self, cell, x_proj, W_hh, b_hh, h0, c0, lengths, reverse, y, training,
+                           **variant):
         run = RECURRENCES[cell.name](self, cell, W_hh, b_hh, x_proj.shape[1])
-        return run.forward(x_proj, h0, c0, lengths, reverse, y, training)
+        return run.forward(x_proj, h0, c0, lengths, reverse, y, training, **variant)
 
     def recurrence_backward(self, cell, saved, W_hh, dy, dh_n, dc_n, d_gx):
         run = RECURRENCES[cell.name](self, cell, W_hh, None, dy.shape[1])

@@ -19,13 +19,18 @@ OPTIONS = ("-std=c++17",)
 CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 
 # Every kernel template of each file with its template arguments after the dtype ("" for none).
+# The last argument of every cell kernel is Clip (cells.Variant.clip), compiled both ways.
+_CLIP = (", false", ", true")
 TEMPLATES = {
-    "rnn.cu": [("rnn_forward", ", false"), ("rnn_forward", ", true"),
-               ("rnn_backward", ", false"), ("rnn_backward", ", true")],
-    "lstm.cu": [("lstm_forward", ""), ("lstm_backward", "")],
-    "gru.cu": [("gru_forward", ""), ("gru_backward", ""),
-               ("gru_textbook_forward_gates", ""), ("gru_textbook_forward_state", ""),
-               ("gru_textbook_backward_state", ""), ("gru_textbook_backward_reset", "")],
+    "rnn.cu": [(k, relu + clip) for k in ("rnn_forward", "rnn_backward")
+               for relu in (", false", ", true") for clip in _CLIP],
+    "lstm.cu": [(k, clip) for k in ("lstm_forward", "lstm_backward", "lstm_layer_norm_forward",
+                                    "lstm_layer_norm_backward") for clip in _CLIP]
+    + [("lstm_projection_forward", ""), ("lstm_projection_backward", "")],
+    "gru.cu": [(k, clip) for k in ("gru_forward", "gru_backward", "gru_textbook_forward_gates",
+                                   "gru_textbook_forward_state", "gru_textbook_backward_state",
+                                   "gru_textbook_backward_reset", "gru_layer_norm_forward",
+                                   "gru_layer_norm_backward") for clip in _CLIP],
 }
 
 _INCLUDE = re.compile(r'^#include "([\w.]+)"[ \t]*$', re.MULTILINE)

@@ -5,7 +5,8 @@ Forward, per step t: the recurrent GEMM(s) ``h_prev @ W_hh.T`` through ``xp.matm
 and one fused pointwise kernel (two around a second GEMM for the textbook GRU). Backward, per
 step in the opposite order: one fused pointwise kernel, then one GEMM ``d_gh @ W_hh`` for the
 gradient flowing into the previous state. Every kernel runs one thread per (b, j) of the
-(B, H) state: ``threads_per_block`` threads per block, ceil(B*H / threads_per_block) blocks.
+(B, H) state: ``threads_per_block`` threads per block, ceil(B*H / threads_per_block) blocks;
+the layer-normalised ones run one block per batch row (``launch(per_row=True)``).
 
 What a training forward keeps (see fastrnn/cells.py) is a ``base.Saved``. The states are laid
 out in the slots of ``base.state_slots``: (T+1, B, H) in time order when training, so step t
@@ -26,7 +27,7 @@ class Step:
     """The views one step's launches work on; attributes unused by a cell stay None."""
 
     __slots__ = ("t", "x_proj", "y", "h_prev", "h_next", "c_prev", "c_next", "gates", "hn",
-                 "dy", "d_gx")
+                 "inside", "zoneout", "dy", "d_gx")
 
     def __init__(self, t, **views):
         self.t = np.int32(t)
@@ -60,52 +61,106 @@ def _state_buffer(xp, s0, T, reverse, training):
     return states
 
 
-def _kept_views(t, i, o, hs, cs, gates, hn):
-    """Step t's views of the states (entering slot i, leaving slot o) and of what a training
-    forward keeps; None for what the cell does not have."""
+def _kept_views(t, i, o, hs, cs, gates, hn, inside, zoneout):
+    """Step t's views of the states (entering slot i, leaving slot o), of what a training
+    forward keeps and of the zoneout mask; None for what the cell does not have."""
     def pick(a, k):
         return None if a is None else a[k]
 
     return dict(h_prev=hs[i], h_next=hs[o], c_prev=pick(cs, i), c_next=pick(cs, o),
-                gates=pick(gates, t), hn=pick(hn, t))
+                gates=pick(gates, t), hn=pick(hn, t), inside=pick(inside, t),
+                zoneout=pick(zoneout, t))
+
+
+# The keyword arguments of recurrence_forward that a variant cell gets (FusedBackend): the
+# direction's variant parameters (g_ih is applied above the backends) and the zoneout mask.
+VARIANT_ARGUMENTS = ("P", "W_hr", "g_hh", "g_c", "b_c", "zoneout_mask")
 
 
 class Recurrence:
     """One direction of one cell on one device. A cell subclass sets ``file`` (its kernel
     source), ``gate_blocks`` (k of the saved gates (T, B, k*H); 0 keeps none) and ``keeps_hn``,
     and defines ``forward_step(s)`` and ``backward_step(s)``, the launches of one ``Step``.
+
+    The variant (cells.Variant) reaches the kernels as their last template argument, Clip, with
+    ``clip`` the bound in the dtype; a clipped training forward keeps the clamp's flags,
+    ``inside`` (T, B, G*H) uint8. The peepholes ``P`` (3, H) are an argument of the LSTM's
+    kernels (None without). The zoneout mask M (T, B, H) reaches every kernel that ends a
+    step (``leave_step``) or starts its backward (``gradient_leaving``), a view of rows
+    ``ld_z`` apart (None without zoneout). The other variant parameters (``W_hr``, ``g_hh``,
+    ``g_c``, ``b_c``) are attributes, None where the direction has none; the cell subclass
+    that runs them keeps what their backward needs in ``Saved.kept`` (``kept_for_backward``)
+    and returns their gradients from ``variant_grads``.
+
+    Widths: H that of the gates and of c, Hp = W_hh.shape[1] that of h (the projection's
+    proj_size where the LSTM projects, else H).
     """
 
     file = ""
     gate_blocks = 0
     keeps_hn = False
-    template_extra = ""
 
     def __init__(self, backend, cell, W_hh, b_hh, B):
         self.device = backend.device
         self.xp = backend.xp
         self.W_hh, self.b_hh = W_hh, b_hh
         self.dtype = W_hh.dtype
-        self.B, self.H = B, W_hh.shape[1]
-        n = B * self.H
-        if n >= 2 ** 31 or W_hh.shape[0] * B >= 2 ** 31:
+        self.G = cell.gates
+        self.B, self.H, self.Hp = B, W_hh.shape[0] // self.G, W_hh.shape[1]
+        clip = cell.variant.clip
+        self.clipped = clip is not None
+        self.clip = self.dtype.type(0 if clip is None else clip)
+        self.template_extra = self.cell_template(cell) + (", true" if self.clipped
+                                                          else ", false")
+        self.use_variant({})
+        if W_hh.shape[0] * B >= 2 ** 31:
             raise ValueError(f"B*G*H = {W_hh.shape[0] * B} is too large for 32-bit indexing")
-        per_block = backend.threads_per_block
-        self.grid = ((n + per_block - 1) // per_block,)
-        self.block = (per_block,)
-        self.sizes = (np.int32(B), np.int32(self.H))
+        self.block = (backend.threads_per_block,)
 
-    def launch(self, kernel, *args):
-        """Run ``kernel`` for this dtype over the B*H units; B and H are the last arguments."""
-        expression = loader.name_expression(kernel, self.dtype, self.template_extra)
-        loader.kernel(self.device, self.file, expression)(self.grid, self.block,
-                                                          args + self.sizes)
+    def cell_template(self, cell):
+        """The template arguments of the cell's kernels between the dtype and Clip."""
+        return ""
+
+    def launch(self, kernel, *args, width=None, template=None, per_row=False):
+        """Run ``kernel`` for this dtype over the B*width units (width H unless given), one
+        thread per unit, or (``per_row``) one block per batch row (the layer-normalised
+        kernels: the block's threads step over the row's G*H units, as many threads as there
+        are up to threads_per_block, in whole warps). B and width are the last arguments. Its
+        template arguments after the dtype are the cell's (``template_extra``) unless given."""
+        width = self.H if width is None else width
+        extra = self.template_extra if template is None else template
+        expression = loader.name_expression(kernel, self.dtype, extra)
+        per_block = self.block[0]
+        if per_row:
+            grid, block = (self.B,), (min(per_block, -(-self.G * self.H // 32) * 32),)
+        else:
+            grid, block = ((self.B * width + per_block - 1) // per_block,), self.block
+        loader.kernel(self.device, self.file, expression)(
+            grid, block, args + (np.int32(self.B), np.int32(width)))
 
     # ------------------------------------------------------------------------------------------
     # Forward
 
-    def forward(self, x_proj, h0, c0, lengths, reverse, y, training):
+    def kept_gate_blocks(self):
+        """k of the saved gates (T, B, k*H) of a training forward."""
+        return self.gate_blocks
+
+    def use_variant(self, params):
+        """The variant parameters of the direction (recurrence_forward's keyword arguments, or
+        Saved.kept), as attributes; the zoneout mask with its row stride."""
+        for name in VARIANT_ARGUMENTS:
+            setattr(self, name, params.get(name))
+        M = self.zoneout_mask
+        self.ld_z = np.int32(0) if M is None else row_stride("zoneout_mask", M)
+
+    def forward(self, x_proj, h0, c0, lengths, reverse, y, training, **variant):
         xp = self.xp
+        unknown = sorted(set(variant) - set(VARIANT_ARGUMENTS))
+        if unknown:
+            raise TypeError(f"recurrence_forward got variant arguments it does not know: "
+                            f"{unknown}; it takes {list(VARIANT_ARGUMENTS)}")
+        self.use_variant(variant)
+        zoneout_mask = self.zoneout_mask
         T, B, _ = x_proj.shape
         H = self.H
         self.ld_x, self.ld_y = row_stride("x_proj", x_proj), row_stride("y", y)
@@ -113,23 +168,31 @@ class Recurrence:
         hs = _state_buffer(xp, h0, T, reverse, training)
         cs = _state_buffer(xp, c0, T, reverse, training) if c0 is not None else None
         gates = hn = None
-        if training and self.gate_blocks:
-            gates = xp.empty((T, B, self.gate_blocks * H), self.dtype)
+        if training and self.kept_gate_blocks():
+            gates = xp.empty((T, B, self.kept_gate_blocks() * H), self.dtype)
         if training and self.keeps_hn:
             hn = xp.empty((T, B, H), self.dtype)
-        self.forward_buffers(training)
+        inside = xp.empty((T, B, self.G * H), np.uint8) if training and self.clipped else None
+        self.forward_buffers(T, training)
         for n in range(T):
             t, i, o = base.state_slots(n, T, reverse, training)
             self.forward_step(Step(t, x_proj=x_proj[t], y=y[t],
-                                   **_kept_views(t, i, o, hs, cs, gates, hn)))
+                                   **_kept_views(t, i, o, hs, cs, gates, hn, inside,
+                                                 zoneout_mask)))
         last = base.final_slot(T, reverse, training)
         h_n = hs[last].copy()
         c_n = cs[last].copy() if cs is not None else None
         if not training:
             return h_n, c_n, None
-        return h_n, c_n, Saved(hs, cs, gates, hn, self.lengths, reverse)
+        return h_n, c_n, Saved(hs, cs, gates, hn, self.lengths, reverse, self.P, inside,
+                               kept=self.kept_for_backward(variant))
 
-    def forward_buffers(self, training):
+    def kept_for_backward(self, variant):
+        """Saved.kept: the variant's parameters and what their backward needs (a subclass adds
+        its own)."""
+        return dict(variant)
+
+    def forward_buffers(self, T, training):
         """Allocate the per-step scratch of the forward (the recurrent GEMM's output)."""
         self.gh = self.xp.empty((self.B, self.W_hh.shape[0]), self.dtype)
 
@@ -137,24 +200,34 @@ class Recurrence:
     # Backward
 
     def backward(self, saved: Saved, dy, dh_n, dc_n, d_gx):
-        """Returns (hh_terms, dh0, dc0) as FusedBackend.recurrence_backward specifies."""
+        """Returns (hh_terms, dh0, dc0[, variant_grads]) as FusedBackend.recurrence_backward
+        specifies."""
         xp = self.xp
         T = dy.shape[0]
         self.ld_dy, self.ld_g = row_stride("dy", dy), row_stride("d_gx", d_gx)
         self.lengths = saved.lengths
+        self.use_variant(saved.kept)
+        self.saved, self.kept, self.d_gx = saved, saved.kept, d_gx
         # dL/dh entering the step just run = dh_carry + dh_rec, dh_rec = (its d_gh) @ W_hh.
-        self.dh_rec = xp.zeros((self.B, self.H), self.dtype)
+        self.dh_rec = xp.zeros((self.B, self.Hp), self.dtype)
         self.dh_carry = dh_n.copy()
         self.dc_carry = None if dc_n is None else dc_n.copy()
         self.backward_buffers(T)
         for n in reversed(range(T)):
             t, i, o = base.state_slots(n, T, saved.reverse, True)
             self.backward_step(Step(t, dy=dy[t], d_gx=d_gx[t], **_kept_views(
-                t, i, o, saved.hs, saved.cs, saved.gates, saved.hn)))
-        return self.hh_terms(d_gx, saved.h_in), self.dh_carry + self.dh_rec, self.dc_carry
+                t, i, o, saved.hs, saved.cs, saved.gates, saved.hn, saved.inside,
+                self.zoneout_mask)))
+        result = (self.hh_terms(d_gx, saved.h_in), self.dh_carry + self.dh_rec, self.dc_carry)
+        variant_grads = self.variant_grads()
+        return result + (variant_grads,) if variant_grads else result
 
     def backward_buffers(self, T):
         """Allocate what the backward needs beyond dh_rec and the carries."""
+
+    def variant_grads(self):
+        """The gradients of the variant's parameters the backward made, by "d" + name."""
+        return {}
 
     def hh_terms(self, d_gx, h_in):
         """[(d_block (T, B, k), h_in (T, B, H))] whose products make dW_hh (FusedBackend)."""

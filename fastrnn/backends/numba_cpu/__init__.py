@@ -5,6 +5,7 @@
     driver.py     one call through the skeleton: buffers, flat views, the registry of cells
     rnn.py, lstm.py, gru.py, gru_textbook.py   one cell variant each: its step's row math and
                   its registration (``driver.register``)
+    variants.py   the clip and the peepholes (cells.Variant) in the cells' row functions
     packed.py     the recurrent product (a hand-written gemm on packed panels) and the Plan
     vectors.py    64-byte vectors and row loops;  scalars.py  activations and compile flags
     blas.py       the GEMMs above the recurrence, the BLAS thread limit
@@ -106,6 +107,7 @@ class NumbaBackend(FusedBackend):
     direct_max_rows = tuning.direct_max_rows
     step_forward_min_state = tuning.step_forward_min_state
     has_step_kernel = True
+    variant_switches = frozenset({"peepholes", "clip", "zoneout", "layer_norm"})
 
     def __init__(self):
         from . import blas, driver, packed, step, threads
@@ -165,7 +167,9 @@ class NumbaBackend(FusedBackend):
             split_min = self.unit_split_min
             if B < self.few_rows * threads:
                 split_min = min(split_min, self.few_rows_unit_split_min)
-            if step >= split_min:
+            # a layer-normalised cell needs whole rows of gates per step (the row statistics):
+            # its threads split the batch only
+            if step >= split_min and not cell.variant.layer_norm:
                 units = threads
             else:
                 rows = max(1, min(threads, B // max(1, self.parallel_min_rows)))
@@ -181,17 +185,38 @@ class NumbaBackend(FusedBackend):
         plan = self._plan(cell, T, B, W_hh.shape[1])
         return self._packed.Packed(np.ascontiguousarray(W_hh), plan, self._direct(T, B, plan))
 
+    def _input_projection(self, rows, W, dirs):
+        """As FusedBackend's, with the input side's layer norm one compiled pass per row on
+        the threads (variants.layer_norm_rows) rather than NumPy's passes over x_proj and
+        its temporaries, which cost a layer-normalised forward a third more than the plain
+        one at the medium preset (benchmarks/layer_norm.py)."""
+        if dirs[0].g_ih is None:
+            return super()._input_projection(rows, W, dirs)
+        from .variants import layer_norm_rows
+
+        x_proj = np.ascontiguousarray(self.matmul(rows, W.T))  # written through a flat view
+        N, GH = x_proj.shape[0], W.shape[0] // len(dirs)
+        norms = []
+        for k, d in enumerate(dirs):
+            mean, inv_std = np.empty((2, N, 1), x_proj.dtype)
+            b = np.empty(0, x_proj.dtype) if d.b_ih is None else d.b_ih
+            layer_norm_rows(x_proj.reshape(-1), x_proj.shape[1], k * GH, GH, d.g_ih, b,
+                            mean.reshape(-1), inv_std.reshape(-1))
+            norms.append((mean, inv_std))
+        return x_proj, norms
+
     def recurrence_forward(self, cell, x_proj, W_hh, b_hh, h0, c0, lengths, reverse, y,
-                           training):
+                           training, **variant):
         """x_proj (R, G*H) the valid rows that ``lengths``, a packing.Steps, lists (see
-        FusedBackend)."""
+        FusedBackend); ``variant`` the variant's arrays (driver.forward): P, zoneout_mask
+        (R, H), g_hh, g_c, b_c."""
         T, B, _ = y.shape
         if not isinstance(W_hh, self._packed.Packed):
             W_hh = self.prepare_hh(cell, W_hh, T, B)
         y_out = y if self._driver.flat(y) is not None else np.empty(y.shape, y.dtype)
         h_n, c_n, saved = self._driver.forward(
             cell, x_proj, y_out, W_hh, np.ascontiguousarray(b_hh), h0, c0, lengths,
-            bool(reverse), bool(training))
+            bool(reverse), bool(training), **variant)
         if y_out is not y:
             y[...] = y_out
         return h_n, c_n, saved
@@ -201,11 +226,13 @@ class NumbaBackend(FusedBackend):
         plan = self._plan(cell, T, B, H)
         flat = self._driver.flat_rows(d_gx) is not None
         g_out = d_gx if flat else np.empty(d_gx.shape, d_gx.dtype)
-        hh_terms, dh0, dc0 = self._driver.backward(
+        hh_terms, dh0, dc0, variant_grads = self._driver.backward(
             cell, saved, np.ascontiguousarray(W_hh), dy, dh_n, dc_n, g_out, plan,
             self._direct(T, B, plan))
         if g_out is not d_gx:
             d_gx[...] = g_out
+        if variant_grads:
+            return hh_terms, dh0, dc0, variant_grads
         return hh_terms, dh0, dc0
 
 

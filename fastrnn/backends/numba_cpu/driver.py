@@ -187,44 +187,88 @@ def _whole(B):
     return np.array([0, B], np.int64)
 
 
-def forward(cell, x_proj, y, weights, b_hh, h0, c0, steps, reverse, training):
+def kernel_cell(cell, dtype, inside=None, **arrays):
+    """The NamedTuple the kernels get for a cells.Cell: its Spec's, with the variant's fields
+    (variants.py) where the cell has them: the clip in ``dtype`` and the clamp flags
+    ``inside`` (flat uint8); each of ``arrays`` that is not None (peepholes P, zoneout mask M,
+    layer-norm gains and buffers), flat in ``dtype``."""
+    if not cell.variant.switches:  # the plain cell's own NamedTuple
+        return SPECS[cell.name].cell
+    fields = {}
+    if cell.variant.clip is not None:
+        fields.update(clip=dtype.type(cell.variant.clip), inside=inside.reshape(-1))
+    for name, a in arrays.items():
+        if a is not None:
+            fields[name] = np.ascontiguousarray(a, dtype).reshape(-1)
+    return SPECS[cell.name].cell._replace(**fields)
+
+
+def _zoneout_mask(M, R, H, dtype):
+    """The zoneout mask as the kernels read it, (R, H) C-contiguous, or None."""
+    if M is None:
+        return None
+    if M.shape != (R, H):
+        raise ValueError(f"zoneout_mask must have the packed rows of x_proj, ({R}, {H}); "
+                         f"got {M.shape}")
+    return np.ascontiguousarray(M, dtype)
+
+
+def forward(cell, x_proj, y, weights, b_hh, h0, c0, steps, reverse, training, P=None,
+            zoneout_mask=None, g_hh=None, g_c=None, b_c=None):
     """One direction of a cells.Cell: x_proj (R, G*H) the valid rows that ``steps`` (a
-    packing.Steps) lists; weights a packed.Packed; y (T, B, H) is filled. Returns (h_n, c_n or
-    None, base.Saved or None)."""
+    packing.Steps) lists; weights a packed.Packed; y (T, B, H) is filled. The variant's
+    arrays, where the cell has them: P (3, H) the peepholes; zoneout_mask (R, H) M, rows as
+    x_proj's; g_hh (G*H,), g_c, b_c (H,) layer norm's gains and c's bias (the plan then has
+    one unit chunk). Returns (h_n, c_n or None, base.Saved or None)."""
     name = cell.name
     spec = SPECS[name]
     T, B, _ = y.shape
     R = x_proj.shape[0]
     H = weights.array.shape[1]
     plan = weights.plan
+    if g_hh is not None and plan.units != 1:
+        raise AssertionError("a layer-normalised cell runs one unit chunk (NumbaBackend._plan)")
     dtype = x_proj.dtype
     G = cell.gates
+    M = _zoneout_mask(zoneout_mask, R, H, dtype)
     states = [np.empty((T + 1 if training else 2, B, H), dtype) for _ in range(spec.states)]
     for st, s0 in zip(states, (h0, c0)):
         st[base.first_slot(T, reverse, training)] = s0
-    gates = gate_store(x_proj, training, G, H) if spec.gates else None
+    # the RNN with zoneout keeps h_new (its hs holds the zoned-out h') as its one gate
+    keeps_gates = spec.gates or (M is not None and cell.kind == "rnn")
+    gates = gate_store(x_proj, training, G, H) if keeps_gates else None
     hn = np.empty((R, H), dtype) if training and spec.hn else None
     W = weights.forward(spec.forward)
     ph, out, mid = forward_layout(name, B, H, plan, dtype.itemsize, weights.direct)
     work = (W, np.empty(out, dtype), np.empty(mid, dtype), ph)  # a skeleton.FWork
     geo = (T, B, H, G, plan.rows, plan.units, plan.size, reverse, training)  # a Geometry
-    time_loop(spec.cell, geo, flat_input(x_proj), flat(y), _steps(steps, plan), b_hh,
+    clipped = training and cell.variant.clip is not None
+    inside = (np.empty((R if clipped else 0, G * H), np.uint8)
+              if cell.variant.clip is not None else None)
+    ln_hh = None if g_hh is None else np.empty((R if training else 0, G * H), dtype)
+    time_loop(kernel_cell(cell, dtype, inside, P=P, M=M, g_hh=g_hh, ln_hh=ln_hh, g_c=g_c,
+                          b_c=b_c),
+              geo, flat_input(x_proj), flat(y), _steps(steps, plan), b_hh,
               tuple([st.reshape(-1) for st in states]),
               (_flat_or_empty(gates, dtype), _flat_or_empty(hn, dtype)), work)
     last = base.final_slot(T, reverse, training)
     hs, cs = (states + [None])[:2]
-    saved = base.Saved(hs, cs, gates, hn, None, reverse) if training else None
+    saved = (base.Saved(hs, cs, gates, hn, None, reverse, P, inside if clipped else None,
+                        M, g_hh, ln_hh, g_c, b_c)
+             if training else None)
     return hs[last].copy(), None if cs is None else cs[last].copy(), saved
 
 
 def backward(cell, saved, W_hh, dy, dh_n, dc_n, d_gx, plan, direct):
     """Fills d_gx (R, G*H), the valid rows of saved.lengths (a packing.Steps); returns
-    (hh_terms, dh0, dc0 or None), packed rows too. ``direct``: the products read W_hh as it is
-    (direct.py) instead of packed panels."""
+    (hh_terms, dh0, dc0 or None, variant_grads), packed rows too; variant_grads holds dg_hh,
+    db_hh (and the LSTM's dg_c, db_c) of a layer-normalised cell, else nothing. ``direct``:
+    the products read W_hh as it is (direct.py) instead of packed panels."""
     name = cell.name
     spec = SPECS[name]
     T, B, H = dy.shape
     dtype = dy.dtype
+    G = cell.gates
     k, size = plan.units, plan.size
     grads = tuple([np.array(g, dtype, order="C") for g in (dh_n, dc_n)[:spec.states]])
     ph, d, q, P = _backward_layout(name, B, H, plan, dtype.itemsize, direct)
@@ -233,13 +277,30 @@ def backward(cell, saved, W_hh, dy, dh_n, dc_n, d_gx, plan, direct):
     work = (WT, np.zeros(d, dtype), np.empty(2 * q, dtype),
             np.empty(q if len(spec.backward) > 1 else 0, dtype), np.empty(B * H, dtype),
             _flat_or_empty(terms, dtype), ph, P, spec.kt)  # a skeleton.BWork
-    geo = (T, B, H, cell.gates, plan.rows, k, size, saved.reverse, True)  # a Geometry
+    geo = (T, B, H, G, plan.rows, k, size, saved.reverse, True)  # a Geometry
     state = (saved.hs, saved.cs)[:spec.states]
-    time_loop(spec.cell, geo, flat_input(dy), flat_rows(d_gx), _steps(saved.lengths, plan),
+    normed = saved.g_hh is not None
+    # per batch row: the sums of dg_hh, db_hh (and the LSTM's dg_c, db_c), variants.py
+    acc = np.zeros((B, 2 * G * H + (2 * H if spec.states == 2 else 0)) if normed else 0,
+                   dtype)
+    carry = None if saved.zoneout_mask is None else np.empty(B * H, dtype)
+    time_loop(kernel_cell(cell, dtype, saved.inside, P=saved.P, M=saved.zoneout_mask,
+                          carry=carry, g_hh=saved.g_hh, ln_hh=saved.ln_hh,
+                          acc=acc if normed else None, g_c=saved.g_c, b_c=saved.b_c),
+              geo, flat_input(dy), flat_rows(d_gx), _steps(saved.lengths, plan),
               tuple([g.reshape(-1) for g in grads]), tuple([st.reshape(-1) for st in state]),
               (_flat_or_empty(saved.gates, dtype), _flat_or_empty(saved.hn, dtype)), work)
     h_in = base.entering_states(saved.hs, saved.reverse).reshape(T * B, H)
     if d_gx.shape[0] < T * B:
         h_in = h_in[saved.lengths.index()]
-    return (spec.hh_terms(d_gx, terms, h_in), grads[0],
-            grads[1] if spec.states == 2 else None)
+    variant_grads = {}
+    if normed:  # backward left the gradient of W_hh h (before LN) in saved.ln_hh
+        hh_terms = [(saved.ln_hh, h_in)]
+        sums = acc.sum(axis=0)
+        names = ("dg_hh", "db_hh", "dg_c", "db_c")
+        widths = (G * H, G * H, H, H)[:2 * spec.states]
+        for nm, start, w in zip(names, accumulate((0,) + widths), widths):
+            variant_grads[nm] = sums[start:start + w]
+    else:
+        hh_terms = spec.hh_terms(d_gx, terms, h_in)
+    return (hh_terms, grads[0], grads[1] if spec.states == 2 else None, variant_grads)

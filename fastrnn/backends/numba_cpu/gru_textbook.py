@@ -6,37 +6,39 @@ n = tanh(gx_n + that + b_hn) and h' = n + z*(h - n). Training keeps r, z, n.
 
 Backward phase 0: dn, dz (gru.dn_dz: dh <- dh*z) and the shares of d_rh = dn @ W_hn; phase 1:
 dr = d_rh*h*r*(1-r), dh += d_rh*r, and r*h (the terms of dW_hn); its share [dr, dz] @ W_rz
-reaches dh at the step processed next.
+reaches dh at the step processed next. A clip (variants.py) clamps the inputs of r, z and n,
+and zeroes dr, dz, dn where they were clamped.
 """
 
 from __future__ import annotations
-
-from typing import NamedTuple
-
 
 from .gru import G, dn_dz
 from .packed import panel_width
 from .scalars import U
 from .driver import Spec, register
+from .variants import CLIP, ZONEOUT, cell_tuple, clamp_row, unclamp_row
 from .vectors import add_into, copy_row, sigmoid_row, tanh_row
 
 
-class GruTextbook(NamedTuple):
-    pass
+GruTextbook = cell_tuple("GruTextbook", __name__, variants=(CLIP, ZONEOUT))
 
 
 def _forward(cell, k, geo, pos, xp, b_hh, state, keep, work):
     g, n, nu, H, u0, xo, hs = pos.g, pos.n, geo.nu, geo.H, pos.u0, pos.io, state[0]
     out = work.out
+    m0 = pos.tb * G * H + u0  # the row's clamp flags of r
     if k == 0:
         add_into(out, g, xp, xo, b_hh, u0, n)
         add_into(out, g + nu, xp, xo + H, b_hh, H + u0, n)
+        for j in range(2):
+            clamp_row(cell, out, g + j * nu, n, m0 + j * H, geo.training)
         sigmoid_row(out, g, 2 * nu)
         rh, hb = work.mid, pos.b * H + u0
         for u in range(n):
             rh[U(hb + u)] = out[U(g + u)] * hs[U(pos.i_in + u)]
     else:
         add_into(out, g, xp, xo + 2 * H, b_hh, 2 * H + u0, n)
+        clamp_row(cell, out, g, n, m0 + 2 * H, geo.training)
         tanh_row(out, g, n)
         rz = work.ph[0, 3] + pos.row * work.ph[0, 1] * panel_width(out)  # r, z of phase 0
         for u in range(n):
@@ -53,6 +55,8 @@ def _backward(cell, k, geo, pos, dgx, state, grads, keep, work):
         dn = pos.g
         dr = work.ph[1, 2] + pos.row * 2 * nu  # phase 1's [dr, dz]
         dn_dz(grads[0], hb, gates, gr, H, hs, pos.i_in, d, dn, d, dr + nu, n)
+        unclamp_row(cell, d, dr + nu, n, gr + H)
+        unclamp_row(cell, d, dn, n, gr + 2 * H)
         copy_row(dgx, go + H, d, dr + nu, n)
         copy_row(dgx, go + 2 * H, d, dn, n)
     else:
@@ -62,6 +66,7 @@ def _backward(cell, k, geo, pos, dgx, state, grads, keep, work):
         for u in range(n):
             r = gates[U(gr + u)]
             d[U(dr + u)] = tmp[U(hb + u)] * hs[U(pos.i_in + u)] * r * (one - r)
+        unclamp_row(cell, d, dr, n, gr)
         for u in range(n):
             dh[U(hb + u)] += tmp[U(hb + u)] * gates[U(gr + u)]
         for u in range(n):

@@ -3,25 +3,25 @@
 Forward, per valid row: h' = act(h @ W_hh^T + x_proj + b_hh). Training keeps only the states.
 Backward, with dh reaching h' (plus dy): d_pre = dh * act'(h'), act' = 1 - h'^2 (tanh) or
 [h' > 0] (relu); dh <- 0, as h reaches the previous step only through d_pre @ W_hh.
+With a clip (variants.py) the pre-activation is clamped first, and d_pre is 0 where it was.
+With zoneout, hs holds the zoned-out h', so training keeps h_new as the cell's one gate.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
-
 from .scalars import U
 from .driver import Spec, register
+from .variants import CLIP, ZONEOUT, cell_tuple, clamp_row, h_new_of, keep_h_new, unclamp_row
 from .vectors import add_into, copy_row, tanh_of, zero_row
 
 
-class Rnn(NamedTuple):
-    relu: bool
+Rnn = cell_tuple("Rnn", __name__, ("relu",), (CLIP, ZONEOUT))
 
 
 def _forward(cell, k, geo, pos, xp, b_hh, state, keep, work):
     g, n, gbuf, hs = pos.g, pos.n, work.out, state[0]
     add_into(gbuf, g, xp, pos.io, b_hh, pos.u0, n)
+    clamp_row(cell, gbuf, g, n, pos.tb * geo.H + pos.u0, geo.training)
     if cell.relu:
         zero = gbuf.dtype.type(0)
         for u in range(n):
@@ -29,11 +29,13 @@ def _forward(cell, k, geo, pos, xp, b_hh, state, keep, work):
             hs[U(pos.i_out + u)] = zero if v < zero else v  # NaN stays NaN
     else:
         tanh_of(hs, pos.i_out, gbuf, g, n)
+    keep_h_new(cell, gbuf, g, hs, pos.i_out, n)
 
 
 def _backward(cell, k, geo, pos, dgx, state, grads, keep, work):
-    d, g, n, dh, hs, ho = work.d, pos.g, pos.n, grads[0], state[0], pos.i_out
+    d, g, n, dh = work.d, pos.g, pos.n, grads[0]
     hb = pos.b * geo.H + pos.u0
+    hs, ho = h_new_of(cell, state[0], pos.i_out, keep[0], pos.tb * geo.H + pos.u0)
     one = dh.dtype.type(1)
     zero = dh.dtype.type(0)
     if cell.relu:  # a product, not a select, so that a NaN in dh stays NaN
@@ -43,6 +45,7 @@ def _backward(cell, k, geo, pos, dgx, state, grads, keep, work):
         for u in range(n):
             v = hs[U(ho + u)]
             d[U(g + u)] = dh[U(hb + u)] * (one - v * v)
+    unclamp_row(cell, d, g, n, pos.tb * geo.H + pos.u0)
     zero_row(dh, hb, n)
     copy_row(dgx, pos.io, d, g, n)
 

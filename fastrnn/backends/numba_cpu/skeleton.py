@@ -64,6 +64,7 @@ from .. import base
 from .direct import axpys, dots
 from .packed import gemm, panel_width
 from .scalars import KERNEL
+from .variants import zoneout_join, zoneout_row, zoneout_split
 from .vectors import add_to, copy_row, zero_row
 
 slots = njit(**KERNEL)(base.state_slots)
@@ -269,6 +270,7 @@ def _forward_block(cell, k, geo, c, s, x, y, steps, b_hh, state, keep, work):
         forward_row(cell, k, geo, Pos(t, b, u0, n, i_in, i_out, row, o0 + row * Np,
                                       tb * xs + u0, tb), xp, b_hh, state, keep, work)
         if last:
+            zoneout_row(cell, hs, i_out, i_in, tb * H + u0, n)
             copy_row(yf, yo, hs, i_out, n)
             if geo.training and keep[0].size > 0:
                 _keep_gates(keep[0], tb * geo.G * H + u0, H, geo.nu, n, row, work)
@@ -314,9 +316,12 @@ def _backward_block(cell, k, geo, c, s, dy, dgx, steps, state, grads, keep, work
         hb = b * H + u0
         if k == 0:
             add_to(dh, hb, dyf, t * ds_t + b * ds_b + u0, n)
+            zoneout_split(cell, dh, hb, tb * H + u0, n)
         backward_row(cell, k, geo, Pos(t, b, u0, n, (r_in * B + b) * H + u0,
                                        (r_out * B + b) * H + u0, row, d0 + row * K,
                                        tb * gs + u0, tb), dgf, state, grads, keep, work)
+        if last:
+            zoneout_join(cell, dh, hb, n)
     if last:
         to, at = work.part, (((s % 2) * units + u) * B + b0) * Hp
     else:
