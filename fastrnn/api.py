@@ -193,9 +193,7 @@ def _backward(ctx, kind, func, dy, dh_n, dc_n=None):
     if ctx.cell.has_cell_state:
         dc_n = check_grad("dc_n", dc_n, (B, ctx.C), "(B, H)", ctx)[None]
     dx, (g,) = run_backward(ctx, dy, dh_n, dc_n)
-    return Gradients(dx, g.dW_ih, g.dW_hh, g.db_ih, g.db_hh, g.dh0, g.dc0,
-                     **{name: getattr(g, name) for name in
-                        ("dP", "dW_hr", "dg_ih", "dg_hh", "dg_c", "db_c")})
+    return Gradients(dx, g.dW_ih, g.dW_hh, g.db_ih, g.db_hh, g.dh0, g.dc0, **g.variant_grads)
 
 
 _ZONEOUT_DOC = """``zoneout`` (cells.Variant, on h only): the probability p that a unit keeps its previous
