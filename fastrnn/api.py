@@ -324,13 +324,10 @@ def training_memory(cell, T, B, I, H, dtype=np.float32, *, num_layers=1, bidirec
     dropout = float(dropout) > 0  # the layer's dropout probability: only whether it is used
     D, n = (2 if bidirectional else 1), dtype.itemsize
     H_out = cell.variant.hidden_size(H)
-    # CUDA's layer norm keeps the statistics of each row: 1/std of W_hh h, and for the LSTM
-    # the mean and 1/std of c'
-    statistics = (3 if cell.has_cell_state else 1) if backend == "cupy" else 0
     total = T * B * I * n if batch_first else 0
     for k in range(num_layers):
         I_k = I if k == 0 else D * H_out
-        total += saved_bytes(cell, T, B, H, n, D, row_statistics=statistics)
+        total += saved_bytes(cell, T, B, H, n, D, backend)
         if D == 2:
             total += D * cell.gates * H * I_k * n
         if k > 0:

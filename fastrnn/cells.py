@@ -259,17 +259,18 @@ def cell_by_name(name: str) -> Cell:
 
 
 def saved_bytes(cell: Cell, T: int, B: int, H: int, itemsize: int, directions: int = 1,
-                row_statistics: int = 0) -> int:
+                backend: str = "numba") -> int:
     """Bytes a fused training forward keeps for backward (beyond references to its inputs).
 
     Beyond the plain cell's (above), a variant keeps: with clip one byte per gate input,
     whether the clamp let it through (the clamp's derivative); with layer norm the W_hh h of
     every step and row (G*H values: raw in Numba, whose backward recomputes the row statistics;
-    normalised in CUDA, which also keeps ``row_statistics`` values per step and row) and the
-    mean and 1/std of each row of the input side (FusedBackend); with projection hs P =
-    proj_size wide instead of H, and h_full = o tanh(c') (H values per step and row), W_hr's
-    input; the RNN with zoneout its h_new (its kept hs hold the zoned-out h', and act' needs
-    h_new)."""
+    normalised in CUDA, which also keeps the rows' statistics: 1/std of W_hh h, and for the
+    LSTM the mean and 1/std of c') and the mean and 1/std of each row of the input side
+    (FusedBackend); with projection hs P = proj_size wide instead of H, and m = o tanh(c') (H
+    values per step and row), W_hr's input (Numba keeps it in state slots like c's, B*H values
+    more); the RNN with zoneout its h_new (its kept hs hold the zoned-out h', and act' needs
+    h_new). ``backend``: "numba" or "cupy", where they differ."""
     variant = cell.variant
     P = variant.hidden_size(H)
     vectors = cell.saved_vectors_per_step
@@ -279,8 +280,9 @@ def saved_bytes(cell: Cell, T: int, B: int, H: int, itemsize: int, directions: i
         vectors += 1
     values = T * B * H * vectors + (B * (P + H) if cell.has_cell_state else B * H)
     if variant.proj_size:  # hs is P wide: its T rows beyond the first are counted as H above
-        values += T * B * (P - H) + T * B * H
+        values += T * B * (P - H) + (T + (backend == "numba")) * B * H
     if variant.layer_norm:
-        values += T * B * (2 + row_statistics)
+        statistics = (3 if cell.has_cell_state else 1) if backend == "cupy" else 0
+        values += T * B * (2 + statistics)
     clamp_masks = T * B * cell.gates * H if variant.clip is not None else 0
     return directions * (itemsize * values + clamp_masks)

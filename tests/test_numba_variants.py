@@ -221,7 +221,7 @@ def test_cell_variant_must_be_a_variant():
 
 
 @pytest.mark.parametrize("backend, name, variant, match", [
-    ("numba", "lstm", Variant(proj_size=4), "proj_size=4"),
+    ("partial", "lstm", Variant(proj_size=4), "proj_size=4"),
     ("partial", "gru", Variant(layer_norm=True), "layer_norm=True"),
     ("partial", "rnn_tanh", Variant(zoneout=0.1), "zoneout=0.1"),
     ("partial", "lstm", Variant(peepholes=True), "peepholes=True"),

@@ -29,15 +29,16 @@ PATHS = {f"{split}-{products}": dict(knobs, direct_max_rows=NEVER if products ==
 VARIANTS = variant_cases(
     "rnn_tanh-zoneout", "rnn_relu-zoneout-clip", "lstm-zoneout", "gru-zoneout",
     "gru_textbook-zoneout-clip", "lstm-layer_norm", "gru-layer_norm",
-    "lstm-layer_norm-zoneout-peepholes-clip", "gru-layer_norm-zoneout-clip")
+    "lstm-layer_norm-zoneout-peepholes-clip", "gru-layer_norm-zoneout-clip", "lstm-proj",
+    "lstm-proj-zoneout-peepholes-clip", "lstm-layer_norm-all")
 # (T, B, I, H), lengths, the directions' reverse flags: H = 33 spans panels and unit chunks;
 # lengths with a full-length row; a bidirectional layer and a reverse one.
 CASES = {
     "lengths-bidirectional": ((6, 5, 7, 33), True, (False, True)),
     "full-reverse": ((5, 4, 3, 9), False, (True,)),
 }
-GRADS = ("dW_ih", "dW_hh", "db_ih", "db_hh", "dh0", "dc0", "dP", "dg_ih", "dg_hh", "dg_c",
-         "db_c")
+GRADS = ("dW_ih", "dW_hh", "db_ih", "db_hh", "dh0", "dc0", "dP", "dW_hr", "dg_ih", "dg_hh",
+         "dg_c", "db_c")
 
 
 @pytest.fixture
@@ -55,6 +56,7 @@ def make(cell, shape, lengths, reverses, seed=0, dtype=np.float64):
     and c's bias away from their initial 1 and 0, so that they matter) and zoneout mask; x,
     lengths, states and cotangents."""
     T, B, I, H = shape
+    Hp = cell.variant.proj_size or H  # the width of h
     rng = np.random.default_rng(seed)
     plain = replace(cell, variant=Variant())
     D = len(reverses)
@@ -67,9 +69,9 @@ def make(cell, shape, lengths, reverses, seed=0, dtype=np.float64):
         for k in ("g_ih", "g_hh", "g_c", "b_c"):
             if k in p:
                 p[k] = p[k] + 0.3 * rng.standard_normal(p[k].shape)
-        M = cell.variant.zoneout_mask((T, B, H), np.float64, True, rng)
+        M = cell.variant.zoneout_mask((T, B, Hp), np.float64, True, rng)
         dirs.append({"params": {k: exact(v) for k, v in p.items() if v is not None},
-                     "M": M, "reverse": reverse, "h0": exact(rng.standard_normal((B, H)) * 0.5),
+                     "M": M, "reverse": reverse, "h0": exact(rng.standard_normal((B, Hp)) * 0.5),
                      "c0": exact(rng.standard_normal((B, H)) * 0.5)
                      if cell.has_cell_state else None})
     L = None
@@ -81,8 +83,8 @@ def make(cell, shape, lengths, reverses, seed=0, dtype=np.float64):
     # 1.7e-5 in elements near 0.1 (float32 rounding in cancelling sums, beyond atol 1e-5).
     c = 0.25
     return {"dirs": dirs, "x": exact(rng.standard_normal((T, B, I))), "lengths": L,
-            "dy": exact(c * rng.standard_normal((T, B, D * H))),
-            "dh_n": exact(c * rng.standard_normal((D, B, H))),
+            "dy": exact(c * rng.standard_normal((T, B, D * Hp))),
+            "dh_n": exact(c * rng.standard_normal((D, B, Hp))),
             "dc_n": exact(c * rng.standard_normal((D, B, H))) if cell.has_cell_state else None}
 
 
@@ -94,6 +96,7 @@ def directions(pr, dtype, mask=True):
         p = d["params"]
         out.append(Direction(cast(p["W_ih"]), cast(p["W_hh"]), cast(p["b_ih"]), cast(p["b_hh"]),
                              cast(d["h0"]), cast(d["c0"]), d["reverse"], P=cast(p.get("P")),
+                             W_hr=cast(p.get("W_hr")),
                              g_ih=cast(p.get("g_ih")), g_hh=cast(p.get("g_hh")),
                              g_c=cast(p.get("g_c")), b_c=cast(p.get("b_c")),
                              zoneout_mask=cast(d["M"]) if mask else None))
@@ -141,17 +144,24 @@ def test_matches_reference(variant, dtype, case, path, knobs):
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_variant_is_active(variant):
-    """The comparison above is not of the plain cell twice: each variant changes y and dW_hh;
-    where a training mask is 0 the unit keeps its previous value exactly."""
+    """The comparison above is not of the plain cell twice: each variant changes y and dW_hh
+    (the projection: h is proj_size wide, and W_hr gets a gradient); where a training mask is
+    0 the unit keeps its previous value exactly."""
     cell = variant_cell(variant)
     T, B, I, H = 6, 5, 7, 33
     pr = make(cell, (T, B, I, H), False, (False,))
     out, grads, _ = run(cell, NUMBA, pr, np.float64)
-    plain = replace(cell, variant=Variant(peepholes=cell.variant.peepholes,
-                                          clip=cell.variant.clip))
+    v = cell.variant
+    if v.proj_size:
+        assert out["y"].shape == (T, B, v.proj_size) and v.proj_size < H
+        assert (np.abs(grads["dW_hr[0]"]) > 0).mean() > 0.99
+    plain = replace(cell, variant=Variant(peepholes=v.peepholes, clip=v.clip,
+                                          proj_size=v.proj_size))
+    if plain == cell:
+        return
     plain_pr = dict(pr, dirs=[dict(d, M=None, params={k: v for k, v in d["params"].items()
                                                       if k in ("W_ih", "W_hh", "b_ih", "b_hh",
-                                                               "P")}) for d in pr["dirs"]])
+                                                               "P", "W_hr")}) for d in pr["dirs"]])
     plain_out, plain_grads, _ = run(plain, NUMBA, plain_pr, np.float64)
     assert np.abs(out["y"] - plain_out["y"]).max() > 1e-3
     assert np.abs(grads["dW_hh[0]"] - plain_grads["dW_hh[0]"]).max() > 1e-3
@@ -168,7 +178,8 @@ def test_variant_is_active(variant):
 
 
 @pytest.mark.parametrize("variant", ["lstm-layer_norm-zoneout-peepholes-clip",
-                                     "gru-layer_norm-zoneout-clip", "rnn_tanh-zoneout",
+                                     "lstm-layer_norm-all", "gru-layer_norm-zoneout-clip",
+                                     "rnn_tanh-zoneout",
                                      "gru_textbook-zoneout-clip"])
 def test_inference_equals_training_and_chunks(variant, monkeypatch):
     """Inference (nothing kept), chunked inference (each chunk gets its window of the mask) and
@@ -216,13 +227,14 @@ def test_inputs_not_modified():
 
 @pytest.mark.parametrize("variant", ["rnn_tanh-zoneout", "lstm-zoneout", "gru-zoneout",
                                      "gru_textbook-zoneout-clip", "lstm-layer_norm",
-                                     "gru-layer_norm-zoneout-clip"])
+                                     "gru-layer_norm-zoneout-clip", "lstm-proj"])
 def test_saved_bytes_count_what_training_keeps(variant):
     """saved_bytes counts what a training forward of these variants keeps beyond the plain
     cell: the raw W_hh h rows of layer norm (G*H values per step and row) and its input
     side's row statistics (mean and 1/std per step and row), the RNN's h_new under zoneout
-    (its hs holds the zoned-out h'), the clamp flags; each array kept is of that size. (The
-    zoneout mask is the caller's, kept by reference.)"""
+    (its hs holds the zoned-out h'), the clamp flags, the projection's narrower hs and its
+    m = o tanh(c') in c's state slots; each array kept is of that size. (The zoneout mask
+    is the caller's, kept by reference.)"""
     T, B, H = 5, 4, 9
     cell = variant_cell(variant)
     plain = cell_by_name(cell.name)
@@ -234,12 +246,14 @@ def test_saved_bytes_count_what_training_keeps(variant):
     def nbytes(layer):
         saved = layer.directions[0]
         stats = [a for norm in layer.input_norms if norm is not None for a in norm]
+        m = saved.kept["m"] if saved.kept else None
         return sum(a.nbytes for a in [saved.hs, saved.cs, saved.gates, saved.hn, saved.inside,
-                                      saved.ln_hh] + stats if a is not None)
+                                      saved.ln_hh, m] + stats if a is not None)
     extra = saved_bytes(cell, T, B, H, 4) - saved_bytes(plain, T, B, H, 4)
     assert extra == nbytes(kept) - nbytes(kept_plain)
     adds = (cell.variant.layer_norm or cell.variant.clip is not None
-            or cell.kind == "rnn")  # the LSTM's and the GRUs' zoneout keeps nothing more
+            or cell.kind == "rnn" or cell.variant.proj_size > 0)  # the LSTM's and the GRUs'
+    # zoneout keeps nothing more
     assert (extra > 0) == adds, extra
     if cell.variant.layer_norm:
         assert kept.directions[0].ln_hh.shape == (T * B, cell.gates * H)

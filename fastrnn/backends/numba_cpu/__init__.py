@@ -107,7 +107,7 @@ class NumbaBackend(FusedBackend):
     direct_max_rows = tuning.direct_max_rows
     step_forward_min_state = tuning.step_forward_min_state
     has_step_kernel = True
-    variant_switches = frozenset({"peepholes", "clip", "zoneout", "layer_norm"})
+    variant_switches = frozenset({"peepholes", "clip", "zoneout", "layer_norm", "proj_size"})
 
     def __init__(self):
         from . import blas, driver, packed, step, threads
@@ -167,9 +167,10 @@ class NumbaBackend(FusedBackend):
             split_min = self.unit_split_min
             if B < self.few_rows * threads:
                 split_min = min(split_min, self.few_rows_unit_split_min)
-            # a layer-normalised cell needs whole rows of gates per step (the row statistics):
-            # its threads split the batch only
-            if step >= split_min and not cell.variant.layer_norm:
+            # a layer-normalised cell needs whole rows of gates per step (the row statistics),
+            # and a projecting one runs its own loop (projection.py): their threads split the
+            # batch only
+            if step >= split_min and not (cell.variant.layer_norm or cell.variant.proj_size):
                 units = threads
             else:
                 rows = max(1, min(threads, B // max(1, self.parallel_min_rows)))
@@ -182,8 +183,11 @@ class NumbaBackend(FusedBackend):
 
     def prepare_hh(self, cell, W_hh, T, B):
         """W_hh with the call's plan; its panels are packed when first used, once per call."""
-        plan = self._plan(cell, T, B, W_hh.shape[1])
-        return self._packed.Packed(np.ascontiguousarray(W_hh), plan, self._direct(T, B, plan))
+        H = W_hh.shape[0] // cell.gates  # W_hh (G*H, Hp): Hp is the projection's width
+        plan = self._plan(cell, T, B, H)
+        # the projecting loop reads packed panels only
+        direct = self._direct(T, B, plan) and not cell.variant.proj_size
+        return self._packed.Packed(np.ascontiguousarray(W_hh), plan, direct, H)
 
     def _input_projection(self, rows, W, dirs):
         """As FusedBackend's, with the input side's layer norm one compiled pass per row on
@@ -222,13 +226,13 @@ class NumbaBackend(FusedBackend):
         return h_n, c_n, saved
 
     def recurrence_backward(self, cell, saved, W_hh, dy, dh_n, dc_n, d_gx):
-        T, B, H = dy.shape
-        plan = self._plan(cell, T, B, H)
+        T, B, _ = dy.shape
+        plan = self._plan(cell, T, B, d_gx.shape[-1] // cell.gates)
         flat = self._driver.flat_rows(d_gx) is not None
         g_out = d_gx if flat else np.empty(d_gx.shape, d_gx.dtype)
         hh_terms, dh0, dc0, variant_grads = self._driver.backward(
             cell, saved, np.ascontiguousarray(W_hh), dy, dh_n, dc_n, g_out, plan,
-            self._direct(T, B, plan))
+            self._direct(T, B, plan) and not cell.variant.proj_size, self.matmul)
         if g_out is not d_gx:
             d_gx[...] = g_out
         if variant_grads:

@@ -16,7 +16,8 @@ import numpy as np
 from numba.extending import overload
 
 from .. import base
-from .packed import pack_backward
+from . import projection
+from .packed import make_plan, pack_backward, pack_forward, padded
 from .scalars import KERNEL
 from .skeleton import backward_row, forward_row, time_loop
 
@@ -213,25 +214,36 @@ def _zoneout_mask(M, R, H, dtype):
     return np.ascontiguousarray(M, dtype)
 
 
+def _projection_panels(W_hr, forward):
+    """W_hr (Hp, H) packed as one gate of Hp rows: (panels, their count) for m @ W_hr^T
+    (forward) or dh @ W_hr."""
+    Hp = W_hr.shape[0]
+    return (pack_forward if forward else pack_backward)(W_hr, (0,), make_plan(Hp, 1, 1), Hp)
+
+
 def forward(cell, x_proj, y, weights, b_hh, h0, c0, steps, reverse, training, P=None,
-            zoneout_mask=None, g_hh=None, g_c=None, b_c=None):
+            zoneout_mask=None, g_hh=None, g_c=None, b_c=None, W_hr=None):
     """One direction of a cells.Cell: x_proj (R, G*H) the valid rows that ``steps`` (a
-    packing.Steps) lists; weights a packed.Packed; y (T, B, H) is filled. The variant's
-    arrays, where the cell has them: P (3, H) the peepholes; zoneout_mask (R, H) M, rows as
-    x_proj's; g_hh (G*H,), g_c, b_c (H,) layer norm's gains and c's bias (the plan then has
-    one unit chunk). Returns (h_n, c_n or None, base.Saved or None)."""
+    packing.Steps) lists; weights a packed.Packed; y (T, B, Hp) is filled, Hp the width of h
+    (H, or the projection's). The variant's arrays, where the cell has them: P (3, H) the
+    peepholes; zoneout_mask (R, Hp) M, rows as x_proj's; g_hh (G*H,), g_c, b_c (H,) layer
+    norm's gains and c's bias; W_hr (Hp, H) the projection (the plan of these two has one
+    unit chunk; projection.py runs the latter). Returns (h_n, c_n or None, base.Saved or
+    None)."""
     name = cell.name
     spec = SPECS[name]
-    T, B, _ = y.shape
+    T, B, Hp = y.shape
     R = x_proj.shape[0]
-    H = weights.array.shape[1]
-    plan = weights.plan
-    if g_hh is not None and plan.units != 1:
-        raise AssertionError("a layer-normalised cell runs one unit chunk (NumbaBackend._plan)")
-    dtype = x_proj.dtype
     G = cell.gates
-    M = _zoneout_mask(zoneout_mask, R, H, dtype)
-    states = [np.empty((T + 1 if training else 2, B, H), dtype) for _ in range(spec.states)]
+    H = x_proj.shape[1] // G
+    plan = weights.plan
+    if (g_hh is not None or W_hr is not None) and plan.units != 1:
+        raise AssertionError("a layer-normalised or projecting cell runs one unit chunk "
+                             "(NumbaBackend._plan)")
+    dtype = x_proj.dtype
+    M = _zoneout_mask(zoneout_mask, R, Hp, dtype)
+    S = T + 1 if training else 2
+    states = [np.empty((S, B, width), dtype) for width in (Hp, H)[:spec.states]]
     for st, s0 in zip(states, (h0, c0)):
         st[base.first_slot(T, reverse, training)] = s0
     # the RNN with zoneout keeps h_new (its hs holds the zoned-out h') as its one gate
@@ -246,34 +258,44 @@ def forward(cell, x_proj, y, weights, b_hh, h0, c0, steps, reverse, training, P=
     inside = (np.empty((R if clipped else 0, G * H), np.uint8)
               if cell.variant.clip is not None else None)
     ln_hh = None if g_hh is None else np.empty((R if training else 0, G * H), dtype)
-    time_loop(kernel_cell(cell, dtype, inside, P=P, M=M, g_hh=g_hh, ln_hh=ln_hh, g_c=g_c,
-                          b_c=b_c),
-              geo, flat_input(x_proj), flat(y), _steps(steps, plan), b_hh,
-              tuple([st.reshape(-1) for st in states]),
-              (_flat_or_empty(gates, dtype), _flat_or_empty(hn, dtype)), work)
+    kcell = kernel_cell(cell, dtype, inside, P=P, M=M, g_hh=g_hh, ln_hh=ln_hh, g_c=g_c, b_c=b_c)
+    flats = (flat_input(x_proj), flat(y), _steps(steps, plan), b_hh)
+    keep = (_flat_or_empty(gates, dtype), _flat_or_empty(hn, dtype))
+    kept = None
+    if W_hr is None:
+        time_loop(kcell, geo, *flats, tuple([st.reshape(-1) for st in states]), keep, work)
+    else:  # m = o tanh(c') in slots like c's: the input of W_hr, kept for dW_hr
+        m = np.empty((S, B, H), dtype)
+        WR, PR = _projection_panels(W_hr, True)
+        projection.forward_loop(kcell, geo, *flats, tuple([a.reshape(-1) for a in states + [m]]),
+                                keep, work, (WR, PR, np.empty(B * padded(Hp, WR), dtype), Hp))
+        kept = {"W_hr": W_hr, "m": m}
     last = base.final_slot(T, reverse, training)
     hs, cs = (states + [None])[:2]
     saved = (base.Saved(hs, cs, gates, hn, None, reverse, P, inside if clipped else None,
-                        M, g_hh, ln_hh, g_c, b_c)
+                        M, g_hh, ln_hh, g_c, b_c, kept)
              if training else None)
     return hs[last].copy(), None if cs is None else cs[last].copy(), saved
 
 
-def backward(cell, saved, W_hh, dy, dh_n, dc_n, d_gx, plan, direct):
+def backward(cell, saved, W_hh, dy, dh_n, dc_n, d_gx, plan, direct, matmul):
     """Fills d_gx (R, G*H), the valid rows of saved.lengths (a packing.Steps); returns
     (hh_terms, dh0, dc0 or None, variant_grads), packed rows too; variant_grads holds dg_hh,
-    db_hh (and the LSTM's dg_c, db_c) of a layer-normalised cell, else nothing. ``direct``:
-    the products read W_hh as it is (direct.py) instead of packed panels."""
+    db_hh (and the LSTM's dg_c, db_c) of a layer-normalised cell, dW_hr of a projecting one
+    (a product through ``matmul``), else nothing. ``direct``: the products read W_hh as it is
+    (direct.py) instead of packed panels."""
     name = cell.name
     spec = SPECS[name]
-    T, B, H = dy.shape
+    T, B, Hp = dy.shape
     dtype = dy.dtype
     G = cell.gates
+    H = d_gx.shape[1] // G
+    projected = saved.kept is not None
     k, size = plan.units, plan.size
     grads = tuple([np.array(g, dtype, order="C") for g in (dh_n, dc_n)[:spec.states]])
     ph, d, q, P = _backward_layout(name, B, H, plan, dtype.itemsize, direct)
     terms = np.empty((d_gx.shape[0], spec.kt * H), dtype) if spec.kt else None
-    WT = W_hh if direct else _joined([pack_backward(W_hh, g, plan) for g in spec.backward])
+    WT = W_hh if direct else _joined([pack_backward(W_hh, g, plan, H) for g in spec.backward])
     work = (WT, np.zeros(d, dtype), np.empty(2 * q, dtype),
             np.empty(q if len(spec.backward) > 1 else 0, dtype), np.empty(B * H, dtype),
             _flat_or_empty(terms, dtype), ph, P, spec.kt)  # a skeleton.BWork
@@ -283,17 +305,30 @@ def backward(cell, saved, W_hh, dy, dh_n, dc_n, d_gx, plan, direct):
     # per batch row: the sums of dg_hh, db_hh (and the LSTM's dg_c, db_c), variants.py
     acc = np.zeros((B, 2 * G * H + (2 * H if spec.states == 2 else 0)) if normed else 0,
                    dtype)
-    carry = None if saved.zoneout_mask is None else np.empty(B * H, dtype)
-    time_loop(kernel_cell(cell, dtype, saved.inside, P=saved.P, M=saved.zoneout_mask,
-                          carry=carry, g_hh=saved.g_hh, ln_hh=saved.ln_hh,
-                          acc=acc if normed else None, g_c=saved.g_c, b_c=saved.b_c),
-              geo, flat_input(dy), flat_rows(d_gx), _steps(saved.lengths, plan),
-              tuple([g.reshape(-1) for g in grads]), tuple([st.reshape(-1) for st in state]),
-              (_flat_or_empty(saved.gates, dtype), _flat_or_empty(saved.hn, dtype)), work)
-    h_in = base.entering_states(saved.hs, saved.reverse).reshape(T * B, H)
-    if d_gx.shape[0] < T * B:
-        h_in = h_in[saved.lengths.index()]
+    carry = None if saved.zoneout_mask is None else np.empty(B * Hp, dtype)
+    kcell = kernel_cell(cell, dtype, saved.inside, P=saved.P, M=saved.zoneout_mask, carry=carry,
+                        g_hh=saved.g_hh, ln_hh=saved.ln_hh, acc=acc if normed else None,
+                        g_c=saved.g_c, b_c=saved.b_c)
+    flats = (flat_input(dy), flat_rows(d_gx), _steps(saved.lengths, plan))
+    keep = (_flat_or_empty(saved.gates, dtype), _flat_or_empty(saved.hn, dtype))
+    packed_rows = (lambda a: a[saved.lengths.index()]) if d_gx.shape[0] < T * B else (lambda a: a)
     variant_grads = {}
+    if not projected:
+        time_loop(kcell, geo, *flats, tuple([g.reshape(-1) for g in grads]),
+                  tuple([st.reshape(-1) for st in state]), keep, work)
+    else:
+        m = saved.kept["m"]
+        WR, PR = _projection_panels(saved.kept["W_hr"], False)
+        dh_proj = np.empty((d_gx.shape[0], Hp), dtype)
+        work = work[:-2] + (padded(Hp, WT) // padded(1, WT), spec.kt)  # shares Hp wide
+        projection.backward_loop(
+            kcell, geo, *flats, (m.reshape(-1), saved.cs.reshape(-1)),
+            tuple([g.reshape(-1) for g in grads]), keep, work,
+            (WR, PR, np.empty(B * padded(H, WR), dtype), np.empty(B * H, dtype),
+             dh_proj.reshape(-1), np.empty(B * padded(Hp, WR), dtype), Hp))
+        m_out = base.entering_states(m, not saved.reverse).reshape(T * B, H)
+        variant_grads["dW_hr"] = matmul(dh_proj.T, packed_rows(m_out))
+    h_in = packed_rows(base.entering_states(saved.hs, saved.reverse).reshape(T * B, Hp))
     if normed:  # backward left the gradient of W_hh h (before LN) in saved.ln_hh
         hh_terms = [(saved.ln_hh, h_in)]
         sums = acc.sum(axis=0)

@@ -28,9 +28,9 @@ def panel_width(w):
 
 @njit(**JIT)
 def _block_row(gates, size, H, u, row):
-    """The row of W_hh that row ``row`` of chunk u's block holds (the block: rows u*size..
-    (u+1)*size of each gate in ``gates``, gate by gate), or -1 for a zero row (past H, or past
-    the block)."""
+    """The row of W (H rows a gate) that row ``row`` of chunk u's block holds (the block: rows
+    u*size..(u+1)*size of each gate in ``gates``, gate by gate), or -1 for a zero row (past H,
+    or past the block)."""
     g, r = row // size, row % size
     if g >= len(gates) or u * size + r >= H:
         return -1
@@ -38,69 +38,70 @@ def _block_row(gates, size, H, u, row):
 
 
 @njit(**JIT)
-def _rows_panel(out, w, gates, size, H, P, c):
+def _rows_panel(out, w, gates, size, H, K, P, c):
     """Panel c = u*P + p of the forward panels: the transpose of rows p*NR.. of chunk u's
-    block, (H, NR). Copied in tiles of NR rows by 64 columns, so the strided writes stay within
+    block, (K, NR). Copied in tiles of NR rows by 64 columns, so the strided writes stay within
     the L1 cache."""
     NR = panel_width(w)
     u, p = c // P, c % P
     zero = w.dtype.type(0)
-    for k0 in range(0, H, 64):
-        k1 = min(H, k0 + 64)
+    for k0 in range(0, K, 64):
+        k1 = min(K, k0 + 64)
         for j in range(NR):
-            o = c * H * NR + j
+            o = c * K * NR + j
             src = _block_row(gates, size, H, u, p * NR + j)
             if src >= 0:
                 for k in range(k0, k1):
-                    out[U(o + k * NR)] = w[U(src * H + k)]
+                    out[U(o + k * NR)] = w[U(src * K + k)]
             else:
                 for k in range(k0, k1):
                     out[U(o + k * NR)] = zero
 
 
 @njit(**JIT)
-def _columns_panel(out, w, gates, size, H, P, c):
+def _columns_panel(out, w, gates, size, H, K, P, c):
     """Panel c = u*P + p of the backward panels: columns p*NR.. of chunk u's block, (N, NR),
-    zero past H."""
+    zero past K."""
     NR = panel_width(w)
     N = len(gates) * size
     u, p = c // P, c % P
-    n = min(NR, H - p * NR)
+    n = min(NR, K - p * NR)
     for row in range(N):
         o = (c * N + row) * NR
         src = _block_row(gates, size, H, u, row)
         if src >= 0:
-            copy_row(out, o, w, src * H + p * NR, n)
+            copy_row(out, o, w, src * K + p * NR, n)
             zero_row(out, o + n, NR - n)
         else:
             zero_row(out, o, NR)
 
 
 @njit(**JIT)
-def _panel(out, w, gates, size, H, P, c, forward):
+def _panel(out, w, gates, size, H, K, P, c, forward):
     if forward:
-        _rows_panel(out, w, gates, size, H, P, c)
+        _rows_panel(out, w, gates, size, H, K, P, c)
     else:
-        _columns_panel(out, w, gates, size, H, P, c)
+        _columns_panel(out, w, gates, size, H, K, P, c)
 
 
 @njit(parallel=True, **JIT)
-def pack_panels(w, H, gates, size, units, forward, parallel):
-    """The panels of every chunk of the flat (G*H, H) W_hh ``w`` for the gates given, flat
-    (units, P, H, NR) for the forward product (``gemm(h, ...)`` gives h @ block^T, gate k at
+def pack_panels(w, H, K, gates, size, units, forward, parallel):
+    """The panels of every chunk of the flat (G*H, K) matrix ``w`` (W_hh: K = H, or K = the
+    projection's width; W_hr: one gate of H = its rows) for the gates given, flat
+    (units, P, K, NR) for the forward product (``gemm(h, ...)`` gives h @ block^T, gate k at
     columns k*size..) or (units, P, N, NR) with N = len(gates)*size for the backward one
-    (``gemm(d, ...)`` gives d @ block, columns 0..H). Returns (panels, P). Panels are
+    (``gemm(d, ...)`` gives d @ block, columns 0..K). Returns (panels, P). Panels are
     independent: with ``parallel`` the threads share them."""
     NR = panel_width(w)
     N = len(gates) * size
-    P = -(-(N if forward else H) // NR)
-    out = np.empty(units * P * (H if forward else N) * NR, w.dtype)
+    P = -(-(N if forward else K) // NR)
+    out = np.empty(units * P * (K if forward else N) * NR, w.dtype)
     if parallel:
         for c in prange(units * P):
-            _panel(out, w, gates, size, H, P, c, forward)
+            _panel(out, w, gates, size, H, K, P, c, forward)
     else:
         for c in range(units * P):
-            _panel(out, w, gates, size, H, P, c, forward)
+            _panel(out, w, gates, size, H, K, P, c, forward)
     return out, P
 
 
@@ -241,17 +242,18 @@ def make_plan(H, rows, units):
     return Plan(rows, -(-H // size), size)
 
 
-def _pack(W_hh, gates, plan, forward):
-    H = W_hh.shape[1]
-    return pack_panels(W_hh.reshape(-1), H, np.array(gates, np.int64), plan.size, plan.units,
-                       forward, W_hh.size >= tuning.PACK_PARALLEL_MIN and threads() > 1)
+def _pack(W, gates, plan, forward, H):
+    H = W.shape[1] if H is None else H
+    return pack_panels(W.reshape(-1), H, W.shape[1], np.array(gates, np.int64), plan.size,
+                       plan.units, forward, W.size >= tuning.PACK_PARALLEL_MIN and threads() > 1)
 
 
-def pack_forward(W_hh, gates, plan):
-    """Panels for the forward product of each chunk, flat (units, P, H, NR): ``gemm(h, ...)``
-    gives the chunk's gates, gate k at columns k*size.. of each row. Returns (panels, P).
-    W_hh C-contiguous."""
-    return _pack(W_hh, gates, plan, True)
+def pack_forward(W_hh, gates, plan, H=None):
+    """Panels for the forward product of each chunk, flat (units, P, K, NR), K = W_hh.shape[1]:
+    ``gemm(h, ...)`` gives the chunk's gates, gate k at columns k*size.. of each row. Returns
+    (panels, P). W_hh C-contiguous, H rows a gate (W_hh.shape[1], the square W_hh's, unless
+    given: a projecting LSTM's W_hh (G*H, K), or W_hr (K', H) as one gate of K' rows)."""
+    return _pack(W_hh, gates, plan, True, H)
 
 
 class Packed:
@@ -259,8 +261,9 @@ class Packed:
     first use and kept for every chunk of the call; or, when ``direct``, W_hh itself, which the
     products then read as it is (direct.py)."""
 
-    def __init__(self, W_hh, plan, direct=False):
+    def __init__(self, W_hh, plan, direct=False, H=None):
         self.array, self.plan, self.direct = W_hh, plan, direct
+        self.H = W_hh.shape[1] if H is None else H  # rows a gate (pack_forward)
         self._panels = {}
 
     def forward(self, phases):
@@ -271,16 +274,16 @@ class Packed:
             return self.array
         key = tuple(tuple(g) for g in phases)
         if key not in self._panels:
-            parts = [pack_forward(self.array, g, self.plan)[0] for g in key]
+            parts = [pack_forward(self.array, g, self.plan, self.H)[0] for g in key]
             self._panels[key] = parts[0] if len(parts) == 1 else np.concatenate(parts)
         return self._panels[key]
 
 
-def pack_backward(W_hh, gates, plan):
+def pack_backward(W_hh, gates, plan, H=None):
     """Panels for each chunk's share of d @ W_hh, flat (units, P, k*size, NR): ``gemm(d, ...)``
-    with d the chunk's k*size gate gradients gives the share, columns 0..H. Returns
-    (panels, P). W_hh C-contiguous."""
-    return _pack(W_hh, gates, plan, False)
+    with d the chunk's k*size gate gradients gives the share, columns 0..K. Returns
+    (panels, P). W_hh C-contiguous, H as in ``pack_forward``."""
+    return _pack(W_hh, gates, plan, False, H)
 
 
 def _nr(a):
