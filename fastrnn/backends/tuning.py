@@ -68,3 +68,16 @@ KC = 128
 # elements (T*B*D*G*H), so memory does not grow with T beyond the output (4 Mi elements: 16 MB
 # in float32, while the chunks stay few).
 chunk_elements = 1 << 22
+
+# The CUDA backend runs each direction's time loop as a CUDA Graph, captured once per shape and
+# replayed (cupy_cuda/graphs.py), instead of launching one or more kernels and GEMMs per step,
+# whose launch cost (a few microseconds each) exceeds the work of a small batch. Off: the graph
+# path is validated only on the CPU emulation of the device and has never been timed on a GPU;
+# until it has (`fastrnn bench` on a GPU, with and without), the per-step launches stay the
+# default. CupyBackend copies both knobs as class attributes (set them on an instance).
+cuda_graphs = False
+
+# At most this many captured loops per backend (each direction, forward and backward, and each
+# shape is one), the least recently used dropped first: an entry keeps device buffers of the
+# size of its call's inputs and saved state.
+cuda_graph_cache = 8

@@ -18,9 +18,14 @@ from .device import EmulatedDevice
 NAME = "cupy-emulated"
 
 
-def make_backend(threads_per_block=None, reverse_threads=False, chunk_elements=None):
-    """A new emulated backend with its own device (and launch counters)."""
+def make_backend(threads_per_block=None, reverse_threads=False, chunk_elements=None,
+                 cuda_graphs=False, cuda_graph_cache=None):
+    """A new emulated backend with its own device (and launch counters); ``cuda_graphs`` turns
+    on the graph path (CupyBackend.cuda_graphs), with at most ``cuda_graph_cache`` entries."""
     backend = CupyBackend(device=EmulatedDevice(reverse_threads=reverse_threads), name=NAME)
+    backend.cuda_graphs = cuda_graphs
+    if cuda_graph_cache is not None:
+        backend.cuda_graph_cache = cuda_graph_cache
     if threads_per_block is not None:
         backend.threads_per_block = threads_per_block
     if chunk_elements is not None:

@@ -5,6 +5,7 @@
     device.py       the only place that calls CuPy
     loader.py       the CUDA sources, their dtype instantiations, modules memoised per device
     recurrence.py   the per-step loop shared by every cell
+    graphs.py       that loop captured as a CUDA Graph and replayed (opt-in, cuda_graphs)
     rnn.py, lstm.py, gru.py   what one step launches for each cell
     backend.py      CupyBackend
 """

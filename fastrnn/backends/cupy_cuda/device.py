@@ -9,6 +9,11 @@ A device supplies what the rest of the backend needs from the GPU:
     compile(code, options, name_expressions) -> {name: f}
                           builds a module; f(grid, block, args) launches one kernel
     context(a)            a context manager that makes the device holding ``a`` current
+    capture(work) -> graph
+                          records the kernels, GEMMs and copies that ``work()`` issues into a
+                          graph rather than running them; ``graph.launch()`` replays them on
+                          the current stream (the opt-in CUDA Graph path, graphs.py)
+    capture_key()         what a captured graph is valid for: the device and the current stream
 
 The tests replace this object with a CPU stand-in (``tests/cuda_emulation``) that compiles the
 same sources with the host C++ compiler, so everything above it runs unchanged without a GPU.
@@ -47,3 +52,23 @@ class CudaDevice:
 
     def context(self, a):
         return a.device
+
+    def capture_key(self):
+        return (self.key(), self.xp.cuda.get_current_stream().ptr)
+
+    def capture(self, work):
+        """A cupy.cuda.Graph of what ``work()`` issues, captured on a stream of its own (capture
+        is impossible on the legacy default stream) in CuPy's default relaxed mode, which lets
+        CuPy's memory pool grow during the capture; ``work`` allocates nothing itself, as a
+        block freed during the capture could go to another array while the graph still writes
+        it. Not yet run on a GPU: in particular, cuBLAS (cupy.matmul) inside a capture is
+        reported to allocate a workspace per capture before CUDA 12.2."""
+        stream = self.xp.cuda.Stream(non_blocking=True)
+        with stream:
+            stream.begin_capture()
+            try:
+                work()
+            except BaseException:
+                stream.end_capture()  # leave the capture state before the error goes on
+                raise
+            return stream.end_capture()

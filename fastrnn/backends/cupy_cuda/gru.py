@@ -108,18 +108,26 @@ class GruTextbookRecurrence(Recurrence):
                     s.inside, s.zoneout, self.ld_z)
 
     def backward_buffers(self, T):
-        self.d_rh = self.xp.empty((self.B, self.H), self.dtype)
-        self.rh = self.xp.empty((T, self.B, self.H), self.dtype)
+        xp, B, H = self.xp, self.B, self.H
+        self.d_rh = xp.empty((B, H), self.dtype)
+        self.rh = xp.empty((T, B, H), self.dtype)
+        # The GEMMs' left operands, blocks of d_gx's rows, copied to rows of their own:
+        # cupy.matmul would copy them anyway (they are neither C- nor F-contiguous), into a
+        # temporary it allocates, which a captured graph must not hold (graphs.py).
+        self.d_n = xp.empty((B, H), self.dtype)
+        self.d_rz = xp.empty((B, 2 * H), self.dtype)
 
     def backward_step(self, s):
-        H = self.H
+        xp, H = self.xp, self.H
         self.launch("gru_textbook_backward_state", s.gates, s.h_prev, s.dy, self.ld_dy,
                     self.lengths, s.t, self.dh_rec, self.dh_carry, s.d_gx, self.ld_g, s.inside,
                     s.zoneout, self.ld_z)
-        self.xp.matmul(s.d_gx[:, 2 * H:], self.W_n, out=self.d_rh)
+        xp.copyto(self.d_n, s.d_gx[:, 2 * H:])
+        xp.matmul(self.d_n, self.W_n, out=self.d_rh)
         self.launch("gru_textbook_backward_reset", s.gates, s.h_prev, self.d_rh, self.lengths,
                     s.t, self.dh_carry, s.d_gx, self.ld_g, self.rh[s.t], s.inside)
-        self.xp.matmul(s.d_gx[:, :2 * H], self.W_rz, out=self.dh_rec)
+        xp.copyto(self.d_rz, s.d_gx[:, :2 * H])
+        xp.matmul(self.d_rz, self.W_rz, out=self.dh_rec)
 
     def hh_terms(self, d_gx, h_in):
         H = self.H

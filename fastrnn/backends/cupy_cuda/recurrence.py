@@ -8,6 +8,13 @@ gradient flowing into the previous state. Every kernel runs one thread per (b, j
 (B, H) state: ``threads_per_block`` threads per block, ceil(B*H / threads_per_block) blocks;
 the layer-normalised ones run one block per batch row (``launch(per_row=True)``).
 
+A loop runs in three parts: ``bind_forward`` / ``bind_backward`` take the call's arrays and
+allocate every buffer; ``forward_loop`` / ``backward_loop`` issue the launches, GEMMs and
+copies of all the steps and allocate nothing; ``forward_result`` / ``backward_result`` read what
+the loop made. ``forward`` and ``backward`` run the three in turn (the per-step launches, the
+default); graphs.py binds a Recurrence to buffers of its own and captures the loop as a CUDA
+Graph, replayed by later calls of the same shapes.
+
 What a training forward keeps (see fastrnn/cells.py) is a ``base.Saved``. The states are laid
 out in the slots of ``base.state_slots``: (T+1, B, H) in time order when training, so step t
 reads its entering state and writes its leaving state in place; two alternating (B, H) rows in
@@ -52,13 +59,16 @@ def row_stride(name, a):
     return np.int32(ld)
 
 
-def _state_buffer(xp, s0, T, reverse, training):
-    """The buffer of one state in the slot convention of ``base.state_slots`` (T+1 rows when
-    training, 2 otherwise), with the initial state s0 (B, H) in its first slot."""
+def _state_buffer(xp, s0, T, training):
+    """The buffer of one state s0 (B, H) in the slot convention of ``base.state_slots`` (T+1
+    rows when training, 2 otherwise); the loop copies s0 into its first slot."""
     rows = T + 1 if training else 2
-    states = xp.empty((rows,) + s0.shape, s0.dtype)
-    states[base.first_slot(T, reverse, training)] = s0
-    return states
+    return xp.empty((rows,) + s0.shape, s0.dtype)
+
+
+def device_lengths(xp, lengths):
+    """The host lengths (B,) as the int64 device array the kernels read, or None."""
+    return None if lengths is None else xp.asarray(np.asarray(lengths, np.int64))
 
 
 def _kept_views(t, i, o, hs, cs, gates, hn, inside, zoneout):
@@ -154,38 +164,62 @@ class Recurrence:
         self.ld_z = np.int32(0) if M is None else row_stride("zoneout_mask", M)
 
     def forward(self, x_proj, h0, c0, lengths, reverse, y, training, **variant):
+        self.bind_forward(x_proj, h0, c0, device_lengths(self.xp, lengths), reverse, y,
+                          training, variant)
+        self.forward_loop()
+        return self.forward_result()
+
+    def bind_forward(self, x_proj, h0, c0, lengths, reverse, y, training, variant):
+        """Take the call's arrays (``lengths`` already on the device) and allocate everything
+        the loop writes, so that ``forward_loop`` allocates nothing (a captured graph replays
+        it on these very arrays, graphs.py)."""
         xp = self.xp
         unknown = sorted(set(variant) - set(VARIANT_ARGUMENTS))
         if unknown:
             raise TypeError(f"recurrence_forward got variant arguments it does not know: "
                             f"{unknown}; it takes {list(VARIANT_ARGUMENTS)}")
         self.use_variant(variant)
-        zoneout_mask = self.zoneout_mask
+        self.variant = variant
         T, B, _ = x_proj.shape
         H = self.H
+        self.T, self.reverse, self.training = T, reverse, training
+        self.x_proj, self.y, self.h0, self.c0 = x_proj, y, h0, c0
         self.ld_x, self.ld_y = row_stride("x_proj", x_proj), row_stride("y", y)
-        self.lengths = None if lengths is None else xp.asarray(np.asarray(lengths, np.int64))
-        hs = _state_buffer(xp, h0, T, reverse, training)
-        cs = _state_buffer(xp, c0, T, reverse, training) if c0 is not None else None
-        gates = hn = None
+        self.lengths = lengths
+        self.hs = _state_buffer(xp, h0, T, training)
+        self.cs = _state_buffer(xp, c0, T, training) if c0 is not None else None
+        self.gates = self.hn = None
         if training and self.kept_gate_blocks():
-            gates = xp.empty((T, B, self.kept_gate_blocks() * H), self.dtype)
+            self.gates = xp.empty((T, B, self.kept_gate_blocks() * H), self.dtype)
         if training and self.keeps_hn:
-            hn = xp.empty((T, B, H), self.dtype)
-        inside = xp.empty((T, B, self.G * H), np.uint8) if training and self.clipped else None
+            self.hn = xp.empty((T, B, H), self.dtype)
+        self.inside = (xp.empty((T, B, self.G * H), np.uint8) if training and self.clipped
+                       else None)
         self.forward_buffers(T, training)
+
+    def forward_loop(self):
+        """Every launch of the forward: the initial states into their slots, then each step."""
+        T, reverse, training = self.T, self.reverse, self.training
+        first = base.first_slot(T, reverse, training)
+        self.xp.copyto(self.hs[first], self.h0)
+        if self.cs is not None:
+            self.xp.copyto(self.cs[first], self.c0)
         for n in range(T):
             t, i, o = base.state_slots(n, T, reverse, training)
-            self.forward_step(Step(t, x_proj=x_proj[t], y=y[t],
-                                   **_kept_views(t, i, o, hs, cs, gates, hn, inside,
-                                                 zoneout_mask)))
-        last = base.final_slot(T, reverse, training)
-        h_n = hs[last].copy()
-        c_n = cs[last].copy() if cs is not None else None
-        if not training:
+            self.forward_step(Step(t, x_proj=self.x_proj[t], y=self.y[t], **_kept_views(
+                t, i, o, self.hs, self.cs, self.gates, self.hn, self.inside,
+                self.zoneout_mask)))
+
+    def forward_result(self):
+        """(h_n, c_n, Saved or None) of the loop just run."""
+        last = base.final_slot(self.T, self.reverse, self.training)
+        h_n = self.hs[last].copy()
+        c_n = self.cs[last].copy() if self.cs is not None else None
+        if not self.training:
             return h_n, c_n, None
-        return h_n, c_n, Saved(hs, cs, gates, hn, self.lengths, reverse, self.P, inside,
-                               kept=self.kept_for_backward(variant))
+        return h_n, c_n, Saved(self.hs, self.cs, self.gates, self.hn, self.lengths,
+                               self.reverse, self.P, self.inside,
+                               kept=self.kept_for_backward(self.variant))
 
     def kept_for_backward(self, variant):
         """Saved.kept: the variant's parameters and what their backward needs (a subclass adds
@@ -202,23 +236,42 @@ class Recurrence:
     def backward(self, saved: Saved, dy, dh_n, dc_n, d_gx):
         """Returns (hh_terms, dh0, dc0[, variant_grads]) as FusedBackend.recurrence_backward
         specifies."""
+        self.bind_backward(saved, dy, dh_n, dc_n, d_gx)
+        self.backward_loop()
+        return self.backward_result()
+
+    def bind_backward(self, saved: Saved, dy, dh_n, dc_n, d_gx):
+        """Take the call's arrays and allocate everything the loop writes (as bind_forward)."""
         xp = self.xp
-        T = dy.shape[0]
+        self.T = dy.shape[0]
         self.ld_dy, self.ld_g = row_stride("dy", dy), row_stride("d_gx", d_gx)
         self.lengths = saved.lengths
         self.use_variant(saved.kept)
-        self.saved, self.kept, self.d_gx = saved, saved.kept, d_gx
+        self.saved, self.kept, self.dy, self.d_gx = saved, saved.kept, dy, d_gx
+        self.dh_n, self.dc_n = dh_n, dc_n
         # dL/dh entering the step just run = dh_carry + dh_rec, dh_rec = (its d_gh) @ W_hh.
-        self.dh_rec = xp.zeros((self.B, self.Hp), self.dtype)
-        self.dh_carry = dh_n.copy()
-        self.dc_carry = None if dc_n is None else dc_n.copy()
-        self.backward_buffers(T)
-        for n in reversed(range(T)):
-            t, i, o = base.state_slots(n, T, saved.reverse, True)
-            self.backward_step(Step(t, dy=dy[t], d_gx=d_gx[t], **_kept_views(
+        self.dh_rec = xp.empty((self.B, self.Hp), self.dtype)
+        self.dh_carry = xp.empty(dh_n.shape, self.dtype)
+        self.dc_carry = None if dc_n is None else xp.empty(dc_n.shape, self.dtype)
+        self.backward_buffers(self.T)
+
+    def backward_loop(self):
+        """Every launch of the backward: the carries from dh_n and dc_n, then each step."""
+        xp, saved = self.xp, self.saved
+        xp.copyto(self.dh_rec, self.dtype.type(0))
+        xp.copyto(self.dh_carry, self.dh_n)
+        if self.dc_carry is not None:
+            xp.copyto(self.dc_carry, self.dc_n)
+        for n in reversed(range(self.T)):
+            t, i, o = base.state_slots(n, self.T, saved.reverse, True)
+            self.backward_step(Step(t, dy=self.dy[t], d_gx=self.d_gx[t], **_kept_views(
                 t, i, o, saved.hs, saved.cs, saved.gates, saved.hn, saved.inside,
                 self.zoneout_mask)))
-        result = (self.hh_terms(d_gx, saved.h_in), self.dh_carry + self.dh_rec, self.dc_carry)
+
+    def backward_result(self):
+        """(hh_terms, dh0, dc0[, variant_grads]) of the loop just run."""
+        result = (self.hh_terms(self.d_gx, self.saved.h_in), self.dh_carry + self.dh_rec,
+                  self.dc_carry)
         variant_grads = self.variant_grads()
         return result + (variant_grads,) if variant_grads else result
 
