@@ -63,8 +63,8 @@ def _emulated_target():
     from fastrnn.backends.base import Backend
 
     try:
-        from cuda_emulation import emulated_backend, on_device, test_device
-        on_gpu = test_device() == "cupy"
+        from cuda_emulation import device_kind, emulated_backend, on_device
+        on_gpu = device_kind() == "cupy"
     except Exception as exc:  # noqa: BLE001 - any failure means: not available here
         if os.environ.get("FASTRNN_TEST_DEVICE", "") not in ("", "emulation"):
             raise  # the GPU was asked for, or a device not known: an error, not a skip

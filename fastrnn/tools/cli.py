@@ -154,21 +154,7 @@ def _parser():
 
     from . import gpu_check
 
-    g = sub.add_parser(
-        "gpu-check", help="the prepared check of the CUDA backend on an NVIDIA GPU",
-        description=gpu_check.__doc__.split("\n\n")[0].split(": ", 1)[1],
-        epilog="Exit status: " + "; ".join(f"{k} {v}" for k, v in
-                                           gpu_check.EXIT_MEANING.items()) + ".")
-    g.add_argument("out", help="folder for the results (created; one file per step, "
-                   "summary.txt and summary.json)")
-    g.add_argument("--emulate", action="store_true",
-                   help="run the steps on the CPU through the emulation of the CUDA backend "
-                   "(a source checkout's tests/cuda_emulation) with tiny shapes: checks the "
-                   "check, measures nothing")
-    g.add_argument("--steps", default=None, action=NameList, valid=gpu_check.STEP_NAMES,
-                   help=f"run only these, comma-separated among {', '.join(gpu_check.STEP_NAMES)}")
-    g.add_argument("--budget", type=float, default=gpu_check.BUDGET_S,
-                   help="seconds for all the steps (default %(default)s)")
+    gpu_check.add_parser(sub, NameList)
     return parser
 
 
@@ -390,7 +376,8 @@ def _info(args) -> int:
               + (f" ({g['note']})" if g.get("note") else "")]
     cuda = g.get("cuda")
     if cuda:
-        lines.append(f"CuPy {cuda['cupy']} ({v['cupy_package']}): CUDA runtime "
+        package = f" ({v['cupy_package']})" if v["cupy_package"] else ""
+        lines.append(f"CuPy {cuda['cupy']}{package}: CUDA runtime "
                      f"{cuda['cuda_runtime'] or 'unknown'}, driver supports CUDA "
                      f"{cuda['cuda_driver'] or 'unknown'}")
         lines += [f"  {d['name']}: compute capability {d['compute_capability']}, "

@@ -40,7 +40,6 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import fastrnn
 
@@ -76,21 +75,20 @@ class Step:
 def plan(out: Path, emulate: bool) -> list:
     """The steps, sized for a GPU or, emulating, for a CPU."""
     if emulate:
-        presets = ["--shapes", "6x2x8x8", "--torch-device", "cpu", "--rounds", "1", "--warmup",
-                   "0", "--min-sample-ms", "0", "--sgemm-size", "64", "--reference-budget", "0"]
-        deepbench = ["--shapes", "deepbench-device", "--t-scale", "0.02", "--torch-device",
-                     "cpu", "--rounds", "1", "--warmup", "0", "--min-sample-ms", "0",
-                     "--sgemm-size", "64", "--reference-budget", "0"]
-        validate = ["--cells", "lstm,lstm_proj"]
+        quick = ["--torch-device", "cpu", "--rounds", "1", "--warmup", "0", "--min-sample-ms",
+                 "0", "--sgemm-size", "64", "--reference-budget", "0"]
+        presets = ["--shapes", "6x2x8x8", *quick]
+        deepbench = ["--shapes", "deepbench-device", "--t-scale", "0.02", *quick]
         tests = ["-k", "test_registered_by_name or test_one_fused_kernel_per_step"]
         torch = ["--device", "cpu", "--backend", "cupy"]
         test_env = {}
     else:
         presets = ["--shapes", "tiny,small,medium,large,xlarge", "--torch-device", "cuda",
-                   "--rounds", "5", "--reference-max-gflop", "0.05"]
+                   "--rounds", "5", "--reference-max-gflop", "0.05",
+                   "--reference-budget", "0.5"]
         deepbench = ["--shapes", "deepbench-train", "--t-scale", "0.1", "--torch-device",
                      "cuda", "--rounds", "3", "--reference-max-gflop", "0"]
-        validate, tests, torch = [], [], ["--device", "cuda"]
+        tests, torch = [], ["--device", "cuda"]
         test_env = {"FASTRNN_TEST_DEVICE": "cupy"}
     bench = ["fastrnn", "bench", "--backends", "cupy", "--peers", "torch", "--modes",
              "inference,training", "--retry-budget", "0", "--no-progress"]
@@ -98,7 +96,7 @@ def plan(out: Path, emulate: bool) -> list:
     steps = [
         Step("info", ["fastrnn", "info"], 20),
         Step("validate", ["fastrnn", "validate", "--backends", "cupy", "--dtypes",
-                          "float32,float64", "--json", str(out / "validate.json"), *validate],
+                          "float32,float64", "--json", str(out / "validate.json")],
              70),
         Step("tests", ["pytest", *CUDA_TESTS, "-q", "-rs", "-p", "no:cacheprovider", *tests],
              130, env={"HYPOTHESIS_PROFILE": "dev", **test_env}, as_cupy=False),
@@ -193,6 +191,24 @@ def _write_summary(out: Path, records, status, mode, note="") -> str:
         {"mode": mode, "exit_status": status, "meaning": EXIT_MEANING[status], "note": note,
          "steps": records}, indent=1) + "\n")
     return text
+
+
+def add_parser(subparsers, name_list):
+    """The `fastrnn gpu-check` subcommand; ``name_list`` is cli.NameList (for --steps)."""
+    g = subparsers.add_parser(
+        "gpu-check", help="the prepared check of the CUDA backend on an NVIDIA GPU",
+        description=__doc__.split("\n\n")[0].split(": ", 1)[1],
+        epilog="Exit status: " + "; ".join(f"{k} {v}" for k, v in EXIT_MEANING.items()) + ".")
+    g.add_argument("out", help="folder for the results (created; one file per step, "
+                   "summary.txt and summary.json)")
+    g.add_argument("--emulate", action="store_true",
+                   help="run the steps on the CPU through the emulation of the CUDA backend "
+                   "(a source checkout's tests/cuda_emulation) with tiny shapes: checks the "
+                   "check, measures nothing")
+    g.add_argument("--steps", default=None, action=name_list, valid=STEP_NAMES,
+                   help=f"run only these, comma-separated among {', '.join(STEP_NAMES)}")
+    g.add_argument("--budget", type=float, default=BUDGET_S,
+                   help="seconds for all the steps (default %(default)s)")
 
 
 def run(out_dir, emulate=False, budget_s=BUDGET_S, only=None) -> int:

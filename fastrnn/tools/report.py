@@ -150,7 +150,8 @@ def _device_lines(report) -> list:
                 "(unknown: CuPy could not read it)")
              + "; weights held in cache or registers across steps can exceed 100 %.", "",
              "| mode | cell | shape (T, B, I, H) | implementation | ms | µs/step | TFLOP/s "
-             "| weight MB/call | % bandwidth | flags |", "|---|---|---|---|--:|--:|--:|--:|--:|---|"]
+             "| weight MB/call | % bandwidth | flags |",
+             "|---|---|---|---|--:|--:|--:|--:|--:|---|"]
     for r in rows:
         bw = r.get("bandwidth_fraction")
         lines.append(

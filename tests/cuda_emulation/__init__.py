@@ -25,7 +25,7 @@ DEVICE_VAR = "FASTRNN_TEST_DEVICE"
 DEVICES = ("emulation", "cupy")
 
 
-def test_device() -> str:
+def device_kind() -> str:
     """What the tests run the CUDA backend on: "emulation" (the default) or "cupy" (the GPU)."""
     device = os.environ.get(DEVICE_VAR, "") or "emulation"
     if device not in DEVICES:
@@ -33,16 +33,16 @@ def test_device() -> str:
     return device
 
 
-NAME = "cupy-device" if test_device() == "cupy" else "cupy-emulated"
+NAME = "cupy-device" if device_kind() == "cupy" else "cupy-emulated"
 
 
 def make_backend(threads_per_block=None, reverse_threads=False, chunk_elements=None):
     """A new backend with its own device (and launch counters): emulated, or on the GPU when
     FASTRNN_TEST_DEVICE=cupy (raising BackendUnavailable where it cannot run)."""
-    if test_device() == "cupy":
-        from .on_device import DeviceBackend
+    if device_kind() == "cupy":
+        from .on_device import CountingDevice, DeviceBackend
 
-        backend = DeviceBackend(NAME, reverse_threads=reverse_threads)
+        backend = DeviceBackend(NAME, CountingDevice(reverse_threads))
     else:
         backend = CupyBackend(device=EmulatedDevice(reverse_threads=reverse_threads), name=NAME)
     if threads_per_block is not None:
@@ -67,5 +67,6 @@ def register_emulated_backend():
     return backend
 
 
-__all__ = ["DEVICE_VAR", "EmulatedDevice", "NAME", "test_device", "emulated_backend", "make_backend",
+__all__ = ["DEVICE_VAR", "EmulatedDevice", "NAME", "device_kind", "emulated_backend",
+           "make_backend",
            "register_emulated_backend"]

@@ -53,14 +53,15 @@ _PASSED_ON = ("threads_per_block", "chunk_elements", "recurrence_forward", "recu
 
 
 class DeviceBackend(Backend):
-    """The CUDA backend on the GPU behind NumPy arrays (see the module docstring); other
-    attributes (device, threads_per_block, ...) are those of the CupyBackend inside."""
+    """The CUDA backend on ``device`` (a CountingDevice) behind NumPy arrays (see the module
+    docstring); other attributes (device, threads_per_block, ...) are those of the CupyBackend
+    inside."""
 
     library = "numpy"
     xp = np
 
-    def __init__(self, name, reverse_threads=False):
-        inner = CupyBackend(device=CountingDevice(reverse_threads), name=name)
+    def __init__(self, name, device):
+        inner = CupyBackend(device=device, name=name)
         object.__setattr__(self, "inner", inner)
         object.__setattr__(self, "name", name)
         object.__setattr__(self, "variant_switches", inner.variant_switches)
@@ -72,6 +73,11 @@ class DeviceBackend(Backend):
         if name not in _PASSED_ON:
             raise AttributeError(f"DeviceBackend passes on only {_PASSED_ON}, not {name!r}")
         setattr(self.inner, name, value)
+
+    def __delattr__(self, name):
+        if name not in _PASSED_ON:
+            raise AttributeError(f"DeviceBackend passes on only {_PASSED_ON}, not {name!r}")
+        delattr(self.inner, name)
 
     def _to_device(self, a):
         return None if a is None or not isinstance(a, np.ndarray) else self.inner.xp.asarray(a)
