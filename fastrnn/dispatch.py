@@ -23,7 +23,9 @@ _BUILTIN = {
     "numpy": ("fastrnn.reference", "NumpyBackend", None, ""),
     "numba": ("fastrnn.backends.numba_cpu", "NumbaBackend", "numba", "pip install numba"),
     "cupy": ("fastrnn.backends.cupy_cuda", "CupyBackend", "cupy",
-             "pip install 'fastrnn[cuda]' (cupy-cuda12x) on a machine with an NVIDIA GPU"),
+             "pip install 'fastrnn[cuda12]' (cupy-cuda12x) or 'fastrnn[cuda13]' "
+             "(cupy-cuda13x), after the CUDA version of the driver, on a machine with an "
+             "NVIDIA GPU"),
 }
 _registered: dict = {}
 _instances: dict = {}

@@ -57,19 +57,27 @@ def _cpu_targets():
 
 
 def _emulated_target():
-    """The CPU emulation of the CUDA backend, or the reason it cannot be used."""
-    from fastrnn.backends.base import Backend, FusedBackend
+    """The CPU emulation of the CUDA backend, or the reason it cannot be used. With
+    FASTRNN_TEST_DEVICE=cupy the real backend on the GPU (under the same test id), and no
+    reason: where it cannot run, the error stops the test session rather than skip its tests."""
+    from fastrnn.backends.base import Backend
 
     try:
-        from cuda_emulation import emulated_backend
+        from cuda_emulation import device_kind, emulated_backend, on_device
+        on_gpu = device_kind() == "cupy"
     except Exception as exc:  # noqa: BLE001 - any failure means: not available here
+        if os.environ.get("FASTRNN_TEST_DEVICE", "") not in ("", "emulation"):
+            raise  # the GPU was asked for, or a device not known: an error, not a skip
         return None, f"the emulated CUDA backend (tests/cuda_emulation) is not importable: {exc!r}"
+    if on_gpu:
+        backend = emulated_backend()  # raises BackendUnavailable without CuPy or a GPU
+        return BackendTarget("cuda-emulated", backend, on_device.is_fused(backend)), None
     backend = emulated_backend
     if not isinstance(backend, Backend) and callable(backend):
         backend = backend()
     if not isinstance(backend, Backend) or backend.library != "numpy":
         return None, f"cuda_emulation.emulated_backend is not a NumPy-array Backend: {backend!r}"
-    return BackendTarget("cuda-emulated", backend, isinstance(backend, FusedBackend)), None
+    return BackendTarget("cuda-emulated", backend, on_device.is_fused(backend)), None
 
 
 CPU_TARGETS = _cpu_targets()

@@ -26,6 +26,7 @@ call and gets at most ``reference_budget_s`` of rounds per case (at least 3 roun
 from __future__ import annotations
 
 import datetime
+import functools
 import gc
 import math
 import sys
@@ -39,8 +40,8 @@ from .. import __version__, dispatch
 from ..cells import Cell
 from ..tolerances import tolerance
 from . import presets, quality, runners
-from .machine import (default_threads, load_average, machine_info, preload,
-                      sgemm_peak, thread_settings, version)
+from .machine import (default_threads, device_bandwidth, load_average, machine_info,
+                      preload, sgemm_peak, thread_settings, version)
 from .presets import Shape
 from .variants import NAMED_CELLS, as_named, named_cells
 
@@ -119,10 +120,10 @@ class Impl:
     host: bool = True  # computes on the CPU, so the CPU's sgemm peak applies
 
 
-def implementations(backends=None, peers=PEERS):
+def implementations(backends=None, peers=PEERS, torch_device="cpu"):
     """(implementations, notes): the fastrnn backends (default: every available one except the
-    reference), the NumPy reference, and the peers that are installed. Notes say what is left
-    out and why."""
+    reference), the NumPy reference, and the peers that are installed, PyTorch on
+    ``torch_device`` ("cpu" or "cuda"). Notes say what is left out and why."""
     notes = []
     available = dispatch.available_backends()
     if backends is None:
@@ -144,8 +145,11 @@ def implementations(backends=None, peers=PEERS):
             raise ValueError(f"peers must be among {PEERS}, got {peer!r}")
         if peer == "torch":
             if runners.installed("torch"):
-                impls.append(Impl("torch", f"PyTorch {version('torch')}", "peer",
-                                  runners.torch_runner))
+                on_gpu = torch_device != "cpu"
+                impls.append(Impl("torch", f"PyTorch {version('torch')}"
+                                  + (f" ({torch_device}, cuDNN)" if on_gpu else ""), "peer",
+                                  functools.partial(runners.torch_runner, device=torch_device),
+                                  host=not on_gpu))
             else:
                 notes.append("PyTorch not benchmarked: torch is not installed "
                              "(pip install 'fastrnn[bench]')")
@@ -300,6 +304,7 @@ def time_case(case: Case, impls, *, threads, rounds, warmup, min_sample_s, refer
             "role": run.impl.role, "host": run.impl.host, "flops": case.flops,
             "rounds": len(samples), "number": run.number,
             "median_ms": float(np.median(t)) * 1e3, "min_ms": float(t.min()) * 1e3,
+            "weight_bytes": presets.weight_bytes(case.cell, s, case.mode),
             "max_ms": float(t.max()) * 1e3, "setup_ms": run.setup_s * 1e3,
             "first_call_ms": run.first_s * 1e3, "y_compared_with": run.baseline,
             "y_max_abs_diff": run.y_diff, "y_allclose": run.y_close,
@@ -314,6 +319,8 @@ def _derive(records):
     by_impl = {r["impl"]: r for r in records}
     for r in records:
         r["gflops"] = r["flops"] / (r["median_ms"] * 1e-3) / 1e9
+        r["tflops"] = r["gflops"] / 1e3
+        r["us_per_step"] = r["median_ms"] * 1e3 / r["T"]
         for peer, (key, _) in quality.SPEEDUP_COLUMNS.items():
             other = by_impl.get(peer)
             r[key] = other["median_ms"] / r["median_ms"] if other is not None else None
@@ -394,8 +401,11 @@ def run(cases, impls, *, threads=None, rounds=7, warmup=1, min_sample_s=0.002,
                 bar.close()
         peaks.append(sgemm_peak(sgemm_size))
     peak = max(peaks)
+    bandwidth = device_bandwidth(impls)
     for r in records:
         r["peak_fraction"] = r["gflops"] / peak if r["host"] else None
+        r["bandwidth_fraction"] = (None if r["host"] or not bandwidth else
+                                   r["weight_bytes"] / (r["median_ms"] * 1e-3) / bandwidth)
     compare_with_plain(records)
     quality.flag_rows(records, peak)
     report = {
@@ -409,6 +419,7 @@ def run(cases, impls, *, threads=None, rounds=7, warmup=1, min_sample_s=0.002,
         "sgemm_peak_gflops": peak,
         "sgemm_peaks_gflops": peaks,
         "sgemm_size": sgemm_size,
+        "device_bandwidth_bytes_per_s": bandwidth,
         "settings": {"rounds": rounds, "warmup": warmup, "min_sample_ms": min_sample_s * 1e3,
                      "reference_max_gflop": reference_max_flops / 1e9,
                      "reference_budget_s": reference_budget_s, "seed": seed,

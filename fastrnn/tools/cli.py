@@ -1,7 +1,7 @@
-"""The `fastrnn` command: `fastrnn bench`, `fastrnn validate`, `fastrnn info`.
+"""The `fastrnn` command: `fastrnn bench`, `fastrnn validate`, `fastrnn info`, `fastrnn gpu-check`.
 
 Exit codes: 0 success, 1 a validation check failed, 2 a usage error (bad option, unknown cell
-or shape, a backend that cannot run here).
+or shape, a backend that cannot run here); `fastrnn gpu-check` adds 3 and 4 (gpu_check.py).
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def _parser():
         prog="fastrnn", description="fastrnn: fused RNN, LSTM and GRU kernels. Benchmark them, "
         "validate them against the NumPy reference, or show what this machine has.")
     parser.add_argument("--version", action="version", version=f"fastrnn {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{bench,validate,info}")
+    sub = parser.add_subparsers(dest="command", metavar="{bench,validate,info,gpu-check}")
 
     b = sub.add_parser(
         "bench", help="time fastrnn against the NumPy reference, PyTorch and ONNX Runtime",
@@ -123,6 +123,9 @@ def _parser():
     b.add_argument("--out", default="fastrnn-bench",
                    help="directory for bench.json, bench.md, bench.png (default %(default)s)")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    b.add_argument("--torch-device", default="cpu", choices=("cpu", "cuda"),
+                   help="where the PyTorch peer runs: cpu, or cuda (cuDNN; beside the cupy "
+                   "backend). Default %(default)s")
     b.add_argument("--torch-frontend", action="store_true",
                    help="time the PyTorch front end instead: fastrnn.torch.X against torch.nn.X "
                    "(inference, and a training step through autograd) and the modules' "
@@ -148,6 +151,10 @@ def _parser():
 
     i = sub.add_parser("info", help="versions, backends, threads, BLAS, GPU")
     i.add_argument("--json", action="store_true", help="print JSON")
+
+    from . import gpu_check
+
+    gpu_check.add_parser(sub, NameList)
     return parser
 
 
@@ -163,6 +170,10 @@ def main(argv=None) -> int:
             return _bench(args, argv)
         if args.command == "validate":
             return _validate(args)
+        if args.command == "gpu-check":
+            from . import gpu_check
+
+            return gpu_check.run(args.out, args.emulate, args.budget, args.steps)
         return _info(args)
     except (ValueError, dispatch.BackendUnavailable) as exc:
         print(f"fastrnn {args.command}: error: {exc}", file=sys.stderr)
@@ -203,7 +214,7 @@ def _bench(args, argv) -> int:
     cells = None if args.cells is None else variants.named_cells(args.cells)
     shapes = presets.select_shapes(args.shapes, args.t_scale)
     peers = [] if args.peers == ("none",) else list(args.peers)
-    impls, notes = bench.implementations(args.backends, peers)
+    impls, notes = bench.implementations(args.backends, peers, args.torch_device)
     notes += bench.inapplicable(cells, shapes)
     cases = bench.plan_cases(cells, shapes, args.modes)
     if not cases:
@@ -244,6 +255,10 @@ def _validate(args) -> int:
 # info
 
 
+# CuPy's wheels, one per CUDA generation (the extras cuda12 and cuda13), and its source package.
+CUPY_DISTRIBUTIONS = ("cupy-cuda12x", "cupy-cuda13x", "cupy-cuda11x", "cupy")
+
+
 def _distribution_version(*names):
     for name in names:
         v = machine.version(name)
@@ -253,20 +268,23 @@ def _distribution_version(*names):
 
 
 def gpu_info() -> dict:
-    """GPUs through CuPy when it is installed, else through nvidia-smi; never imports CuPy
-    when it is not installed."""
+    """GPUs through CuPy when it is installed (its version, the CUDA runtime and driver versions
+    it finds, backends/cupy_cuda/device.py), else through nvidia-smi; never imports CuPy when it
+    is not installed."""
     nvcc = shutil.which("nvcc")
     if runners.installed("cupy"):
-        try:
-            import cupy
+        from ..backends.cupy_cuda import device
 
-            count = cupy.cuda.runtime.getDeviceCount()
-            names = [cupy.cuda.runtime.getDeviceProperties(k)["name"].decode()
-                     for k in range(count)]
-            return {"gpus": names, "source": "cupy", "nvcc": nvcc}
-        except Exception as exc:  # noqa: BLE001 - any CUDA failure means: no usable GPU
+        try:
+            found = device.describe()
+        except (ImportError, OSError) as exc:  # installed without its CUDA libraries
             return {"gpus": [], "source": "cupy", "nvcc": nvcc,
-                    "note": f"CuPy is installed but finds no usable GPU: {exc}"}
+                    "note": f"CuPy is installed but cannot be imported: {exc}"}
+        note = None
+        if found["error"] or not found["devices"]:
+            note = f"CuPy is installed but finds no usable GPU: {found['error'] or 'no device'}"
+        return {"gpus": [d["name"] for d in found["devices"]], "source": "cupy", "nvcc": nvcc,
+                "cuda": found, "note": note}
     smi = shutil.which("nvidia-smi")
     if smi:
         try:
@@ -318,8 +336,8 @@ def info_data() -> dict:
     for dist in ("numpy", "scipy", "numba", "llvmlite", "threadpoolctl", "torch", "onnx",
                  "onnxruntime", "tqdm", "matplotlib", "pytest-benchmark"):
         versions[dist] = machine.version(dist)
-    versions["cupy"] = _distribution_version("cupy-cuda12x", "cupy-cuda13x", "cupy-cuda11x",
-                                             "cupy")
+    versions["cupy"] = _distribution_version(*CUPY_DISTRIBUTIONS)
+    versions["cupy_package"] = next((d for d in CUPY_DISTRIBUTIONS if machine.version(d)), None)
     host = machine.machine_info(machine.default_threads())
     return {
         "versions": versions,
@@ -356,6 +374,15 @@ def _info(args) -> int:
     g = data["gpu"]
     lines += ["", "GPU: " + (", ".join(g["gpus"]) if g["gpus"] else "none")
               + (f" ({g['note']})" if g.get("note") else "")]
+    cuda = g.get("cuda")
+    if cuda:
+        package = f" ({v['cupy_package']})" if v["cupy_package"] else ""
+        lines.append(f"CuPy {cuda['cupy']}{package}: CUDA runtime "
+                     f"{cuda['cuda_runtime'] or 'unknown'}, driver supports CUDA "
+                     f"{cuda['cuda_driver'] or 'unknown'}")
+        lines += [f"  {d['name']}: compute capability {d['compute_capability']}, "
+                  f"{d['memory_bytes'] / 2 ** 30:.0f} GiB, peak memory bandwidth "
+                  f"{d['peak_bandwidth_bytes_per_s'] / 1e9:.0f} GB/s" for d in cuda["devices"]]
     lines.append(f"nvcc: {g['nvcc'] or 'not found'}")
     print("\n".join(lines))
     return 0

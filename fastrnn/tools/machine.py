@@ -89,6 +89,18 @@ def sgemm_peak(n: int = 2048, repeats: int = 5) -> float:
     return 2 * n ** 3 / best / 1e9
 
 
+def device_bandwidth(impls) -> Optional[float]:
+    """The current GPU's peak memory bandwidth in bytes/s (through CuPy, in the backend's
+    device.py) when an implementation computes on a GPU and CuPy can read it; else None."""
+    import importlib.util
+
+    if all(i.host for i in impls) or importlib.util.find_spec("cupy") is None:
+        return None
+    from ..backends.cupy_cuda import device
+
+    return device.current_peak_bandwidth()
+
+
 def machine_info(threads: int) -> dict:
     """The CPU, cores, ``threads``, Python and platform, for the report."""
     cpu = platform.processor() or platform.machine()

@@ -54,6 +54,16 @@ def forward_flops(cell: Cell, shape: Shape) -> int:
     return 2 * T * B * (cell.gates * H * (I + P) + projection)
 
 
+def weight_bytes(cell: Cell, shape: Shape, mode: str, itemsize: int = 4) -> int:
+    """Bytes of recurrent weights one call reads, once per step: W_hh (G*H, P), and W_hr (P, H)
+    with a projection, T times in inference and 2T in training (the backward's d_gh @ W_hh reads
+    them again). The floor of a step's memory traffic when the weights are not cached."""
+    H = shape.H
+    P = cell.variant.hidden_size(H)
+    per_step = cell.gates * H * P + (P * H if cell.variant.proj_size else 0)
+    return per_step * itemsize * shape.T * (1 if mode == "inference" else 2)
+
+
 def training_flops(cell: Cell, shape: Shape) -> int:
     """Forward plus backward, counted as three forwards."""
     return 3 * forward_flops(cell, shape)

@@ -75,6 +75,7 @@ def markdown(report) -> str:
             f"| {_fmt(None if r['impl'] == 'torch' else r['speedup_vs_torch'], '.2f')} "
             f"| {r['rounds']}x{r['number']} | {'; '.join(r['flags'])} |")
     lines += _variant_lines(report)
+    lines += _device_lines(report)
     lines += ["", "## First calls (not in the times above)", "",
               "Setup builds the peer's model (torch module, ONNX model and session); the first "
               "call includes any compilation (Numba JIT or its cache load). Shown for the first "
@@ -130,6 +131,34 @@ def _variant_lines(report) -> list:
             f"| {r['mode']} | {r['cell']} | {r['shape']} | {r['label']} | {_ms(r['median_ms'])} "
             f"| {r['plain_cell']} | {'-' if p is None else _ms(p['median_ms'])} "
             f"| {_fmt(r['vs_plain'], '.2f')} | {'; '.join(flagged)} |")
+    return lines
+
+
+def _device_lines(report) -> list:
+    """The rows computed on a GPU, per step: microseconds per time step, TFLOP/s, and the
+    recurrent weights read per call (presets.weight_bytes) as a fraction of the device's peak
+    memory bandwidth."""
+    rows = [r for r in report["results"] if not r["host"]]
+    if not rows:
+        return []
+    peak = report.get("device_bandwidth_bytes_per_s")
+    lines = ["", "## On the GPU", "",
+             "µs/step: ms per call / T. % bandwidth: the recurrent weights one call reads (W_hh, "
+             "and W_hr with a projection, every step; twice per step in training) per second, "
+             "over the device's peak memory bandwidth "
+             + (f"({peak / 1e9:.0f} GB/s from its memory clock and bus width)" if peak else
+                "(unknown: CuPy could not read it)")
+             + "; weights held in cache or registers across steps can exceed 100 %.", "",
+             "| mode | cell | shape (T, B, I, H) | implementation | ms | µs/step | TFLOP/s "
+             "| weight MB/call | % bandwidth | flags |",
+             "|---|---|---|---|--:|--:|--:|--:|--:|---|"]
+    for r in rows:
+        bw = r.get("bandwidth_fraction")
+        lines.append(
+            f"| {r['mode']} | {r['cell']} | {r['shape']} ({r['T']}, {r['B']}, {r['I']}, "
+            f"{r['H']}) | {r['label']} | {_ms(r['median_ms'])} | {r['us_per_step']:.3g} "
+            f"| {r['tflops']:.3g} | {r['weight_bytes'] / 1e6:.3g} "
+            f"| {_fmt(None if bw is None else 100 * bw, '.1f')} | {'; '.join(r['flags'])} |")
     return lines
 
 

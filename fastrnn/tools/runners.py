@@ -203,18 +203,20 @@ def torch_module(cell: Cell, p: dict):
     return module
 
 
-def torch_runner(cell: Cell, p: dict, mode: str, threads=None):
-    """PyTorch's call: no_grad forward, or forward + output.sum().backward() with gradients for
-    the input, the weights and the initial states. Returns (call, sync, setup seconds).
-    ``threads`` is ignored: torch's thread count is process-wide (``machine.thread_settings``)."""
+def torch_runner(cell: Cell, p: dict, mode: str, threads=None, device="cpu"):
+    """PyTorch's call on ``device`` ("cpu", or "cuda": cuDNN): no_grad forward, or forward +
+    output.sum().backward() with gradients for the input, the weights and the initial states.
+    Returns (call, sync, setup seconds); sync waits for the GPU. ``threads`` is ignored: torch's
+    thread count is process-wide (``machine.thread_settings``)."""
     if installed("torch"):
         import torch  # outside the setup time: importing torch is not building the module
     start = time.perf_counter()
-    module = torch_module(cell, p)
+    module = torch_module(cell, p).to(device)
 
     training = mode == "training"
-    x = torch.from_numpy(p["x"]).requires_grad_(training)
-    states = [torch.from_numpy(p[n][None]).requires_grad_(training) for n in cell.named("{}0")]
+    x = torch.from_numpy(p["x"]).to(device).requires_grad_(training)
+    states = [torch.from_numpy(p[n][None]).to(device).requires_grad_(training)
+              for n in cell.named("{}0")]
     hx = cell.as_hx(states)
     leaves = [x, *states, *module.parameters()]
     if not training:
@@ -228,7 +230,8 @@ def torch_runner(cell: Cell, p: dict, mode: str, threads=None):
             y = module(x, hx)[0]
             y.sum().backward()
             return y
-    return call, None, time.perf_counter() - start
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else None
+    return call, sync, time.perf_counter() - start
 
 
 # ----------------------------------------------------------------------------------------------
@@ -338,7 +341,7 @@ def ort_runner(cell: Cell, p: dict, mode: str, threads: int):
 def to_numpy(a) -> np.ndarray:
     """A host NumPy array from a NumPy, CuPy or torch array."""
     if hasattr(a, "detach"):
-        return a.detach().numpy()
+        return a.detach().cpu().numpy()
     if hasattr(a, "get"):
         return a.get()
     return np.asarray(a)

@@ -72,3 +72,69 @@ class CudaDevice:
                 stream.end_capture()  # leave the capture state before the error goes on
                 raise
             return stream.end_capture()
+
+
+# ----------------------------------------------------------------------------------------------
+# What the machine has: versions and each device's memory bandwidth (`fastrnn info`, the bench)
+
+# cudaDeviceAttr numbers of the memory clock (kHz) and bus width (bits). CUDA 13 removed the
+# memory clock from cudaDeviceProp, so where getDeviceProperties lacks it the attribute is read.
+_ATTR_MEMORY_CLOCK_KHZ = 36
+_ATTR_MEMORY_BUS_BITS = 37
+
+
+def cuda_version_text(number: int) -> str:
+    """CUDA's version number as text: 12080 -> "12.8", 13000 -> "13.0"."""
+    return f"{number // 1000}.{number % 1000 // 10}"
+
+
+def _memory_attribute(cupy, props, key, attribute, index):
+    value = props.get(key)
+    if not value:
+        value = cupy.cuda.runtime.deviceGetAttribute(attribute, index)
+    return int(value)
+
+
+def peak_bandwidth(cupy, index: int) -> float:
+    """Device ``index``'s peak memory bandwidth in bytes/s from its attributes: two transfers per
+    memory clock (double data rate) of the bus width, as NVIDIA's bandwidthTest computes it."""
+    props = cupy.cuda.runtime.getDeviceProperties(index)
+    clock_khz = _memory_attribute(cupy, props, "memoryClockRate", _ATTR_MEMORY_CLOCK_KHZ, index)
+    bus_bits = _memory_attribute(cupy, props, "memoryBusWidth", _ATTR_MEMORY_BUS_BITS, index)
+    return 2.0 * clock_khz * 1e3 * bus_bits / 8
+
+
+def describe(cupy=None) -> dict:
+    """CuPy's version, the CUDA runtime it runs on, the driver's CUDA version and each device
+    (name, compute capability, memory, peak bandwidth); ``error`` says what could not be read
+    (no driver, no device), with what was read before it kept. Raises ImportError without CuPy;
+    ``cupy`` may be given (the tests hand in a stand-in)."""
+    if cupy is None:
+        import cupy
+    rt = cupy.cuda.runtime
+    info = {"cupy": cupy.__version__, "cuda_runtime": None, "cuda_driver": None, "devices": [],
+            "error": None}
+    try:
+        info["cuda_runtime"] = cuda_version_text(rt.runtimeGetVersion())
+        info["cuda_driver"] = cuda_version_text(rt.driverGetVersion())
+        for index in range(rt.getDeviceCount()):
+            props = rt.getDeviceProperties(index)
+            name = props["name"]
+            info["devices"].append({
+                "name": name.decode() if isinstance(name, bytes) else str(name),
+                "compute_capability": f"{props['major']}.{props['minor']}",
+                "memory_bytes": int(props["totalGlobalMem"]),
+                "peak_bandwidth_bytes_per_s": peak_bandwidth(cupy, index)})
+    except Exception as exc:  # noqa: BLE001 - CuPy's CUDA errors: no driver, no device, ...
+        info["error"] = f"{type(exc).__name__}: {exc}"
+    return info
+
+
+def current_peak_bandwidth():
+    """The current device's peak memory bandwidth in bytes/s, or None where CuPy cannot read it."""
+    import cupy
+
+    try:
+        return peak_bandwidth(cupy, cupy.cuda.runtime.getDevice())
+    except Exception:  # noqa: BLE001 - CuPy's CUDA errors: no driver, no device
+        return None
