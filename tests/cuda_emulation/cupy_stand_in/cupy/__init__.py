@@ -17,9 +17,15 @@ import types
 
 import numpy as np
 
-from cuda_emulation.device import EmulatedDevice, _poisoned_numpy
+from cuda_emulation.device import EmulatedDevice, _poisoned_empty
 
-globals().update({k: v for k, v in vars(_poisoned_numpy()).items() if not k.startswith("__")})
+globals().update({k: v for k, v in vars(np).items() if not k.startswith("__")})
+empty = _poisoned_empty
+
+
+def empty_like(a, dtype=None):
+    return _poisoned_empty(a.shape, dtype or a.dtype)
+
 
 __version__ = "0.0+stand-in"
 
