@@ -42,6 +42,34 @@ def test_cuda_path_selection_and_dlpack_conversion():
     assert adapter.tensor(a).data_ptr() == t.data_ptr()
 
 
+def test_cuda_calls_run_on_torchs_device_and_stream(monkeypatch):
+    """A call on CUDA tensors enters CuPy's device of the tensors' index, then torch's current
+    stream there as CuPy's, and leaves both in reverse order (a stand-in records it)."""
+    from types import SimpleNamespace
+
+    events = []
+
+    class Context:
+        def __init__(self, kind, value):
+            self.kind, self.value = kind, value
+
+        def __enter__(self):
+            events.append(("enter", self.kind, self.value))
+
+        def __exit__(self, *exc):
+            events.append(("exit", self.kind, self.value))
+
+    stand_in = SimpleNamespace(cuda=SimpleNamespace(
+        Device=lambda index: Context("device", index),
+        ExternalStream=lambda ptr: Context("stream", ptr)))
+    monkeypatch.setattr(torch.cuda, "current_stream",
+                        lambda device: SimpleNamespace(cuda_stream=4096 + device.index))
+    with devices.Cuda(xp=stand_in).running(None, torch.device("cuda", 1)):
+        events.append("call")
+    assert events == [("enter", "device", 1), ("enter", "stream", 4097), "call",
+                      ("exit", "stream", 4097), ("exit", "device", 1)]
+
+
 def test_threads_follow_torch_unless_set():
     pytest.importorskip("numba")
     import numba

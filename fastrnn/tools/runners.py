@@ -154,7 +154,7 @@ def fastrnn_runner(backend_name: str, cell: Cell, p: dict, mode: str):
     sync = None
     if backend.library != "numpy":
         p = {n: None if a is None else xp.asarray(a) for n, a in p.items()}
-        sync = xp.cuda.runtime.deviceSynchronize
+        sync = backend.device.synchronize
     if mode == "inference":
         def call():
             return fastrnn_forward(cell, p, training=False, backend=backend)[0]

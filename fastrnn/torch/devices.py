@@ -60,7 +60,11 @@ class Cuda:
         return torch.from_dlpack(a)
 
     def running(self, backend, device):
-        return _CudaStream(self.xp, device)
+        """CuPy on the tensors' device and torch's current stream there."""
+        from ..backends.cupy_cuda.device import on_torch_stream
+
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return on_torch_stream(self.xp, index, torch.cuda.current_stream(device).cuda_stream)
 
 
 class _Nothing:
@@ -91,25 +95,6 @@ class _NumbaThreads:
     def __exit__(self, *exc):
         if self._numba.get_num_threads() != self._old:
             self._numba.set_num_threads(self._old)
-        return False
-
-
-class _CudaStream:
-    """CuPy on the tensors' device and torch's current stream there."""
-
-    def __init__(self, xp, device):
-        self._device = xp.cuda.Device(device.index if device.index is not None else
-                                      torch.cuda.current_device())
-        self._stream = xp.cuda.ExternalStream(torch.cuda.current_stream(device).cuda_stream)
-
-    def __enter__(self):
-        self._device.__enter__()
-        self._stream.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        self._stream.__exit__(*exc)
-        self._device.__exit__(*exc)
         return False
 
 

@@ -220,6 +220,9 @@ class EmulatedDevice:
     def context(self, a):
         return contextlib.nullcontext()
 
+    def synchronize(self):
+        """Every launch has finished when it returns: nothing to wait for."""
+
     def capture_key(self):
         return self.key()
 

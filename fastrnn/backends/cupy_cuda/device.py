@@ -1,4 +1,5 @@
-"""Every call into CuPy that the backend makes lives here, and nowhere else.
+"""Every call into CuPy's device, stream and runtime API that fastrnn makes lives here, and
+nowhere else (the rest of fastrnn uses CuPy only as an array module).
 
 A device supplies what the rest of the backend needs from the GPU:
 
@@ -14,12 +15,18 @@ A device supplies what the rest of the backend needs from the GPU:
                           graph rather than running them; ``graph.launch()`` replays them on
                           the current stream (the opt-in CUDA Graph path, graphs.py)
     capture_key()         what a captured graph is valid for: the device and the current stream
+    synchronize()         waits for the device's work (the bench's timer)
+
+Module functions: ``on_torch_stream`` (fastrnn.torch's calls on torch's stream) and
+``describe`` (versions and devices, for ``fastrnn info`` and the bench).
 
 The tests replace this object with a CPU stand-in (``tests/cuda_emulation``) that compiles the
 same sources with the host C++ compiler, so everything above it runs unchanged without a GPU.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 from ..base import BackendUnavailable
 
@@ -53,6 +60,10 @@ class CudaDevice:
     def context(self, a):
         return a.device
 
+    def synchronize(self):
+        """Wait for all work on the current device (the bench's timer)."""
+        self.xp.cuda.runtime.deviceSynchronize()
+
     def capture_key(self):
         return (self.key(), self.xp.cuda.get_current_stream().ptr)
 
@@ -72,6 +83,16 @@ class CudaDevice:
                 stream.end_capture()  # leave the capture state before the error goes on
                 raise
             return stream.end_capture()
+
+
+def on_torch_stream(cupy, index, stream_ptr):
+    """A context manager that makes CuPy run on device ``index`` and on the CUDA stream at
+    ``stream_ptr`` (torch's current stream there), so that fastrnn.torch's calls on CUDA
+    tensors are ordered with torch's own work."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(cupy.cuda.Device(index))
+    stack.enter_context(cupy.cuda.ExternalStream(stream_ptr))
+    return stack
 
 
 # ----------------------------------------------------------------------------------------------
