@@ -87,6 +87,10 @@ def test_the_emulated_check_runs_every_step_into_its_folder(tmp_path):
         assert (out / folder / "bench.md").is_file()
     table = (out / "torch.md").read_text()
     assert table.count("| pass |") == 3 and "FAIL" not in table
+    graphs = (out / "graphs.md").read_text().splitlines()
+    rows = [line.split(" | ") for line in graphs if line.startswith("| lstm | 6x2x3x8")]
+    assert [r[2] for r in rows] == ["inference", "training"]  # both paths ran and agreed
+    assert all(float(r[3]) > 0 and float(r[4]) > 0 and r[6] == "0 |" for r in rows), rows
 
 
 def test_without_a_gpu_it_says_so_and_exits_3(tmp_path, monkeypatch, capsys):

@@ -16,6 +16,8 @@ Steps, each with its own timeout and its output in its own file in OUT:
     deepbench   the same on DeepBench's training set with T scaled by 0.1 (bench-deepbench/)
     torch       fastrnn.torch on CUDA tensors (DLPack) against torch.nn
                 (fastrnn.tools.torch_device_check)
+    graphs      the CUDA Graph path against per-step launches: equal results, and the time of
+                each (fastrnn.tools.graph_timing, graphs.md)
 
 OUT/summary.txt and OUT/summary.json say pass, fail, timeout or not run per step, with its
 time. Exit status: 0 every step passed; 1 a step failed, timed out or did not fit the budget;
@@ -52,7 +54,8 @@ EXIT_MEANING = {EXIT_PASSED: "every step passed",
 BUDGET_S = 470.0
 ROOT = Path(fastrnn.__file__).resolve().parent.parent  # the source checkout, with tests/
 CUDA_TESTS = ("tests/test_cuda_emulated.py", "tests/test_cuda_variants.py")
-STEP_NAMES = ("info", "validate", "tests", "racecheck", "memcheck", "bench", "deepbench", "torch")
+STEP_NAMES = ("info", "validate", "tests", "racecheck", "memcheck", "bench", "deepbench", "torch",
+              "graphs")
 
 
 @dataclass
@@ -81,6 +84,7 @@ def plan(out: Path, emulate: bool) -> list:
         deepbench = ["--shapes", "deepbench-device", "--t-scale", "0.02", *quick]
         tests = ["-k", "test_registered_by_name or test_one_fused_kernel_per_step"]
         torch = ["--device", "cpu", "--backend", "cupy"]
+        graphs = ["--cells", "lstm", "--shapes", "6x2x3x8", "--rounds", "1"]
         test_env = {}
     else:
         presets = ["--shapes", "tiny,small,medium,large,xlarge", "--torch-device", "cuda",
@@ -88,7 +92,7 @@ def plan(out: Path, emulate: bool) -> list:
                    "--reference-budget", "0.5"]
         deepbench = ["--shapes", "deepbench-train", "--t-scale", "0.1", "--torch-device",
                      "cuda", "--rounds", "3", "--reference-max-gflop", "0"]
-        tests, torch = [], ["--device", "cuda"]
+        tests, torch, graphs = [], ["--device", "cuda"], []
         test_env = {"FASTRNN_TEST_DEVICE": "cupy"}
     bench = ["fastrnn", "bench", "--backends", "cupy", "--peers", "torch", "--modes",
              "inference,training", "--retry-budget", "0", "--no-progress"]
@@ -97,17 +101,19 @@ def plan(out: Path, emulate: bool) -> list:
         Step("info", ["fastrnn", "info"], 20),
         Step("validate", ["fastrnn", "validate", "--backends", "cupy", "--dtypes",
                           "float32,float64", "--json", str(out / "validate.json")],
-             70),
+             65),
         Step("tests", ["pytest", *CUDA_TESTS, "-q", "-rs", "-p", "no:cacheprovider", *tests],
-             130, env={"HYPOTHESIS_PROFILE": "dev", **test_env}, as_cupy=False),
-        Step("racecheck", smoke, 45, tool=["compute-sanitizer", "--tool", "racecheck",
+             115, env={"HYPOTHESIS_PROFILE": "dev", **test_env}, as_cupy=False),
+        Step("racecheck", smoke, 40, tool=["compute-sanitizer", "--tool", "racecheck",
                                            "--error-exitcode", "1"]),
-        Step("memcheck", smoke, 45, tool=["compute-sanitizer", "--tool", "memcheck",
+        Step("memcheck", smoke, 40, tool=["compute-sanitizer", "--tool", "memcheck",
                                           "--error-exitcode", "1"]),
-        Step("bench", [*bench, *presets, "--out", str(out / "bench")], 70),
+        Step("bench", [*bench, *presets, "--out", str(out / "bench")], 65),
         Step("deepbench", [*bench, *deepbench, "--out", str(out / "bench-deepbench")], 60),
         Step("torch", ["fastrnn.tools.torch_device_check", *torch, "--out",
                        str(out / "torch.md")], 30),
+        Step("graphs", ["fastrnn.tools.graph_timing", "--backend", "cupy", *graphs, "--out",
+                        str(out / "graphs.md")], 35),
     ]
     assert tuple(s.name for s in steps) == STEP_NAMES
     return steps
