@@ -46,7 +46,7 @@ class BackendTarget:
 
 
 def _cpu_targets():
-    from fastrnn.backends.base import FusedBackend
+    from fastrnn.backends.fused import FusedBackend
 
     targets = []
     for name in fastrnn.available_backends():

@@ -327,7 +327,7 @@ def test_gradients_in_the_saved_gates_memory(cell, path, knobs, monkeypatch):
     """A one-direction training forward keeps the gates in the projection's memory and backward
     writes the projection's gradient over them; the gradients are bitwise those computed with
     separate buffers."""
-    from fastrnn.backends.base import FusedBackend
+    from fastrnn.backends.fused import FusedBackend
     from fastrnn.backends.numba_cpu import driver
 
     knobs(path)

@@ -14,7 +14,8 @@ import dataclasses
 
 import numpy as np
 
-from fastrnn.backends.base import Backend, DirectionGrads, FusedBackend
+from fastrnn.backends.base import Backend, DirectionGrads
+from fastrnn.backends.fused import FusedBackend
 from fastrnn.backends.cupy_cuda import CupyBackend
 from fastrnn.backends.cupy_cuda.device import CudaDevice
 

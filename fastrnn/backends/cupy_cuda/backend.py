@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .. import tuning
-from ..base import FusedBackend
+from ..fused import FusedBackend
 from .graphs import GraphCache
 from .gru import GruRecurrence, GruTextbookRecurrence
 from .lstm import LstmRecurrence

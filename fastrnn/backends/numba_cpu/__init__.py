@@ -12,7 +12,7 @@
     threads.py    idle threads that sleep: how Numba's pool and OpenBLAS's pools are started
     ../tuning.py  every threshold, with how it was chosen
 
-``FusedBackend`` (backends/base.py) does the input projection before the loop and the weight
+``FusedBackend`` (backends/fused.py) does the input projection before the loop and the weight
 gradients after it as GEMMs; this backend runs ``recurrence_forward`` and
 ``recurrence_backward``. It packs lengths (``packs_lengths``, backends/packing.py): with
 lengths, the batch is ordered by length and only the valid steps' rows exist, in those GEMMs
@@ -39,7 +39,7 @@ import importlib
 import numpy as np
 
 from .. import tuning
-from ..base import FusedBackend
+from ..fused import FusedBackend
 
 # The cell variants, one module each; importing one registers it with the skeleton.
 CELL_MODULES = ("rnn", "lstm", "gru", "gru_textbook")

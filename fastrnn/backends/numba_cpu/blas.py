@@ -1,4 +1,4 @@
-"""The GEMMs above the recurrence (backends/base.py) on Numba's threads, and the BLAS thread
+"""The GEMMs above the recurrence (backends/fused.py) on Numba's threads, and the BLAS thread
 limit.
 
 ``matmul`` splits a product by rows of the output: ``matmul_rows`` through np.dot;
