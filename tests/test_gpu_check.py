@@ -223,3 +223,30 @@ def test_weight_bytes_and_the_gpu_section_of_the_report():
     assert len(lines) == 8  # the host row is not in it
     assert report._device_lines({"results": [row | {"host": True}]}) == []
     assert np.isclose(row["us_per_step"], 166.67, atol=0.01)
+
+
+def test_graph_timing_fails_when_the_graph_path_disagrees(monkeypatch, capsys):
+    """The graphs step's comparison can fail: results of the graph path off by a little more
+    than the float32 tolerance make graph_timing exit 1 and mark the row; agreeing ones pass."""
+    import fastrnn
+    from cuda_emulation import make_backend
+    from fastrnn.tools import graph_timing
+
+    fastrnn.register_backend("graphs-under-test", make_backend())
+    argv = ["--backend", "graphs-under-test", "--cells", "rnn_tanh", "--shapes", "3x2x3x4",
+            "--rounds", "1"]
+    try:
+        assert graph_timing.main(argv) == 0
+        call = graph_timing._call
+
+        def off_on_the_graph(cell, backend, p, cot, mode):
+            named = call(cell, backend, p, cot, mode)
+            if backend.cuda_graphs:
+                named = {k: v * (1 + 2e-4) + 2e-5 for k, v in named.items()}
+            return named
+        monkeypatch.setattr(graph_timing, "_call", off_on_the_graph)
+        assert graph_timing.main(argv) == 1
+    finally:
+        fastrnn.dispatch.unregister_backend("graphs-under-test")
+    out = capsys.readouterr()
+    assert out.out.count(" FAIL |") == 2 and "2 case(s)" in out.err

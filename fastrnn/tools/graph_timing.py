@@ -23,10 +23,9 @@ import time
 
 import numpy as np
 
-from .. import dispatch
 from ..cells import cell_by_name
-from ..tolerances import tolerance
 from . import runners
+from .device_smoke import named_backend, worst_difference
 
 CELLS = ("rnn_tanh", "lstm", "gru")
 # One-step-at-a-time decoding sizes and a small training batch: where launches cost most.
@@ -41,18 +40,6 @@ def _call(cell, backend, p, cot, mode):
     if mode == "training":
         named |= runners.gradients(runners.fastrnn_backward(cell, out[-1], cot))
     return named
-
-
-def _differs(a: dict, b: dict) -> float:
-    """The largest |a - b| over every result, in units of the float32 tolerance's bound."""
-    tol = tolerance(np.float32)
-    worst = 0.0
-    for name, expected in b.items():
-        want = runners.to_numpy(expected).astype(np.float64)
-        got = runners.to_numpy(a[name]).astype(np.float64)
-        worst = max(worst, float(np.max(np.abs(got - want) / (tol["atol"]
-                                                               + tol["rtol"] * np.abs(want)))))
-    return worst
 
 
 def measure(cell, backend, shape, mode, rounds):
@@ -78,7 +65,7 @@ def measure(cell, backend, shape, mode, rounds):
     _, launched = timed(False)
     _, graphed = timed(True)
     _, replayed = timed(True)
-    worst = max(_differs(graphed, launched), _differs(replayed, launched))
+    worst = max(worst_difference(graphed, launched), worst_difference(replayed, launched))
     times = {False: [], True: []}
     for r in range(rounds):
         for graphs in ((False, True) if r % 2 == 0 else (True, False)):
@@ -97,10 +84,8 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--out", default=None, help="also write the table to this file")
     args = parser.parse_args(argv)
-    try:
-        backend = dispatch.get_backend(args.backend)
-    except (ValueError, dispatch.BackendUnavailable) as exc:
-        print(f"graph_timing: error: {exc}", file=sys.stderr)
+    backend = named_backend(args.backend, "graph_timing")
+    if backend is None:
         return 2
     if not hasattr(backend, "cuda_graphs"):
         print(f"graph_timing: error: backend {args.backend!r} has no CUDA Graph path",
