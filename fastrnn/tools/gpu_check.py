@@ -8,7 +8,7 @@ Steps, each with its own timeout and its output in its own file in OUT:
                 against the NumPy reference (also validate.json)
     tests       the tests that run the CUDA backend through the CPU emulation, on the GPU
                 instead (FASTRNN_TEST_DEVICE=cupy): tests/test_cuda_emulated.py,
-                tests/test_cuda_variants.py
+                tests/test_cuda_variants.py, tests/test_cuda_graphs.py
     racecheck   one forward and backward per cell (fastrnn.tools.device_smoke) under
     memcheck    compute-sanitizer --tool racecheck / memcheck; not run without compute-sanitizer
     bench       `fastrnn bench --backends cupy` against torch.nn on CUDA (cuDNN) at the presets
@@ -53,7 +53,8 @@ EXIT_MEANING = {EXIT_PASSED: "every step passed",
 # The whole check's budget: 8 minutes less what starting and the summary take.
 BUDGET_S = 470.0
 ROOT = Path(fastrnn.__file__).resolve().parent.parent  # the source checkout, with tests/
-CUDA_TESTS = ("tests/test_cuda_emulated.py", "tests/test_cuda_variants.py")
+CUDA_TESTS = ("tests/test_cuda_emulated.py", "tests/test_cuda_variants.py",
+              "tests/test_cuda_graphs.py")
 STEP_NAMES = ("info", "validate", "tests", "racecheck", "memcheck", "bench", "deepbench", "torch",
               "graphs")
 

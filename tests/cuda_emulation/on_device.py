@@ -32,6 +32,8 @@ class CountingDevice(CudaDevice):
         self.launches = collections.Counter()
         self.shapes = collections.defaultdict(set)
         self.compiled = 0
+        self.capturing = False
+        self.captures = self.graph_launches = 0
 
     def key(self):
         return ("cuda-counted", id(self), self.xp.cuda.runtime.getDevice())
@@ -43,10 +45,31 @@ class CountingDevice(CudaDevice):
 
     def _counted(self, name, f):
         def launch(grid, block, args, *rest, **options):
-            self.launches[name] += 1
-            self.shapes[name].add((grid, block))
+            if not self.capturing:  # as the stand-in: a launch into a graph runs nothing yet
+                self.launches[name] += 1
+                self.shapes[name].add((grid, block))
             return f(grid, block, args, *rest, **options)
         return launch
+
+    def capture(self, work):
+        """CudaDevice.capture, counted like the stand-in's: ``captures``, and each launch of
+        the graph in ``graph_launches``."""
+        self.capturing = True
+        try:
+            graph = super().capture(work)
+        finally:
+            self.capturing = False
+        self.captures += 1
+        return _CountedGraph(self, graph)
+
+
+class _CountedGraph:
+    def __init__(self, device, graph):
+        self.device, self.graph = device, graph
+
+    def launch(self):
+        self.device.graph_launches += 1
+        self.graph.launch()
 
 
 # Attributes a test may set on the backend it was given; they go to the CupyBackend inside.
