@@ -5,7 +5,10 @@
     driver.py     one call through the skeleton: buffers, flat views, the registry of cells
     rnn.py, lstm.py, gru.py, gru_textbook.py   one cell variant each: its step's row math and
                   its registration (``driver.register``)
-    variants.py   the clip and the peepholes (cells.Variant) in the cells' row functions
+    variants.py   the pointwise variants (cells.Variant: clip, peepholes, zoneout, layer norm) in
+                  the cells' row functions
+    projection.py the time loop of the projecting LSTM (h and c of two widths), around lstm.py's
+                  row functions
     packed.py     the recurrent product (a hand-written gemm on packed panels) and the Plan
     vectors.py    64-byte vectors and row loops;  scalars.py  activations and compile flags
     blas.py       the GEMMs above the recurrence, the BLAS thread limit
