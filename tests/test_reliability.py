@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import json
 import math
 import os
 import subprocess
@@ -288,18 +289,22 @@ def digest_runs(backend, api_level):
     return h.hexdigest()
 
 
-DIGEST_SCRIPT = textwrap.dedent("""
-    import sys
-    sys.path.insert(0, sys.argv[1])
-    import fastrnn
-    from test_reliability import digest_runs
-    target, api_level = sys.argv[2], sys.argv[3]
+def backend_named(target):
+    """What ``backend=`` takes for the backend target named ``target``, in a fresh process."""
     if target == "cuda-emulated":
         from cuda_emulation import emulated_backend
-        backend = emulated_backend()
-    else:
-        backend = target
-    print(digest_runs(backend, api_level))
+        return emulated_backend()
+    return target
+
+
+# Runs ``function`` of this module on (backend, api level) in a fresh interpreter and prints
+# its result: argv is the tests' folder, the function, the target's name, the API level.
+FRESH_SCRIPT = textwrap.dedent("""
+    import json, sys
+    sys.path.insert(0, sys.argv[1])
+    import test_reliability
+    function = getattr(test_reliability, sys.argv[2])
+    print(json.dumps(function(test_reliability.backend_named(sys.argv[3]), sys.argv[4])))
 """)
 
 
@@ -317,13 +322,14 @@ def test_two_processes_give_bitwise_identical_results(backend_target, api_level)
     env = dict(os.environ, NUMBA_NUM_THREADS=threads, OMP_NUM_THREADS=threads,
                OPENBLAS_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
     env.pop("FASTRNN_BACKEND", None)
-    cmd = [sys.executable, "-c", DIGEST_SCRIPT, TESTS_DIR, backend_target.name, api_level]
+    cmd = [sys.executable, "-c", FRESH_SCRIPT, TESTS_DIR, "digest_runs", backend_target.name,
+           api_level]
     procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for _ in range(2)]
     outputs = [p.communicate(timeout=600) for p in procs]
     for p, (out, err) in zip(procs, outputs):
         assert p.returncode == 0, err[-4000:]
-    digests = [out.split()[-1] for out, _ in outputs]
+    digests = [json.loads(out.splitlines()[-1]) for out, _ in outputs]
     assert len(digests[0]) == 64 and digests[0] == digests[1], digests
 
 
@@ -386,11 +392,14 @@ def training_step(api_level, backend, cell, T, B, I, H, dtype):
     return step
 
 
-def test_2000_training_calls_keep_rss_flat(backend_target, api_level):
-    psutil = pytest.importorskip("psutil")
+def rss_of_2000_training_calls(backend, api_level):
+    """The process's RSS after 200 warm-up training calls and after 2,000 more, and the bytes
+    one call's forward keeps for its backward."""
+    import psutil
+
     proc = psutil.Process()
     T, B, I, H, dtype = 2, 64, 8, 32, np.float64  # few steps: few kernel launches per call
-    step = training_step(api_level, backend_target.backend, LSTM, T, B, I, H, dtype)
+    step = training_step(api_level, backend, LSTM, T, B, I, H, dtype)
     for _ in range(200):
         step()
     gc.collect()
@@ -398,10 +407,22 @@ def test_2000_training_calls_keep_rss_flat(backend_target, api_level):
     for _ in range(2000):
         step()
     gc.collect()
-    rss1 = proc.memory_info().rss
+    return {"rss0": rss0, "rss1": proc.memory_info().rss,
+            "per_call": fastrnn.training_memory(LSTM, T, B, I, H, dtype)}
+
+
+def test_2000_training_calls_keep_rss_flat(backend_target, api_level):
+    """In a fresh interpreter: in the suite's own process, gigabytes of what earlier tests
+    compiled and loaded would hide the growth of a leak."""
+    pytest.importorskip("psutil")
+    proc = subprocess.run([sys.executable, "-c", FRESH_SCRIPT, TESTS_DIR,
+                           "rss_of_2000_training_calls", backend_target.name, api_level],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    r = json.loads(proc.stdout.splitlines()[-1])
+    rss0, rss1 = r["rss0"], r["rss1"]
     # The test can see a leak: 2,000 forwards' saved state is far above the allowed growth.
-    per_call = fastrnn.training_memory(LSTM, T, B, I, H, dtype)
-    assert 2000 * per_call > 0.05 * rss0
+    assert 2000 * r["per_call"] > 0.05 * rss0
     assert rss1 < 1.05 * rss0, f"RSS grew from {rss0 / 2**20:.1f} MiB to {rss1 / 2**20:.1f} MiB"
 
 
