@@ -155,11 +155,12 @@ def forward_layout(name, B, H, plan, itemsize, direct):
 
 
 @lru_cache(maxsize=256)
-def _backward_layout(name, B, H, plan, itemsize, direct):
-    """BWork.ph of a call, the size of BWork.d, of one slot of BWork.part, and BWork.P."""
+def _backward_layout(name, B, H, Hp, plan, itemsize, direct):
+    """BWork.ph of a call, the size of BWork.d, of one slot of BWork.part, and BWork.P (the
+    panels of a share, Hp wide: the width of h)."""
     spec = SPECS[name]
     nr = 4 * 64 // itemsize
-    P = -(-H // nr)
+    P = -(-Hp // nr)
     panels = [plan.units * P * len(g) * plan.size * nr for g in spec.backward]
     sizes = [B * plan.units * len(g) * plan.size for g in spec.backward]
     ph = np.array([(w, len(g), o) for w, g, o in zip(
@@ -293,7 +294,7 @@ def backward(cell, saved, W_hh, dy, dh_n, dc_n, d_gx, plan, direct, matmul):
     projected = saved.kept is not None
     k, size = plan.units, plan.size
     grads = tuple([np.array(g, dtype, order="C") for g in (dh_n, dc_n)[:spec.states]])
-    ph, d, q, P = _backward_layout(name, B, H, plan, dtype.itemsize, direct)
+    ph, d, q, P = _backward_layout(name, B, H, Hp, plan, dtype.itemsize, direct)
     terms = np.empty((d_gx.shape[0], spec.kt * H), dtype) if spec.kt else None
     WT = W_hh if direct else _joined([pack_backward(W_hh, g, plan, H) for g in spec.backward])
     work = (WT, np.zeros(d, dtype), np.empty(2 * q, dtype),
@@ -320,7 +321,6 @@ def backward(cell, saved, W_hh, dy, dh_n, dc_n, d_gx, plan, direct, matmul):
         m = saved.kept["m"]
         WR, PR = _projection_panels(saved.kept["W_hr"], False)
         dh_proj = np.empty((d_gx.shape[0], Hp), dtype)
-        work = work[:-2] + (padded(Hp, WT) // padded(1, WT), spec.kt)  # shares Hp wide
         projection.backward_loop(
             kcell, geo, *flats, (m.reshape(-1), saved.cs.reshape(-1)),
             tuple([g.reshape(-1) for g in grads]), keep, work,
